@@ -1,0 +1,1 @@
+//! virtio-mmio transport (version 2). TODO: being written.

@@ -1,0 +1,1 @@
+//! hearth: a minimal KVM virtual machine monitor.
