@@ -1,1 +1,182 @@
-fn main() {}
+//! The `hearth` command line: a thin layer over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use hearth::boot::BootProtocol;
+use hearth::config::{parse_size, ConfigError, DiskConfig, ExecutionChoice, VmConfig};
+use hearth::{Vm, VmError};
+
+/// hearth: a minimal KVM virtual machine monitor.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a VM and show its serial console; exits when the guest does.
+    Run(RunArgs),
+    /// Show what this host's KVM offers and whether it runs guests natively or emulates them.
+    Info,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A JSON VM description; flags given as well override its fields.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The kernel: an ELF vmlinux (64-bit or PVH entry) or a bzImage.
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// An initrd or initramfs.
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// The kernel command line [default: "console=ttyS0 reboot=k panic=-1"].
+    #[arg(long, value_name = "TEXT")]
+    cmdline: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    cpus: Option<u32>,
+    /// Guest memory, e.g. 256M or 2G (a plain number is MiB) [default: 128M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    memory: Option<u64>,
+    /// Write guest serial output to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    serial_out: Option<PathBuf>,
+    /// Which kernel entry point to use [default: auto: PVH when the kernel has one].
+    #[arg(long, value_enum)]
+    boot_protocol: Option<BootProtocol>,
+    /// Whether KVM emulates guest kernel mode [default: auto: measure it].
+    #[arg(long, value_enum)]
+    execution: Option<ExecutionChoice>,
+    /// On an emulating KVM, do not append "noxsave clearcpuid=popcnt,smap" to the
+    /// command line.
+    #[arg(long)]
+    no_cmdline_workarounds: bool,
+    /// A virtio block device: path=FILE[,readonly=on][,id=SERIAL]; repeat for more.
+    #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
+    disk: Vec<DiskConfig>,
+    /// Log what hearth does (KVM mode, timings, exits) to stderr.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    s.parse::<DiskConfig>()
+        .map_err(|e: ConfigError| e.to_string())
+}
+
+impl RunArgs {
+    fn into_config(self) -> Result<VmConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => VmConfig::from_file(path)?,
+            None => VmConfig::new(self.kernel.clone().ok_or(ConfigError::NoKernel)?),
+        };
+        if let Some(k) = self.kernel {
+            config.kernel = k;
+        }
+        if let Some(i) = self.initrd {
+            config.initrd = Some(i);
+        }
+        if let Some(c) = self.cmdline {
+            config.cmdline = c;
+        }
+        if let Some(c) = self.cpus {
+            config.cpus = c;
+        }
+        if let Some(m) = self.memory {
+            config.memory = m;
+        }
+        if let Some(s) = self.serial_out {
+            config.serial_out = Some(s);
+        }
+        if let Some(b) = self.boot_protocol {
+            config.boot_protocol = b;
+        }
+        if let Some(e) = self.execution {
+            config.execution = e;
+        }
+        if self.no_cmdline_workarounds {
+            config.cmdline_workarounds = false;
+        }
+        if !self.disk.is_empty() {
+            config.disks = self.disk;
+        }
+        Ok(config)
+    }
+}
+
+fn run(args: RunArgs) -> Result<i32, VmError> {
+    hearth::logger::set_verbose(args.verbose);
+    let config = args.into_config()?;
+    let vm = Vm::try_from(config)?;
+    let _terminal = RawTerminal::enter();
+    let reason = vm.run()?;
+    if let hearth::ExitReason::Error(_) = reason {
+        eprintln!("hearth: error: {reason}");
+    } else {
+        hearth::debug!("{reason}");
+    }
+    Ok(reason.exit_code())
+}
+
+fn info() -> Result<i32, VmError> {
+    let kvm = hearth::kvm::open()?;
+    println!("hearth {}", env!("CARGO_PKG_VERSION"));
+    println!("KVM API version: {}", kvm.get_api_version());
+    println!("max vCPUs: {}", kvm.get_max_vcpus());
+    match hearth::kvm::calibrate(&kvm) {
+        Ok(c) => println!(
+            "guest kernel execution: {} ({} iterations of dec/jnz in {:?})",
+            c.execution, c.iterations, c.elapsed
+        ),
+        Err(e) => println!("guest kernel execution: unknown ({e})"),
+    }
+    Ok(0)
+}
+
+/// Puts a terminal stdin into raw mode for the guest's console, and back on drop.
+struct RawTerminal(bool);
+
+impl RawTerminal {
+    fn enter() -> Self {
+        use std::io::IsTerminal;
+        use vmm_sys_util::terminal::Terminal;
+        let stdin = std::io::stdin();
+        let raw = stdin.is_terminal() && stdin.lock().set_raw_mode().is_ok();
+        Self(raw)
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        use vmm_sys_util::terminal::Terminal;
+        if self.0 {
+            let _ = std::io::stdin().lock().set_canon_mode();
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    hearth::logger::mark_start();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Info => info(),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("hearth: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The VM description: what the CLI flags, the JSON config file and library users fill
+//! in, parsed and checked apart from the VM itself.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::boot::BootProtocol;
+
+/// The command line a guest gets when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// Guest memory when none is given.
+pub const DEFAULT_MEMORY: u64 = 128 << 20;
+/// The least memory hearth boots with: low memory for boot structures plus room for a
+/// small kernel at 1 MiB.
+pub const MIN_MEMORY: u64 = 2 << 20;
+
+/// Errors in the VM description.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A size that does not parse.
+    #[error("cannot parse size '{0}': expected a number with an optional K, M, G or T suffix, like 256M (a plain number is MiB)")]
+    Size(String),
+    /// Zero vCPUs.
+    #[error("--cpus must be at least 1")]
+    NoCpus,
+    /// Too little memory.
+    #[error("guest memory of {0} bytes is too small; give at least 2M")]
+    MemoryTooSmall(u64),
+    /// No kernel.
+    #[error("no kernel given: pass --kernel or set \"kernel\" in the config file")]
+    NoKernel,
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid.
+    #[error("config file {path} is not valid: {source}")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A device option list that does not parse.
+    #[error("invalid {what} '{spec}': {reason}")]
+    DeviceSpec {
+        /// "--disk" etc.
+        what: &'static str,
+        /// What the user wrote.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Whether to apply the workarounds for KVM's instruction emulator.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionChoice {
+    /// Measure it at startup with a tiny calibration guest.
+    #[default]
+    Auto,
+    /// Hardware virtualization: no workarounds.
+    Native,
+    /// KVM's instruction emulator: workarounds on.
+    Emulated,
+}
+
+/// A virtio block device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The backing file (raw image).
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    #[serde(default)]
+    pub read_only: bool,
+    /// The serial number the guest reads with GET_ID (at most 20 bytes).
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// Everything that describes a VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// vmlinux (ELF) or bzImage.
+    pub kernel: PathBuf,
+    /// An initrd/initramfs.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// vCPUs.
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    /// Guest memory in bytes (in JSON: a size string such as "256M", or a number of MiB).
+    #[serde(
+        default = "default_memory",
+        serialize_with = "serialize_size",
+        deserialize_with = "deserialize_size"
+    )]
+    pub memory: u64,
+    /// Where guest serial output goes (stdout when absent).
+    #[serde(default)]
+    pub serial_out: Option<PathBuf>,
+    /// Which kernel entry point to use.
+    #[serde(default)]
+    pub boot_protocol: BootProtocol,
+    /// Native or emulated KVM, or measure it.
+    #[serde(default)]
+    pub execution: ExecutionChoice,
+    /// On the emulating KVM, append what a Linux guest needs to its command line.
+    #[serde(default = "default_true")]
+    pub cmdline_workarounds: bool,
+    /// virtio block devices, in the order the guest sees them.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+fn default_cpus() -> u32 {
+    1
+}
+fn default_memory() -> u64 {
+    DEFAULT_MEMORY
+}
+fn default_true() -> bool {
+    true
+}
+
+impl VmConfig {
+    /// A VM with defaults for everything but the kernel.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: default_cmdline(),
+            cpus: default_cpus(),
+            memory: DEFAULT_MEMORY,
+            serial_out: None,
+            boot_protocol: BootProtocol::default(),
+            execution: ExecutionChoice::default(),
+            cmdline_workarounds: true,
+            disks: Vec::new(),
+        }
+    }
+
+    /// Reads a JSON config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_json(&text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses a JSON description.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Checks what can be checked without KVM or the files.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cpus == 0 {
+            return Err(ConfigError::NoCpus);
+        }
+        if self.memory < MIN_MEMORY {
+            return Err(ConfigError::MemoryTooSmall(self.memory));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a size: a number with an optional K/M/G/T suffix (binary units, an optional
+/// trailing "B" or "iB"); a plain number is MiB, as QEMU's `-m`.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let err = || ConfigError::Size(s.to_string());
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix("ib"))
+        .or_else(|| t.strip_suffix('B'))
+        .or_else(|| t.strip_suffix('b'))
+        .unwrap_or(t);
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "M" => 20,
+        "K" => 10,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(err()),
+    };
+    if n > (u64::MAX >> shift) {
+        return Err(err());
+    }
+    Ok(n << shift)
+}
+
+fn serialize_size<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    if v % (1 << 20) == 0 {
+        s.serialize_str(&format!("{}M", v >> 20))
+    } else {
+        s.serialize_str(&format!("{}K", v >> 10))
+    }
+}
+
+fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Mib(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Mib(n) => n
+            .checked_mul(1 << 20)
+            .ok_or_else(|| serde::de::Error::custom(format!("memory of {n} MiB is too large"))),
+        Size::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Splits `key=value,key=value` (the Cloud Hypervisor device syntax).
+fn parse_options<'a>(
+    what: &'static str,
+    spec: &'a str,
+    allowed: &[&str],
+) -> Result<Vec<(&'a str, &'a str)>, ConfigError> {
+    let bad = |reason: String| ConfigError::DeviceSpec {
+        what,
+        spec: spec.to_string(),
+        reason,
+    };
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| bad(format!("'{part}' is not key=value")))?;
+        if !allowed.contains(&k) {
+            return Err(bad(format!(
+                "unknown option '{k}' (known: {})",
+                allowed.join(", ")
+            )));
+        }
+        if out.iter().any(|(seen, _)| *seen == k) {
+            return Err(bad(format!("'{k}' given twice")));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn parse_on_off(what: &'static str, spec: &str, key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(ConfigError::DeviceSpec {
+            what,
+            spec: spec.to_string(),
+            reason: format!("{key} must be on or off, not '{v}'"),
+        }),
+    }
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = ConfigError;
+
+    /// `path=FILE[,readonly=on|off][,id=SERIAL]`
+    fn from_str(spec: &str) -> Result<Self, ConfigError> {
+        const WHAT: &str = "--disk";
+        let bad = |reason: &str| ConfigError::DeviceSpec {
+            what: WHAT,
+            spec: spec.to_string(),
+            reason: reason.to_string(),
+        };
+        let mut disk = DiskConfig {
+            path: PathBuf::new(),
+            read_only: false,
+            id: None,
+        };
+        for (k, v) in parse_options(WHAT, spec, &["path", "readonly", "id"])? {
+            match k {
+                "path" if v.is_empty() => return Err(bad("path is empty")),
+                "path" => disk.path = PathBuf::from(v),
+                "readonly" => disk.read_only = parse_on_off(WHAT, spec, k, v)?,
+                _ if v.len() > 20 => return Err(bad("id is longer than 20 bytes")),
+                _ => disk.id = Some(v.to_string()),
+            }
+        }
+        if disk.path.as_os_str().is_empty() {
+            return Err(bad("path=FILE is required"));
+        }
+        Ok(disk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_size("256").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+        for bad in [
+            "",
+            "M",
+            "12X",
+            "-1",
+            "1.5G",
+            "99999999999999999999T",
+            "20000000T",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_config_with_defaults_and_sizes() {
+        let c = VmConfig::from_json(r#"{"kernel": "/k", "memory": "1G", "cpus": 2}"#).unwrap();
+        assert_eq!(c.memory, 1 << 30);
+        assert_eq!(c.cpus, 2);
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        assert!(c.cmdline_workarounds);
+        let c = VmConfig::from_json(r#"{"kernel": "/k", "memory": 64}"#).unwrap();
+        assert_eq!(c.memory, 64 << 20);
+        assert!(VmConfig::from_json(r#"{"kernel": "/k", "cpu": 2}"#).is_err());
+        assert!(VmConfig::from_json(r#"{"kernel": "/k", "memory": "lots"}"#).is_err());
+        let round = serde_json::to_string(&c).unwrap();
+        assert_eq!(VmConfig::from_json(&round).unwrap(), c);
+    }
+
+    #[test]
+    fn disk_specs() {
+        let d: DiskConfig = "path=/a.img,readonly=on,id=data0".parse().unwrap();
+        assert_eq!(
+            d,
+            DiskConfig {
+                path: "/a.img".into(),
+                read_only: true,
+                id: Some("data0".into())
+            }
+        );
+        let d: DiskConfig = "path=/b".parse().unwrap();
+        assert!(!d.read_only);
+        for bad in [
+            "",
+            "/a.img",
+            "readonly=on",
+            "path=/a,readonly=maybe",
+            "path=/a,size=3",
+            "path=/a,path=/b",
+            "path=/a,id=123456789012345678901",
+        ] {
+            let e = bad.parse::<DiskConfig>().unwrap_err().to_string();
+            assert!(e.starts_with("invalid --disk"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = VmConfig::new("/k");
+        assert!(c.validate().is_ok());
+        c.cpus = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::NoCpus)));
+        c.cpus = 1;
+        c.memory = 1 << 20;
+        assert!(matches!(c.validate(), Err(ConfigError::MemoryTooSmall(_))));
+    }
+}

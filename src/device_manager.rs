@@ -1,0 +1,223 @@
+//! Puts devices on the port I/O and MMIO buses, hands out MMIO windows and interrupt
+//! lines to virtio devices (and tells the guest kernel about them on its command line),
+//! and collects what must run on the event loop.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use hearth_devices::bus::{Bus, BusDevice, BusError};
+use hearth_devices::legacy::i8042::{I8042_PORT_BASE, I8042_PORT_LEN};
+use hearth_devices::legacy::serial::{COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
+use hearth_devices::legacy::{EventFdTrigger, Serial, SerialInput, I8042};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::layout::*;
+use crate::vcpu::{ExitReason, ExitSignal};
+use crate::{debug, info};
+
+/// Errors setting up devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// KVM refused an irqfd or ioeventfd.
+    #[error("cannot register {what} with KVM: {source}")]
+    Register {
+        /// What.
+        what: String,
+        /// Why.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Two devices at one address.
+    #[error("device placement: {0}")]
+    Bus(#[from] BusError),
+    /// The serial output file.
+    #[error("cannot open serial output file {path}: {source}")]
+    SerialOut {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The serial port.
+    #[error(transparent)]
+    Serial(#[from] hearth_devices::legacy::serial::SerialError),
+    /// Out of interrupt lines or MMIO space.
+    #[error("too many virtio devices: no interrupt line left (at most {} devices)", IRQ_MAX - VIRTIO_IRQ_BASE + 1)]
+    NoIrq,
+}
+
+/// An event-loop subscriber, as the event manager holds it.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// The guest writes its exit status to port 0x501.
+struct ExitPort(Arc<ExitSignal>);
+
+impl BusDevice for ExitPort {
+    fn read(&mut self, _: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _: u64, data: &[u8]) {
+        if let Some(&status) = data.first() {
+            self.0.request(ExitReason::GuestExit(status));
+        }
+    }
+}
+
+/// Firecracker's boot timer: the guest writes 123 when it has booted.
+struct BootMarker;
+
+impl BusDevice for BootMarker {
+    fn read(&mut self, _: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset == 0 && data.first() == Some(&BOOT_MARKER_VALUE) {
+            info!(
+                "guest boot marker: booted {:.3} ms after start",
+                crate::logger::elapsed_ms()
+            );
+        }
+    }
+}
+
+/// Turns the i8042's reset line into the end of the VM, on the event loop.
+struct ResetHandler {
+    evt: EventFd,
+    exit: Arc<ExitSignal>,
+}
+
+impl MutEventSubscriber for ResetHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            info!("cannot watch the i8042 reset line: {e}; a guest reset will not end the VM");
+        }
+    }
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.evt.read();
+        debug!("i8042 reset");
+        self.exit.request(ExitReason::Reset);
+    }
+}
+
+/// The devices of one VM.
+pub struct DeviceManager {
+    /// Port I/O.
+    pub pio: Bus,
+    /// MMIO.
+    pub mmio: Bus,
+    /// What runs on the event loop.
+    pub subscribers: Vec<Subscriber>,
+    /// The UART (flushed at exit).
+    pub serial: Option<Arc<Mutex<Serial>>>,
+    /// `virtio_mmio.device=` entries for the kernel command line: (base, irq).
+    pub virtio_slots: Vec<(u64, u32)>,
+    next_irq: u32,
+}
+
+impl DeviceManager {
+    /// An empty device set.
+    pub fn new() -> Self {
+        Self {
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            subscribers: Vec::new(),
+            serial: None,
+            virtio_slots: Vec::new(),
+            next_irq: VIRTIO_IRQ_BASE,
+        }
+    }
+
+    fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd, DeviceError> {
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        vm.register_irqfd(&evt, gsi)
+            .map_err(|source| DeviceError::Register {
+                what: format!("irqfd for GSI {gsi}"),
+                source,
+            })?;
+        Ok(evt)
+    }
+
+    /// COM1, the i8042, the exit port and the boot marker.
+    pub fn add_legacy(
+        &mut self,
+        vm: &VmFd,
+        exit: &Arc<ExitSignal>,
+        serial_out: Option<&std::path::Path>,
+        serial_in: Option<File>,
+    ) -> Result<(), DeviceError> {
+        let out: Box<dyn Write + Send> = match serial_out {
+            Some(path) => {
+                Box::new(File::create(path).map_err(|source| DeviceError::SerialOut {
+                    path: path.to_owned(),
+                    source,
+                })?)
+            }
+            None => Box::new(std::io::stdout()),
+        };
+        let serial = Arc::new(Mutex::new(Serial::new(
+            EventFdTrigger(Self::irqfd(vm, COM1_IRQ)?),
+            out,
+        )?));
+        self.pio
+            .insert(COM1_PORT_BASE, COM1_PORT_LEN, serial.clone())?;
+        if let Some(input) = serial_in {
+            debug!("serial input from fd {}", input.as_raw_fd());
+            self.subscribers.push(Arc::new(Mutex::new(SerialInput::new(
+                serial.clone(),
+                input,
+            ))));
+        }
+        self.serial = Some(serial);
+
+        let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        let i8042 = I8042::new(EventFdTrigger(
+            reset_evt.try_clone().map_err(DeviceError::EventFd)?,
+        ));
+        self.pio
+            .insert(I8042_PORT_BASE, I8042_PORT_LEN, Arc::new(Mutex::new(i8042)))?;
+        self.subscribers.push(Arc::new(Mutex::new(ResetHandler {
+            evt: reset_evt,
+            exit: exit.clone(),
+        })));
+
+        self.pio
+            .insert(EXIT_PORT, 1, Arc::new(Mutex::new(ExitPort(exit.clone()))))?;
+        self.mmio
+            .insert(BOOT_MARKER_ADDR, 0x1000, Arc::new(Mutex::new(BootMarker)))?;
+        Ok(())
+    }
+
+    /// The next virtio-mmio window and interrupt line.
+    pub fn allocate_virtio_slot(&mut self) -> Result<(u64, u32), DeviceError> {
+        if self.next_irq > IRQ_MAX {
+            return Err(DeviceError::NoIrq);
+        }
+        let index = u64::from(self.next_irq - VIRTIO_IRQ_BASE);
+        let slot = (VIRTIO_MMIO_START + index * VIRTIO_MMIO_SIZE, self.next_irq);
+        self.next_irq += 1;
+        self.virtio_slots.push(slot);
+        Ok(slot)
+    }
+
+    /// Flushes guest output.
+    pub fn flush(&self) {
+        if let Some(s) = &self.serial {
+            hearth_devices::bus::lock(s).flush();
+        }
+    }
+}
+
+impl Default for DeviceManager {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,349 @@
+//! vCPU threads: run KVM_RUN, forward port I/O and MMIO to the buses, and turn every
+//! other way a vCPU can stop into a reason for the VM to end.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hearth_devices::bus::{lock, Bus};
+use kvm_bindings::{
+    kvm_run, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Why the VM ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest wrote a status to the exit port.
+    GuestExit(u8),
+    /// The guest reset the machine (i8042 or a KVM reset event).
+    Reset,
+    /// The guest powered off (a KVM shutdown system event).
+    PowerOff,
+    /// Every running vCPU halted with interrupts disabled: nothing can wake them.
+    Halted,
+    /// A triple fault.
+    Shutdown,
+    /// The host asked the VM to stop.
+    Stopped,
+    /// Something went wrong: an internal error, a failed entry, an unknown exit.
+    Error(String),
+}
+
+impl ExitReason {
+    /// The process exit status this reason maps to.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::GuestExit(s) => i32::from(*s),
+            ExitReason::Reset | ExitReason::PowerOff | ExitReason::Halted | ExitReason::Stopped => {
+                0
+            }
+            ExitReason::Shutdown | ExitReason::Error(_) => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::GuestExit(s) => write!(f, "guest exited with status {s}"),
+            ExitReason::Reset => write!(f, "guest reset the machine"),
+            ExitReason::PowerOff => write!(f, "guest powered off"),
+            ExitReason::Halted => write!(f, "guest halted with interrupts disabled"),
+            ExitReason::Shutdown => write!(f, "guest triple-faulted (shutdown)"),
+            ExitReason::Stopped => write!(f, "stopped by the host"),
+            ExitReason::Error(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Where the first reason for the VM to end is recorded, and who is woken by it.
+pub struct ExitSignal {
+    reason: Mutex<Option<ExitReason>>,
+    evt: EventFd,
+}
+
+impl ExitSignal {
+    /// A signal that writes `evt`.
+    pub fn new(evt: EventFd) -> Self {
+        Self {
+            reason: Mutex::new(None),
+            evt,
+        }
+    }
+
+    /// Ends the VM for `reason`, unless it already ends for another.
+    pub fn request(&self, reason: ExitReason) {
+        let mut r = lock(&self.reason);
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        // Only fails if the counter would overflow, which leaves it readable anyway.
+        let _ = self.evt.write(1);
+    }
+
+    /// The recorded reason.
+    pub fn reason(&self) -> Option<ExitReason> {
+        lock(&self.reason).clone()
+    }
+
+    /// Whether a reason has been recorded.
+    pub fn is_set(&self) -> bool {
+        lock(&self.reason).is_some()
+    }
+
+    /// The eventfd written on each request.
+    pub fn event(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+/// What a kicked vCPU found itself doing.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RunState {
+    Running = 0,
+    /// Never started (an AP waiting for INIT/SIPI).
+    WaitingForSipi = 1,
+    /// HLT with IF=0: only an NMI could wake it.
+    HaltedForGood = 2,
+}
+
+/// State shared by all vCPU threads and the thread that controls them.
+pub struct VcpuShared {
+    /// Set to make every vCPU thread return.
+    pub stop: AtomicBool,
+    states: Vec<AtomicU8>,
+    /// Why the VM ends.
+    pub exit: Arc<ExitSignal>,
+}
+
+impl VcpuShared {
+    /// Shared state for `count` vCPUs.
+    pub fn new(count: usize, exit: Arc<ExitSignal>) -> Self {
+        Self {
+            stop: AtomicBool::new(false),
+            states: (0..count)
+                .map(|_| AtomicU8::new(RunState::Running as u8))
+                .collect(),
+            exit,
+        }
+    }
+
+    fn set_state(&self, index: usize, state: RunState) {
+        self.states[index].store(state as u8, Ordering::SeqCst);
+        let all_stuck = self
+            .states
+            .iter()
+            .all(|s| s.load(Ordering::SeqCst) != RunState::Running as u8);
+        let any_halted = self
+            .states
+            .iter()
+            .any(|s| s.load(Ordering::SeqCst) == RunState::HaltedForGood as u8);
+        if all_stuck && any_halted {
+            self.exit.request(ExitReason::Halted);
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's kvm_run, for the kick signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(|r| r.get());
+    if !run.is_null() {
+        // SAFETY: `run` is this thread's mapped kvm_run, set by the vCPU thread before it
+        // first enters KVM_RUN and valid while the VcpuFd lives (the thread owns it).
+        // Setting immediate_exit makes a KVM_RUN that has not begun yet return at once, so
+        // a kick is never lost between the stop check and the ioctl.
+        unsafe { (*run).immediate_exit = 1 };
+    }
+}
+
+/// Installs the kick signal handler (once per process).
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            vmm_sys_util::signal::register_signal_handler(kick_signal(), handle_kick)
+                .map_err(|e| e.errno())
+        })
+        .map_err(vmm_sys_util::errno::Error::new)
+}
+
+/// One vCPU and what it needs to run.
+pub struct Vcpu {
+    /// Index and APIC id.
+    pub index: usize,
+    /// The KVM vCPU.
+    pub fd: VcpuFd,
+    /// Port I/O devices.
+    pub pio: Bus,
+    /// MMIO devices.
+    pub mmio: Bus,
+    /// Guest memory, to show the instruction bytes of a failed emulation.
+    pub mem: GuestMemoryMmap,
+    /// Shared with the other vCPUs and the controller.
+    pub shared: Arc<VcpuShared>,
+}
+
+impl Vcpu {
+    /// Runs until the VM stops. Call on the vCPU's own thread.
+    pub fn run(mut self) {
+        let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
+        KVM_RUN.with(|r| r.set(run_ptr));
+        while !self.shared.stop.load(Ordering::SeqCst) {
+            if let Some(reason) = self.run_once() {
+                self.shared.exit.request(reason);
+                break;
+            }
+        }
+        KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+    }
+
+    /// One KVM_RUN; returns a reason when the VM must end.
+    fn run_once(&mut self) -> Option<ExitReason> {
+        let index = self.index;
+        match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if !self.pio.read(u64::from(port), data) {
+                    data.fill(0xff);
+                }
+                None
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                self.pio.write(u64::from(port), data);
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !self.mmio.read(addr, data) {
+                    data.fill(0xff);
+                }
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                self.mmio.write(addr, data);
+                None
+            }
+            Ok(VcpuExit::Hlt) => {
+                self.shared.set_state(index, RunState::HaltedForGood);
+                Some(ExitReason::Halted)
+            }
+            Ok(VcpuExit::Shutdown) => Some(ExitReason::Shutdown),
+            Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                other => ExitReason::Error(format!("vCPU {index}: guest crashed (KVM system event {other})")),
+            }),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(ExitReason::Error(format!(
+                "vCPU {index}: KVM could not enter the guest (hardware entry failure reason {reason:#x} on host CPU {cpu})"
+            ))),
+            Ok(VcpuExit::InternalError) => Some(ExitReason::Error(self.describe_internal_error())),
+            Ok(VcpuExit::Intr) => {
+                self.on_kick();
+                None
+            }
+            Ok(other) => {
+                let what = format!("{other:?}");
+                Some(ExitReason::Error(format!(
+                    "vCPU {index}: unhandled KVM exit {what}{}",
+                    self.register_dump()
+                )))
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.on_kick();
+                None
+            }
+            Err(e) => Some(ExitReason::Error(format!("vCPU {index}: KVM_RUN failed: {e}"))),
+        }
+    }
+
+    /// Called after a kick: see whether this vCPU can still make progress.
+    fn on_kick(&mut self) {
+        self.fd.set_kvm_immediate_exit(0);
+        if self.shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let state = match (self.fd.get_mp_state(), self.fd.get_regs()) {
+            (Ok(mp), Ok(regs)) => match mp.mp_state {
+                KVM_MP_STATE_HALTED if regs.rflags & (1 << 9) == 0 => RunState::HaltedForGood,
+                KVM_MP_STATE_UNINITIALIZED | KVM_MP_STATE_INIT_RECEIVED => RunState::WaitingForSipi,
+                _ => RunState::Running,
+            },
+            _ => RunState::Running,
+        };
+        self.shared.set_state(self.index, state);
+    }
+
+    fn describe_internal_error(&mut self) -> String {
+        // SAFETY: KVM filled the `internal` member of the exit union for this exit reason.
+        let (suberror, ndata, data) = unsafe {
+            let internal = self.fd.get_kvm_run().__bindgen_anon_1.internal;
+            (internal.suberror, internal.ndata, internal.data)
+        };
+        let what = match suberror {
+            kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => {
+                "instruction emulation failed: KVM cannot execute this instruction"
+            }
+            kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "exception while delivering an exception",
+            kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "event delivery failed",
+            _ => "unknown",
+        };
+        let extra: Vec<String> = data
+            .iter()
+            .take((ndata as usize).min(data.len()))
+            .map(|d| format!("{d:#x}"))
+            .collect();
+        format!(
+            "vCPU {}: KVM internal error, suberror {suberror} ({what}){}{}",
+            self.index,
+            if extra.is_empty() {
+                String::new()
+            } else {
+                format!(" [data {}]", extra.join(" "))
+            },
+            self.register_dump()
+        )
+    }
+
+    /// "; RIP ... (bytes ...); registers ..." for error messages.
+    fn register_dump(&self) -> String {
+        let Ok(regs) = self.fd.get_regs() else {
+            return String::new();
+        };
+        let bytes = self
+            .fd
+            .translate_gva(regs.rip)
+            .ok()
+            .filter(|t| t.valid != 0)
+            .and_then(|t| {
+                let mut b = [0u8; 16];
+                self.mem
+                    .read_slice(&mut b, GuestAddress(t.physical_address))
+                    .ok()
+                    .map(|_| b)
+            })
+            .map(|b| {
+                b.iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_else(|| "unreadable".into());
+        let sregs = self.fd.get_sregs().unwrap_or_default();
+        format!(
+            " at guest RIP {:#x} (instruction bytes: {bytes}); rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rsp={:#x} rbp={:#x} rflags={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+            regs.rip, regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rsp,
+            regs.rbp, regs.rflags, sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer
+        )
+    }
+}
