@@ -61,6 +61,9 @@ pub enum VmError {
     /// Devices.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// virtio devices.
+    #[error(transparent)]
+    Virtio(#[from] crate::virtio::VirtioError),
     /// Too many vCPUs.
     #[error("--cpus {asked} is more than this host's KVM allows ({max})")]
     TooManyCpus {
@@ -101,7 +104,7 @@ pub enum VmError {
     EventLoop(String),
 }
 
-fn kvm_call<T>(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::KvmCall { what, source }
 }
 
@@ -210,23 +213,23 @@ impl Vm {
         let cpus = config.cpus as u8;
         let calibration = resolve_execution(config.execution);
 
-        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call::<()>("KVM_CREATE_VM"))?);
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?);
         vm_fd
             .set_tss_address(KVM_TSS_ADDR as usize)
-            .map_err(kvm_call::<()>("KVM_SET_TSS_ADDR"))?;
+            .map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
         vm_fd
             .set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
-            .map_err(kvm_call::<()>("KVM_SET_IDENTITY_MAP_ADDR"))?;
+            .map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
         vm_fd
             .create_irq_chip()
-            .map_err(kvm_call::<()>("KVM_CREATE_IRQCHIP"))?;
+            .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
         vm_fd
             .create_pit2(pit)
-            .map_err(kvm_call::<()>("KVM_CREATE_PIT2"))?;
+            .map_err(kvm_call("KVM_CREATE_PIT2"))?;
 
         let mem = memory::create(config.memory)?;
         for (slot, region) in mem.iter().enumerate() {
@@ -243,7 +246,7 @@ impl Vm {
             // SAFETY: the region is a live mapping owned by `mem`, which the Vm keeps for
             // as long as the VM fd exists.
             unsafe { vm_fd.set_user_memory_region(r) }
-                .map_err(kvm_call::<()>("KVM_SET_USER_MEMORY_REGION"))?;
+                .map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
         let kernel = boot::load_kernel(&mem, &config.kernel, config.boot_protocol)?;
@@ -273,12 +276,12 @@ impl Vm {
         let shared = Arc::new(VcpuShared::new(cpus as usize, exit.clone()));
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_call::<()>("KVM_GET_SUPPORTED_CPUID"))?;
+            .map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
         let mut vcpus = Vec::with_capacity(cpus as usize);
         for index in 0..cpus {
             let fd = vm_fd
                 .create_vcpu(u64::from(index))
-                .map_err(kvm_call::<()>("KVM_CREATE_VCPU"))?;
+                .map_err(kvm_call("KVM_CREATE_VCPU"))?;
             let mut c = supported.clone();
             cpuid::adjust(
                 &mut c,
@@ -288,21 +291,19 @@ impl Vm {
                     emulated: execution == Execution::Emulated,
                 },
             );
-            fd.set_cpuid2(&c)
-                .map_err(kvm_call::<()>("KVM_SET_CPUID2"))?;
+            fd.set_cpuid2(&c).map_err(kvm_call("KVM_SET_CPUID2"))?;
             fd.set_msrs(&msr::boot_msrs())
-                .map_err(kvm_call::<()>("KVM_SET_MSRS"))?;
-            let sregs = fd.get_sregs().map_err(kvm_call::<()>("KVM_GET_SREGS"))?;
+                .map_err(kvm_call("KVM_SET_MSRS"))?;
+            let sregs = fd.get_sregs().map_err(kvm_call("KVM_GET_SREGS"))?;
             fd.set_sregs(&regs::setup_sregs(&mem, kernel.mode, sregs)?)
-                .map_err(kvm_call::<()>("KVM_SET_SREGS"))?;
+                .map_err(kvm_call("KVM_SET_SREGS"))?;
             fd.set_regs(&regs::boot_regs(kernel.mode, kernel.entry))
-                .map_err(kvm_call::<()>("KVM_SET_REGS"))?;
+                .map_err(kvm_call("KVM_SET_REGS"))?;
             fd.set_fpu(&regs::boot_fpu())
-                .map_err(kvm_call::<()>("KVM_SET_FPU"))?;
-            let mut lapic = fd.get_lapic().map_err(kvm_call::<()>("KVM_GET_LAPIC"))?;
+                .map_err(kvm_call("KVM_SET_FPU"))?;
+            let mut lapic = fd.get_lapic().map_err(kvm_call("KVM_GET_LAPIC"))?;
             regs::set_lint(&mut lapic);
-            fd.set_lapic(&lapic)
-                .map_err(kvm_call::<()>("KVM_SET_LAPIC"))?;
+            fd.set_lapic(&lapic).map_err(kvm_call("KVM_SET_LAPIC"))?;
             vcpus.push(Vcpu {
                 index: usize::from(index),
                 fd,

@@ -1,0 +1,920 @@
+//! One virtio-blk request at a time: check a descriptor chain against the disk, then move
+//! the data straight between guest memory and the backing file.
+//!
+//! The expected layout is the one every driver uses (Linux, FreeBSD, OVMF, SeaBIOS): a
+//! 16-byte device-readable header descriptor, the data descriptors, then a device-writable
+//! status descriptor whose last byte receives the status. Everything the guest controls is
+//! checked before any I/O starts, so a bad request never touches the file; a chain whose
+//! status cannot be written is still returned to the driver (used length 0) so that its
+//! ring keeps moving.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions};
+
+use super::{DISK_ID_LEN, QUEUE_SIZE, SECTOR_SHIFT, SECTOR_SIZE};
+
+/// The size of `struct virtio_blk_outhdr` (type, ioprio, sector).
+const HEADER_LEN: u32 = 16;
+/// The longest chain served. Without VIRTIO_RING_F_INDIRECT_DESC a chain cannot be longer
+/// than the queue, but virtio-queue follows indirect tables anyway (up to 65535 entries):
+/// longer chains are failed rather than buffered.
+const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
+
+/// Why a request failed. Except for [`RequestError::Unsupported`] (status UNSUPP), the
+/// driver sees all of these as status IOERR; they describe what the driver got wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The chain has no descriptor before the status.
+    #[error("the descriptor chain has no request header before its status descriptor")]
+    NoHeader,
+    /// The header is in a device-writable descriptor.
+    #[error("the request header descriptor is device-writable; it must be device-readable")]
+    HeaderWriteOnly,
+    /// The header descriptor is not exactly one `virtio_blk_outhdr`.
+    #[error("the request header descriptor is {0} bytes long; it must be exactly 16")]
+    HeaderLength(u32),
+    /// The header is not in guest memory.
+    #[error("cannot read the request header from guest memory: {0}")]
+    HeaderUnreadable(#[source] GuestMemoryError),
+    /// A data descriptor points the wrong way for the request type.
+    #[error(
+        "a data descriptor has the wrong direction: reads need device-writable buffers, \
+         writes device-readable ones"
+    )]
+    DataDirection,
+    /// A data buffer is not (entirely) in guest memory.
+    #[error("the data buffer at {addr:#x} ({len} bytes) is not in guest memory")]
+    BadBuffer {
+        /// Guest physical address of the buffer.
+        addr: u64,
+        /// Its length.
+        len: u32,
+    },
+    /// The data length is not a whole number of sectors.
+    #[error("the request moves {0} bytes, which is not a multiple of the 512-byte sector")]
+    UnalignedLength(u64),
+    /// The request reaches past the end of the disk.
+    #[error(
+        "sector {sector} plus {len} bytes reaches past the end of the disk ({capacity} sectors)"
+    )]
+    OutOfRange {
+        /// First sector of the request.
+        sector: u64,
+        /// Bytes it moves.
+        len: u64,
+        /// Disk size in sectors.
+        capacity: u64,
+    },
+    /// A write to a read-only disk.
+    #[error("the disk is read-only")]
+    ReadOnly,
+    /// More descriptors than the device accepts.
+    #[error("the descriptor chain is longer than {MAX_DESCRIPTORS} descriptors")]
+    TooManyDescriptors,
+    /// A request type the device does not implement.
+    #[error("request type {0} is not supported")]
+    Unsupported(u32),
+    /// The backing file failed.
+    #[error("disk I/O failed: {0}")]
+    Io(#[source] io::Error),
+    /// Moving data between guest memory and the file failed.
+    #[error("moving request data failed: {0}")]
+    Transfer(#[source] GuestMemoryError),
+    /// The driver broke the queue itself (e.g. an available index too far ahead).
+    #[error("the virtio queue is unusable: {0}")]
+    Queue(#[source] virtio_queue::Error),
+    /// The available ring claims buffers that cannot be popped.
+    #[error("the available ring announces buffers that cannot be read")]
+    StuckRing,
+}
+
+/// The backing file of a virtio-blk device and the engine that serves its requests.
+#[derive(Debug)]
+pub struct Disk {
+    pub(super) file: File,
+    /// Size in sectors; a partial sector at the end of the file is not exposed.
+    pub(super) nsectors: u64,
+    pub(super) read_only: bool,
+    /// The GET_ID serial, zero-padded.
+    pub(super) id: [u8; DISK_ID_LEN],
+}
+
+impl Disk {
+    /// The disk size in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.nsectors
+    }
+
+    /// Whether writes are refused.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The serial number GET_ID returns (zero-padded, not NUL-terminated when 20 bytes long).
+    pub fn id(&self) -> &[u8; DISK_ID_LEN] {
+        &self.id
+    }
+
+    /// Serves every request the driver made available in `queue` and returns whether the
+    /// driver should now be interrupted. Uses the standard virtio-queue loop: notifications
+    /// stay off while draining and the ring is checked again after turning them back on,
+    /// so a request added meanwhile is never left waiting. Errs only when the queue itself
+    /// is broken; failed requests are completed with an error status instead.
+    pub fn process_queue<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        queue: &mut Queue,
+    ) -> Result<bool, RequestError> {
+        let mut used_any = false;
+        let mut idle_rounds = 0;
+        loop {
+            queue
+                .disable_notification(mem)
+                .map_err(RequestError::Queue)?;
+            let mut progressed = false;
+            while let Some(chain) = queue.iter(mem).map_err(RequestError::Queue)?.next() {
+                progressed = true;
+                let head = chain.head_index();
+                let len = self.execute(mem, chain);
+                // Fails only for a head index past the queue, which the driver cannot be
+                // told about anyway; the following chains may still be fine.
+                if queue.add_used(mem, head, len).is_ok() {
+                    used_any = true;
+                }
+            }
+            if !queue
+                .enable_notification(mem)
+                .map_err(RequestError::Queue)?
+            {
+                break;
+            }
+            // More is available: normally the driver added it while notifications were off.
+            // Twice in a row without popping anything means the ring cannot be read, and
+            // looping on would hang the event loop.
+            idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
+            if idle_rounds > 1 {
+                return Err(RequestError::StuckRing);
+            }
+        }
+        if !used_any {
+            return Ok(false);
+        }
+        queue.needs_notification(mem).map_err(RequestError::Queue)
+    }
+
+    /// Serves one request and returns the used length for it: the bytes written into
+    /// guest memory (data read, plus the status byte), or 0 when the chain has no
+    /// writable status byte.
+    pub fn execute<M: GuestMemory>(&mut self, mem: &M, chain: DescriptorChain<&M>) -> u32 {
+        let mut descs: Vec<Descriptor> = Vec::with_capacity(4);
+        let mut last = None;
+        let mut too_many = false;
+        // virtio-queue bounds the walk (queue size, or indirect table size) and stops at
+        // loops, indices past the table and unreadable descriptors.
+        for desc in chain {
+            if descs.len() < MAX_DESCRIPTORS {
+                descs.push(desc);
+            } else {
+                too_many = true;
+            }
+            last = Some(desc);
+        }
+        // A chain whose last descriptor still says NEXT was cut short by virtio-queue: its
+        // real status descriptor is unknown, so nothing in it is written.
+        let Some(status_addr) = last
+            .filter(|d| !d.has_next())
+            .and_then(|d| status_address(mem, &d))
+        else {
+            return 0;
+        };
+        let result = if too_many {
+            Err(RequestError::TooManyDescriptors)
+        } else {
+            descs.pop();
+            self.handle(mem, &descs)
+        };
+        let (status, written) = match result {
+            Ok(written) => (VIRTIO_BLK_S_OK, written),
+            Err(RequestError::Unsupported(_)) => (VIRTIO_BLK_S_UNSUPP, 0),
+            Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+        };
+        // The status byte was checked to be in guest memory just above.
+        if mem.write_obj(status as u8, status_addr).is_err() {
+            return 0;
+        }
+        written.saturating_add(1)
+    }
+
+    /// Serves the request in `descs` (header and data, status left out); returns how many
+    /// data bytes were written into guest memory.
+    fn handle<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        descs: &[Descriptor],
+    ) -> Result<u32, RequestError> {
+        let (header, data) = descs.split_first().ok_or(RequestError::NoHeader)?;
+        if header.is_write_only() {
+            return Err(RequestError::HeaderWriteOnly);
+        }
+        if header.len() != HEADER_LEN {
+            return Err(RequestError::HeaderLength(header.len()));
+        }
+        let request_type = u32::from_le(
+            mem.read_obj(header.addr())
+                .map_err(RequestError::HeaderUnreadable)?,
+        );
+        let sector_addr = header
+            .addr()
+            .checked_add(8)
+            .ok_or(RequestError::HeaderUnreadable(
+                GuestMemoryError::InvalidGuestAddress(header.addr()),
+            ))?;
+        let sector = u64::from_le(
+            mem.read_obj(sector_addr)
+                .map_err(RequestError::HeaderUnreadable)?,
+        );
+
+        match request_type {
+            VIRTIO_BLK_T_IN => {
+                let len = self.check_data(mem, data, sector, true)?;
+                self.seek(sector)?;
+                for d in data {
+                    mem.read_exact_volatile_from(d.addr(), &mut self.file, d.len() as usize)
+                        .map_err(RequestError::Transfer)?;
+                }
+                // A chain carries less than 4 GiB (virtio-queue stops it there).
+                Ok(u32::try_from(len).unwrap_or(u32::MAX))
+            }
+            VIRTIO_BLK_T_OUT => {
+                if self.read_only {
+                    return Err(RequestError::ReadOnly);
+                }
+                self.check_data(mem, data, sector, false)?;
+                self.seek(sector)?;
+                for d in data {
+                    mem.write_all_volatile_to(d.addr(), &mut self.file, d.len() as usize)
+                        .map_err(RequestError::Transfer)?;
+                }
+                Ok(0)
+            }
+            VIRTIO_BLK_T_FLUSH => {
+                self.file.sync_data().map_err(RequestError::Io)?;
+                Ok(0)
+            }
+            VIRTIO_BLK_T_GET_ID => {
+                check_buffers(mem, data, true)?;
+                let mut id = &self.id[..];
+                let mut written = 0;
+                for d in data {
+                    let n = id.len().min(d.len() as usize);
+                    let (now, rest) = id.split_at(n);
+                    mem.write_slice(now, d.addr())
+                        .map_err(RequestError::Transfer)?;
+                    id = rest;
+                    written += n as u32;
+                }
+                Ok(written)
+            }
+            other => Err(RequestError::Unsupported(other)),
+        }
+    }
+
+    /// Checks the data descriptors of a read (`device_writes`) or write and returns the
+    /// number of bytes they move.
+    fn check_data<M: GuestMemory>(
+        &self,
+        mem: &M,
+        data: &[Descriptor],
+        sector: u64,
+        device_writes: bool,
+    ) -> Result<u64, RequestError> {
+        let len = check_buffers(mem, data, device_writes)?;
+        if len % SECTOR_SIZE != 0 {
+            return Err(RequestError::UnalignedLength(len));
+        }
+        let end = sector
+            .checked_mul(SECTOR_SIZE)
+            .and_then(|start| start.checked_add(len));
+        match end {
+            // nsectors comes from a file size, so shifting it back cannot overflow.
+            Some(end) if end <= self.nsectors << SECTOR_SHIFT => Ok(len),
+            _ => Err(RequestError::OutOfRange {
+                sector,
+                len,
+                capacity: self.nsectors,
+            }),
+        }
+    }
+
+    fn seek(&mut self, sector: u64) -> Result<(), RequestError> {
+        self.file
+            .seek(SeekFrom::Start(sector << SECTOR_SHIFT))
+            .map(drop)
+            .map_err(RequestError::Io)
+    }
+}
+
+/// Checks that every buffer has the given direction and lies in guest memory; returns
+/// their total length.
+fn check_buffers<M: GuestMemory>(
+    mem: &M,
+    data: &[Descriptor],
+    device_writes: bool,
+) -> Result<u64, RequestError> {
+    let access = if device_writes {
+        Permissions::Write
+    } else {
+        Permissions::Read
+    };
+    let mut len = 0u64;
+    for d in data {
+        if d.is_write_only() != device_writes {
+            return Err(RequestError::DataDirection);
+        }
+        if !mem.check_range(d.addr(), d.len() as usize, access) {
+            return Err(RequestError::BadBuffer {
+                addr: d.addr().raw_value(),
+                len: d.len(),
+            });
+        }
+        len += u64::from(d.len());
+    }
+    Ok(len)
+}
+
+/// Where the status byte goes: the last byte of a device-writable descriptor (the status
+/// is the last field of `struct virtio_blk_req`), if that is in guest memory.
+fn status_address<M: GuestMemory>(mem: &M, desc: &Descriptor) -> Option<GuestAddress> {
+    if !desc.is_write_only() || desc.len() == 0 {
+        return None;
+    }
+    let addr = desc.addr().checked_add(u64::from(desc.len()) - 1)?;
+    mem.check_range(addr, 1, Permissions::Write).then_some(addr)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::FileExt;
+
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestMemoryMmap;
+    use vmm_sys_util::tempfile::TempFile;
+
+    use super::*;
+    use crate::virtio::block::BlockConfig;
+
+    pub(crate) const MEM_SIZE: usize = 0x10_0000;
+    const HDR: u64 = 0x2_0000;
+    const DATA: u64 = 0x3_0000;
+    const STATUS: u64 = 0x4_0000;
+    const R: u32 = 0;
+    const W: u32 = VRING_DESC_F_WRITE;
+
+    pub(crate) fn desc(addr: u64, len: u32, flags: u32) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags as u16, 0))
+    }
+
+    /// Puts one chain made of `descs` at index `at` of the descriptor table (linking them
+    /// with NEXT) and makes it available.
+    pub(crate) fn add_chain(
+        vq: &MockSplitQueue<GuestMemoryMmap>,
+        at: u16,
+        descs: &[RawDescriptor],
+    ) {
+        let linked: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let d = Descriptor::from(*d);
+                let last = i == descs.len() - 1;
+                let (flags, next) = if last {
+                    (d.flags() & !(VRING_DESC_F_NEXT as u16), 0)
+                } else {
+                    (d.flags() | VRING_DESC_F_NEXT as u16, at + i as u16 + 1)
+                };
+                RawDescriptor::from(Descriptor::new(d.addr().0, d.len(), flags, next))
+            })
+            .collect();
+        vq.add_desc_chains(&linked, at).unwrap();
+    }
+
+    pub(crate) fn write_header(mem: &GuestMemoryMmap, addr: u64, request_type: u32, sector: u64) {
+        mem.write_obj(request_type.to_le(), GuestAddress(addr))
+            .unwrap();
+        mem.write_obj(0u32, GuestAddress(addr + 4)).unwrap();
+        mem.write_obj(sector.to_le(), GuestAddress(addr + 8))
+            .unwrap();
+    }
+
+    pub(crate) fn guest_memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+    }
+
+    struct Setup {
+        mem: GuestMemoryMmap,
+        file: TempFile,
+        disk: Disk,
+    }
+
+    /// A disk of `size` bytes where byte i holds `pattern(i)`.
+    fn setup(size: u64, read_only: bool) -> Setup {
+        let file = TempFile::new().unwrap();
+        let bytes: Vec<u8> = (0..size).map(pattern).collect();
+        file.as_file().write_all(&bytes).unwrap();
+        let disk = Disk::open(&BlockConfig {
+            path: file.as_path().to_path_buf(),
+            read_only,
+            id: Some("hearth-test".into()),
+        })
+        .unwrap();
+        Setup {
+            mem: guest_memory(),
+            file,
+            disk,
+        }
+    }
+
+    fn pattern(i: u64) -> u8 {
+        (i % 251) as u8
+    }
+
+    fn file_bytes(file: &TempFile) -> Vec<u8> {
+        let mut v = Vec::new();
+        File::open(file.as_path())
+            .unwrap()
+            .read_to_end(&mut v)
+            .unwrap();
+        v
+    }
+
+    fn original(size: u64) -> Vec<u8> {
+        (0..size).map(pattern).collect()
+    }
+
+    impl Setup {
+        /// Runs the queue over the given chains; returns (used len per chain, interrupt?).
+        fn run(&mut self, chains: &[&[RawDescriptor]]) -> (Vec<u32>, bool) {
+            let vq = MockSplitQueue::new(&self.mem, QUEUE_SIZE);
+            let mut q: Queue = vq.create_queue().unwrap();
+            let mut at = 0;
+            for c in chains {
+                add_chain(&vq, at, c);
+                at += c.len() as u16;
+            }
+            let notify = self.disk.process_queue(&self.mem, &mut q).unwrap();
+            let used = vq.used().idx().load();
+            let lens = (0..used)
+                .map(|i| vq.used().ring().ref_at(i as usize).unwrap().load().len())
+                .collect();
+            (lens, notify)
+        }
+
+        fn status(&self) -> u8 {
+            self.mem.read_obj(GuestAddress(STATUS)).unwrap()
+        }
+
+        fn poison_status(&self) {
+            self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        }
+    }
+
+    fn ok_status_layout(
+        kind: u32,
+        sector: u64,
+        data: &[RawDescriptor],
+        s: &Setup,
+    ) -> Vec<RawDescriptor> {
+        write_header(&s.mem, HDR, kind, sector);
+        let mut v = vec![desc(HDR, 16, R)];
+        v.extend_from_slice(data);
+        v.push(desc(STATUS, 1, W));
+        v
+    }
+
+    #[test]
+    fn read_fills_guest_memory_from_the_file() {
+        let mut s = setup(8 * 512, false);
+        // Two buffers, three sectors, from sector 2.
+        let chain = ok_status_layout(
+            VIRTIO_BLK_T_IN,
+            2,
+            &[desc(DATA, 1024, W), desc(DATA + 0x1000, 512, W)],
+            &s,
+        );
+        s.poison_status();
+        let (lens, notify) = s.run(&[&chain]);
+        assert_eq!(lens, vec![1536 + 1]);
+        assert!(notify);
+        assert_eq!(s.status(), VIRTIO_BLK_S_OK as u8);
+        let mut got = vec![0u8; 1536];
+        s.mem
+            .read_slice(&mut got[..1024], GuestAddress(DATA))
+            .unwrap();
+        s.mem
+            .read_slice(&mut got[1024..], GuestAddress(DATA + 0x1000))
+            .unwrap();
+        assert_eq!(got, original(8 * 512)[1024..2560]);
+    }
+
+    #[test]
+    fn write_changes_exactly_the_requested_sectors() {
+        let mut s = setup(8 * 512, false);
+        s.mem.write_slice(&[0xaa; 512], GuestAddress(DATA)).unwrap();
+        s.mem
+            .write_slice(&[0xbb; 512], GuestAddress(DATA + 0x1000))
+            .unwrap();
+        let chain = ok_status_layout(
+            VIRTIO_BLK_T_OUT,
+            5,
+            &[desc(DATA, 512, R), desc(DATA + 0x1000, 512, R)],
+            &s,
+        );
+        let (lens, _) = s.run(&[&chain]);
+        assert_eq!(lens, vec![1]);
+        assert_eq!(s.status(), VIRTIO_BLK_S_OK as u8);
+        let mut want = original(8 * 512);
+        want[5 * 512..6 * 512].fill(0xaa);
+        want[6 * 512..7 * 512].fill(0xbb);
+        assert_eq!(file_bytes(&s.file), want);
+    }
+
+    #[test]
+    fn write_then_read_back_through_the_queue() {
+        let mut s = setup(4 * 512, false);
+        s.mem.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
+        let out = ok_status_layout(VIRTIO_BLK_T_OUT, 3, &[desc(DATA, 512, R)], &s);
+        assert_eq!(s.run(&[&out]).0, vec![1]);
+        let in_ = ok_status_layout(VIRTIO_BLK_T_IN, 3, &[desc(DATA + 0x1000, 512, W)], &s);
+        assert_eq!(s.run(&[&in_]).0, vec![513]);
+        let mut got = [0u8; 512];
+        s.mem
+            .read_slice(&mut got, GuestAddress(DATA + 0x1000))
+            .unwrap();
+        assert_eq!(got, [0x5a; 512]);
+    }
+
+    #[test]
+    fn requests_past_the_end_fail_without_touching_the_file() {
+        let size = 8 * 512;
+        let mut s = setup(size, false);
+        s.mem
+            .write_slice(&[0xcc; 1024], GuestAddress(DATA))
+            .unwrap();
+        // The last sector is fine, one more is not.
+        let last = ok_status_layout(VIRTIO_BLK_T_IN, 7, &[desc(DATA + 0x2000, 512, W)], &s);
+        assert_eq!(s.run(&[&last]).0, vec![513]);
+        for (sector, len) in [
+            (8, 512),
+            (7, 1024),
+            (u64::MAX, 512),
+            (u64::MAX / 512, 512),
+            (u64::MAX / 512 + 1, 0),
+            ((u64::MAX - 511) / 512, 1024),
+        ] {
+            for kind in [VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT] {
+                let flags = if kind == VIRTIO_BLK_T_IN { W } else { R };
+                let chain = ok_status_layout(kind, sector, &[desc(DATA, len, flags)], &s);
+                s.poison_status();
+                let (lens, _) = s.run(&[&chain]);
+                assert_eq!(lens, vec![1], "sector {sector} len {len}");
+                assert_eq!(
+                    s.status(),
+                    VIRTIO_BLK_S_IOERR as u8,
+                    "sector {sector} len {len}"
+                );
+            }
+        }
+        assert_eq!(file_bytes(&s.file), original(size));
+    }
+
+    #[test]
+    fn the_partial_tail_sector_is_not_exposed() {
+        let size = 2 * 512 + 100;
+        let mut s = setup(size, false);
+        assert_eq!(s.disk.capacity(), 2);
+        let chain = ok_status_layout(VIRTIO_BLK_T_OUT, 2, &[desc(DATA, 512, R)], &s);
+        s.run(&[&chain]);
+        assert_eq!(s.status(), VIRTIO_BLK_S_IOERR as u8);
+        assert_eq!(file_bytes(&s.file), original(size));
+    }
+
+    #[test]
+    fn lengths_must_be_whole_sectors() {
+        let mut s = setup(8 * 512, false);
+        for (kind, flags) in [(VIRTIO_BLK_T_IN, W), (VIRTIO_BLK_T_OUT, R)] {
+            let chain = ok_status_layout(
+                kind,
+                0,
+                &[desc(DATA, 512, flags), desc(DATA + 0x1000, 100, flags)],
+                &s,
+            );
+            s.poison_status();
+            assert_eq!(s.run(&[&chain]).0, vec![1]);
+            assert_eq!(s.status(), VIRTIO_BLK_S_IOERR as u8);
+        }
+        assert_eq!(file_bytes(&s.file), original(8 * 512));
+    }
+
+    #[test]
+    fn read_only_disks_refuse_writes_but_serve_reads() {
+        let mut s = setup(4 * 512, true);
+        assert!(s.disk.is_read_only());
+        let out = ok_status_layout(VIRTIO_BLK_T_OUT, 0, &[desc(DATA, 512, R)], &s);
+        assert_eq!(s.run(&[&out]).0, vec![1]);
+        assert_eq!(s.status(), VIRTIO_BLK_S_IOERR as u8);
+        assert_eq!(file_bytes(&s.file), original(4 * 512));
+
+        let in_ = ok_status_layout(VIRTIO_BLK_T_IN, 1, &[desc(DATA, 512, W)], &s);
+        assert_eq!(s.run(&[&in_]).0, vec![513]);
+        assert_eq!(s.status(), VIRTIO_BLK_S_OK as u8);
+        let flush = ok_status_layout(VIRTIO_BLK_T_FLUSH, 0, &[], &s);
+        s.poison_status();
+        assert_eq!(s.run(&[&flush]).0, vec![1]);
+        assert_eq!(s.status(), VIRTIO_BLK_S_OK as u8);
+    }
+
+    #[test]
+    fn unknown_types_are_unsupported() {
+        let mut s = setup(4 * 512, false);
+        for kind in [2, 11, 13, 0xdead_beef] {
+            let chain = ok_status_layout(kind, 0, &[desc(DATA, 512, W)], &s);
+            s.poison_status();
+            assert_eq!(s.run(&[&chain]).0, vec![1]);
+            assert_eq!(s.status(), VIRTIO_BLK_S_UNSUPP as u8);
+        }
+        assert_eq!(file_bytes(&s.file), original(4 * 512));
+    }
+
+    #[test]
+    fn flush_and_get_id() {
+        let mut s = setup(4 * 512, false);
+        let flush = ok_status_layout(VIRTIO_BLK_T_FLUSH, 0, &[], &s);
+        s.poison_status();
+        assert_eq!(s.run(&[&flush]).0, vec![1]);
+        assert_eq!(s.status(), VIRTIO_BLK_S_OK as u8);
+
+        s.mem.write_slice(&[0xff; 32], GuestAddress(DATA)).unwrap();
+        let get_id = ok_status_layout(VIRTIO_BLK_T_GET_ID, 0, &[desc(DATA, 20, W)], &s);
+        assert_eq!(s.run(&[&get_id]).0, vec![21]);
+        assert_eq!(s.status(), VIRTIO_BLK_S_OK as u8);
+        let mut id = [0u8; 21];
+        s.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        let mut want = [0u8; 21];
+        want[..11].copy_from_slice(b"hearth-test");
+        want[20] = 0xff;
+        assert_eq!(id, want, "20 bytes written, nothing past them");
+
+        // A short buffer gets what fits.
+        s.mem.write_slice(&[0xff; 32], GuestAddress(DATA)).unwrap();
+        let short = ok_status_layout(VIRTIO_BLK_T_GET_ID, 0, &[desc(DATA, 4, W)], &s);
+        assert_eq!(s.run(&[&short]).0, vec![5]);
+        let mut got = [0u8; 5];
+        s.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        assert_eq!(&got, b"hear\xff");
+
+        // The id buffer must be device-writable.
+        let wrong = ok_status_layout(VIRTIO_BLK_T_GET_ID, 0, &[desc(DATA, 20, R)], &s);
+        assert_eq!(s.run(&[&wrong]).0, vec![1]);
+        assert_eq!(s.status(), VIRTIO_BLK_S_IOERR as u8);
+    }
+
+    /// Runs `chain` (header at HDR set to `kind`/sector 0) and returns the used length and
+    /// the status byte, after checking the file is untouched.
+    fn run_malformed(kind: u32, chain: &[RawDescriptor]) -> (u32, u8) {
+        let mut s = setup(4 * 512, false);
+        write_header(&s.mem, HDR, kind, 0);
+        s.mem.write_slice(&[0xee; 512], GuestAddress(DATA)).unwrap();
+        s.poison_status();
+        let (lens, _) = s.run(&[chain]);
+        assert_eq!(
+            lens.len(),
+            1,
+            "the chain must still be returned to the driver"
+        );
+        assert_eq!(file_bytes(&s.file), original(4 * 512), "file changed");
+        (lens[0], s.status())
+    }
+
+    const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+
+    #[test]
+    fn malformed_chains_with_a_status_get_ioerr() {
+        let hdr = desc(HDR, 16, R);
+        let st = desc(STATUS, 1, W);
+        let out = VIRTIO_BLK_T_OUT;
+        let in_ = VIRTIO_BLK_T_IN;
+        // No header at all.
+        assert_eq!(run_malformed(out, &[st]), (1, IOERR));
+        // Header device-writable, too short, too long.
+        assert_eq!(
+            run_malformed(out, &[desc(HDR, 16, W), desc(DATA, 512, R), st]),
+            (1, IOERR)
+        );
+        assert_eq!(
+            run_malformed(out, &[desc(HDR, 8, R), desc(DATA, 512, R), st]),
+            (1, IOERR)
+        );
+        assert_eq!(run_malformed(out, &[desc(HDR, 528, R), st]), (1, IOERR));
+        // Header outside guest memory.
+        assert_eq!(
+            run_malformed(out, &[desc(MEM_SIZE as u64 - 8, 16, R), st]),
+            (1, IOERR)
+        );
+        assert_eq!(
+            run_malformed(out, &[desc(u64::MAX - 3, 16, R), st]),
+            (1, IOERR)
+        );
+        // Data with the wrong direction.
+        assert_eq!(
+            run_malformed(out, &[hdr, desc(DATA, 512, W), st]),
+            (1, IOERR)
+        );
+        assert_eq!(
+            run_malformed(in_, &[hdr, desc(DATA, 512, R), st]),
+            (1, IOERR)
+        );
+        // Data partly or wholly outside guest memory; the first, valid buffer of the write
+        // is not written either.
+        assert_eq!(
+            run_malformed(
+                out,
+                &[
+                    hdr,
+                    desc(DATA, 512, R),
+                    desc(MEM_SIZE as u64 - 256, 512, R),
+                    st
+                ]
+            ),
+            (1, IOERR)
+        );
+        assert_eq!(
+            run_malformed(out, &[hdr, desc(u64::MAX - 100, 512, R), st]),
+            (1, IOERR)
+        );
+        assert_eq!(
+            run_malformed(in_, &[hdr, desc(MEM_SIZE as u64, 512, W), st]),
+            (1, IOERR)
+        );
+    }
+
+    #[test]
+    fn chains_without_a_writable_status_are_returned_with_length_zero() {
+        let hdr = desc(HDR, 16, R);
+        let out = VIRTIO_BLK_T_OUT;
+        // Only a header.
+        assert_eq!(run_malformed(out, &[hdr]), (0, 0xff));
+        // The last descriptor is device-readable, or empty, or outside guest memory.
+        assert_eq!(
+            run_malformed(out, &[hdr, desc(DATA, 512, R), desc(STATUS, 1, R)]),
+            (0, 0xff)
+        );
+        assert_eq!(
+            run_malformed(out, &[hdr, desc(DATA, 512, R), desc(STATUS, 0, W)]),
+            (0, 0xff)
+        );
+        assert_eq!(
+            run_malformed(out, &[hdr, desc(DATA, 512, R), desc(MEM_SIZE as u64, 1, W)]),
+            (0, 0xff)
+        );
+        assert_eq!(
+            run_malformed(out, &[hdr, desc(DATA, 512, R), desc(u64::MAX, 1, W)]),
+            (0, 0xff)
+        );
+    }
+
+    #[test]
+    fn a_wider_status_descriptor_gets_the_status_in_its_last_byte() {
+        let mut s = setup(4 * 512, false);
+        s.mem.write_slice(&[0xff; 4], GuestAddress(STATUS)).unwrap();
+        write_header(&s.mem, HDR, VIRTIO_BLK_T_FLUSH, 0);
+        let (lens, _) = s.run(&[&[desc(HDR, 16, R), desc(STATUS, 4, W)]]);
+        assert_eq!(lens, vec![1]);
+        let mut st = [0u8; 4];
+        s.mem.read_slice(&mut st, GuestAddress(STATUS)).unwrap();
+        assert_eq!(st, [0xff, 0xff, 0xff, 0]);
+    }
+
+    #[test]
+    fn broken_chains_do_not_hang_and_the_queue_carries_on() {
+        let mut s = setup(4 * 512, false);
+        write_header(&s.mem, HDR, VIRTIO_BLK_T_IN, 0);
+        let vq = MockSplitQueue::new(&s.mem, QUEUE_SIZE);
+        let mut q: Queue = vq.create_queue().unwrap();
+        // Chain 0: one descriptor pointing at itself.
+        vq.add_desc_chains(
+            &[RawDescriptor::from(Descriptor::new(
+                HDR,
+                16,
+                VRING_DESC_F_NEXT as u16,
+                0,
+            ))],
+            0,
+        )
+        .unwrap();
+        // Chain 1: header -> a next index past the table.
+        vq.add_desc_chains(
+            &[RawDescriptor::from(Descriptor::new(
+                HDR,
+                16,
+                VRING_DESC_F_NEXT as u16,
+                999,
+            ))],
+            1,
+        )
+        .unwrap();
+        // Chain 2: a two-descriptor loop through a writable status.
+        vq.add_desc_chains(
+            &[
+                RawDescriptor::from(Descriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 3)),
+                RawDescriptor::from(Descriptor::new(
+                    STATUS,
+                    1,
+                    (VRING_DESC_F_NEXT | W) as u16,
+                    2,
+                )),
+            ],
+            2,
+        )
+        .unwrap();
+        // Chain 3: a good read.
+        add_chain(
+            &vq,
+            4,
+            &[desc(HDR, 16, R), desc(DATA, 512, W), desc(STATUS, 1, W)],
+        );
+        assert!(s.disk.process_queue(&s.mem, &mut q).unwrap());
+        assert_eq!(vq.used().idx().load(), 4);
+        let lens: Vec<u32> = (0..4)
+            .map(|i| vq.used().ring().ref_at(i).unwrap().load().len())
+            .collect();
+        assert_eq!(lens, vec![0, 0, 0, 513]);
+        assert_eq!(s.status(), VIRTIO_BLK_S_OK as u8);
+    }
+
+    #[test]
+    fn overlong_indirect_chains_are_failed() {
+        let mut s = setup(4 * 512, false);
+        write_header(&s.mem, HDR, VIRTIO_BLK_T_IN, 0);
+        // An indirect table: header, 300 empty device-writable buffers, status.
+        let table = 0x5_0000u64;
+        let n = 302u16;
+        for i in 0..n {
+            let (addr, len, flags) = match i {
+                0 => (HDR, 16, VRING_DESC_F_NEXT),
+                _ if i == n - 1 => (STATUS, 1, W),
+                _ => (DATA, 0, W | VRING_DESC_F_NEXT),
+            };
+            let d = Descriptor::new(addr, len, flags as u16, i + 1);
+            s.mem
+                .write_obj(
+                    RawDescriptor::from(d),
+                    GuestAddress(table + 16 * u64::from(i)),
+                )
+                .unwrap();
+        }
+        let head = desc(table, 16 * u32::from(n), VRING_DESC_F_INDIRECT);
+        s.poison_status();
+        assert_eq!(s.run(&[&[head]]).0, vec![1]);
+        assert_eq!(s.status(), IOERR);
+    }
+
+    #[test]
+    fn a_bogus_available_index_is_an_error_not_a_hang() {
+        let mut s = setup(4 * 512, false);
+        let vq = MockSplitQueue::new(&s.mem, QUEUE_SIZE);
+        let mut q: Queue = vq.create_queue().unwrap();
+        vq.avail().idx().store(QUEUE_SIZE + 1);
+        assert!(matches!(
+            s.disk.process_queue(&s.mem, &mut q),
+            Err(RequestError::Queue(_))
+        ));
+    }
+
+    #[test]
+    fn reads_and_writes_reach_the_file_at_the_right_offset() {
+        // Cross-check with positioned file I/O rather than the helpers above.
+        let mut s = setup(16 * 512, false);
+        s.mem.write_slice(&[7u8; 2048], GuestAddress(DATA)).unwrap();
+        let out = ok_status_layout(VIRTIO_BLK_T_OUT, 9, &[desc(DATA, 2048, R)], &s);
+        assert_eq!(s.run(&[&out]).0, vec![1]);
+        let f = File::open(s.file.as_path()).unwrap();
+        let mut buf = [0u8; 2048 + 2];
+        f.read_exact_at(&mut buf, 9 * 512 - 1).unwrap();
+        assert_eq!(buf[0], pattern(9 * 512 - 1));
+        assert!(buf[1..2049].iter().all(|&b| b == 7));
+        assert_eq!(buf[2049], pattern(13 * 512));
+    }
+}

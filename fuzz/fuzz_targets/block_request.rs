@@ -1,0 +1,150 @@
+//! Feeds arbitrary split-queue contents to the virtio-blk request engine.
+//!
+//! The input lays out, in order: a config byte (queue size, read-only disk, EVENT_IDX), the
+//! descriptor count, the available-index bump, the descriptors (16 bytes each, written to
+//! the descriptor table), the available ring heads (2 bytes each), and the bytes of the
+//! guest data area where headers and buffers live. Descriptor addresses are folded into
+//! (and just past) guest memory unless flag bit 15 asks for the raw value, so that the
+//! fuzzer reaches the parser instead of bouncing off "address not in memory".
+//!
+//! Besides "no panic, no hang", it checks that the disk file never grows and that the
+//! partial sector at its end (not exposed to the guest) is never written.
+
+#![no_main]
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::{Mutex, OnceLock};
+
+use hearth_devices::virtio::block::{BlockConfig, Disk};
+use libfuzzer_sys::fuzz_target;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::tempfile::TempFile;
+
+const MEM_SIZE: u64 = 0x1_0000;
+const DESC_TABLE: u64 = 0x0;
+const AVAIL_RING: u64 = 0x1000;
+const USED_RING: u64 = 0x2000;
+const DATA_AREA: u64 = 0x3000;
+/// Folded addresses land in [DATA_AREA, MEM_SIZE + 0x200): mostly inside, sometimes
+/// straddling or past the end of guest memory.
+const ADDR_SPAN: u64 = MEM_SIZE + 0x200 - DATA_AREA;
+/// Eight sectors and a 100-byte tail the guest must never see.
+const SECTORS: u64 = 8;
+const TAIL: usize = 100;
+const FILE_LEN: usize = SECTORS as usize * 512 + TAIL;
+
+struct Target {
+    _file: TempFile,
+    reader: File,
+    rw: Disk,
+    ro: Disk,
+}
+
+fn target() -> &'static Mutex<Target> {
+    static TARGET: OnceLock<Mutex<Target>> = OnceLock::new();
+    TARGET.get_or_init(|| {
+        let file = TempFile::new().expect("temp file");
+        let bytes: Vec<u8> = (0..FILE_LEN).map(|i| (i % 251) as u8).collect();
+        file.as_file().write_all(&bytes).expect("fill disk");
+        let config = |read_only| BlockConfig {
+            path: file.as_path().to_path_buf(),
+            read_only,
+            id: None,
+        };
+        let rw = Disk::open(&config(false)).expect("open rw");
+        let ro = Disk::open(&config(true)).expect("open ro");
+        assert_eq!(rw.capacity(), SECTORS);
+        let reader = File::open(file.as_path()).expect("reopen");
+        Mutex::new(Target {
+            _file: file,
+            reader,
+            rw,
+            ro,
+        })
+    })
+}
+
+fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if data.len() < n {
+        return None;
+    }
+    let (head, rest) = data.split_at(n);
+    *data = rest;
+    Some(head)
+}
+
+fuzz_target!(|input: &[u8]| {
+    let mut data = input;
+    let Some(&[config, ndesc, navail]) = take(&mut data, 3) else {
+        return;
+    };
+    let queue_size = 1u16 << (config & 0x7).min(8); // 1..=256
+    let read_only = config & 0x8 != 0;
+    let event_idx = config & 0x10 != 0;
+
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
+        .expect("guest memory");
+
+    for i in 0..u64::from(ndesc).min(u64::from(queue_size)) {
+        let Some(raw) = take(&mut data, 16) else {
+            break;
+        };
+        let mut d = [0u8; 16];
+        d.copy_from_slice(raw);
+        let flags = u16::from_le_bytes([d[12], d[13]]);
+        if flags & 0x8000 == 0 {
+            let addr = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
+            let folded = DATA_AREA + addr % ADDR_SPAN;
+            d[..8].copy_from_slice(&folded.to_le_bytes());
+        }
+        mem.write_slice(&d, GuestAddress(DESC_TABLE + 16 * i))
+            .expect("desc table");
+    }
+    for i in 0..u64::from(navail).min(u64::from(queue_size)) {
+        let Some(head) = take(&mut data, 2) else {
+            break;
+        };
+        mem.write_slice(head, GuestAddress(AVAIL_RING + 4 + 2 * i))
+            .expect("avail ring");
+    }
+    // The available index: usually what was written, sometimes past the queue size.
+    mem.write_obj(u16::from(navail).to_le(), GuestAddress(AVAIL_RING + 2))
+        .expect("avail idx");
+    let n = data.len().min((MEM_SIZE - DATA_AREA) as usize);
+    mem.write_slice(&data[..n], GuestAddress(DATA_AREA))
+        .expect("data area");
+
+    let mut queue = Queue::new(queue_size).expect("queue");
+    queue.set_size(queue_size);
+    queue.set_ready(true);
+    queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
+    queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
+    queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
+    queue.set_event_idx(event_idx);
+    assert!(queue.is_valid(&mem));
+
+    let mut t = target().lock().unwrap_or_else(|e| e.into_inner());
+    let disk = if read_only { &mut t.ro } else { &mut t.rw };
+    let _ = disk.process_queue(&mem, &mut queue);
+
+    let used_idx: u16 = mem.read_obj(GuestAddress(USED_RING + 2)).expect("used idx");
+    assert!(used_idx <= u16::from(navail), "more used than available");
+
+    // The file keeps its size and its hidden tail.
+    let len = t.reader.metadata().expect("metadata").len();
+    assert_eq!(len, FILE_LEN as u64, "the disk file changed size");
+    let mut tail = [0u8; TAIL];
+    t.reader
+        .read_exact_at(&mut tail, SECTORS * 512)
+        .expect("read tail");
+    for (i, b) in tail.iter().enumerate() {
+        assert_eq!(
+            *b,
+            ((SECTORS as usize * 512 + i) % 251) as u8,
+            "tail written"
+        );
+    }
+});
