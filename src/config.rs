@@ -73,19 +73,8 @@ pub enum ExecutionChoice {
     Emulated,
 }
 
-/// A virtio block device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiskConfig {
-    /// The backing file (raw image).
-    pub path: PathBuf,
-    /// Refuse guest writes.
-    #[serde(default)]
-    pub read_only: bool,
-    /// The serial number the guest reads with GET_ID (at most 20 bytes).
-    #[serde(default)]
-    pub id: Option<String>,
-}
+/// A virtio block device, as the device model takes it.
+pub type DiskConfig = hearth_devices::virtio::block::BlockConfig;
 
 /// Everything that describes a VM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,36 +266,33 @@ fn parse_on_off(what: &'static str, spec: &str, key: &str, v: &str) -> Result<bo
     }
 }
 
-impl std::str::FromStr for DiskConfig {
-    type Err = ConfigError;
-
-    /// `path=FILE[,readonly=on|off][,id=SERIAL]`
-    fn from_str(spec: &str) -> Result<Self, ConfigError> {
-        const WHAT: &str = "--disk";
-        let bad = |reason: &str| ConfigError::DeviceSpec {
-            what: WHAT,
-            spec: spec.to_string(),
-            reason: reason.to_string(),
-        };
-        let mut disk = DiskConfig {
-            path: PathBuf::new(),
-            read_only: false,
-            id: None,
-        };
-        for (k, v) in parse_options(WHAT, spec, &["path", "readonly", "id"])? {
-            match k {
-                "path" if v.is_empty() => return Err(bad("path is empty")),
-                "path" => disk.path = PathBuf::from(v),
-                "readonly" => disk.read_only = parse_on_off(WHAT, spec, k, v)?,
-                _ if v.len() > 20 => return Err(bad("id is longer than 20 bytes")),
-                _ => disk.id = Some(v.to_string()),
-            }
+/// Parses `path=FILE[,readonly=on|off][,id=SERIAL]` (`--disk`).
+pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
+    const WHAT: &str = "--disk";
+    let bad = |reason: &str| ConfigError::DeviceSpec {
+        what: WHAT,
+        spec: spec.to_string(),
+        reason: reason.to_string(),
+    };
+    let mut disk = DiskConfig {
+        path: PathBuf::new(),
+        read_only: false,
+        id: None,
+    };
+    for (k, v) in parse_options(WHAT, spec, &["path", "readonly", "id"])? {
+        match k {
+            "path" if v.is_empty() => return Err(bad("path is empty")),
+            "path" => disk.path = PathBuf::from(v),
+            "readonly" => disk.read_only = parse_on_off(WHAT, spec, k, v)?,
+            _ if v.len() > 20 => return Err(bad("id is longer than 20 bytes")),
+            _ => disk.id = Some(v.to_string()),
         }
-        if disk.path.as_os_str().is_empty() {
-            return Err(bad("path=FILE is required"));
-        }
-        Ok(disk)
     }
+    if disk.path.as_os_str().is_empty() {
+        return Err(bad("path=FILE is required"));
+    }
+    Ok(disk)
+    Ok(disk)
 }
 
 #[cfg(test)]
@@ -350,7 +336,7 @@ mod tests {
 
     #[test]
     fn disk_specs() {
-        let d: DiskConfig = "path=/a.img,readonly=on,id=data0".parse().unwrap();
+        let d: DiskConfig = parse_disk("path=/a.img,readonly=on,id=data0").unwrap();
         assert_eq!(
             d,
             DiskConfig {
@@ -359,7 +345,7 @@ mod tests {
                 id: Some("data0".into())
             }
         );
-        let d: DiskConfig = "path=/b".parse().unwrap();
+        let d = parse_disk("path=/b").unwrap();
         assert!(!d.read_only);
         for bad in [
             "",
@@ -370,7 +356,7 @@ mod tests {
             "path=/a,path=/b",
             "path=/a,id=123456789012345678901",
         ] {
-            let e = bad.parse::<DiskConfig>().unwrap_err().to_string();
+            let e = parse_disk(bad).unwrap_err().to_string();
             assert!(e.starts_with("invalid --disk"), "{bad}: {e}");
         }
     }

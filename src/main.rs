@@ -70,8 +70,7 @@ fn parse_memory(s: &str) -> Result<u64, String> {
 }
 
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
-    s.parse::<DiskConfig>()
-        .map_err(|e: ConfigError| e.to_string())
+    hearth::config::parse_disk(s).map_err(|e| e.to_string())
 }
 
 impl RunArgs {

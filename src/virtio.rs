@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use hearth_devices::bus::lock;
-use hearth_devices::virtio::block::{Block, BlockConfig};
+use hearth_devices::virtio::block::Block;
 use hearth_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use hearth_devices::virtio::{Interrupt, VirtioDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -75,11 +75,7 @@ pub fn add_disks(
     disks: &[DiskConfig],
 ) -> Result<(), VirtioError> {
     for disk in disks {
-        let block = Block::new(BlockConfig {
-            path: disk.path.clone(),
-            read_only: disk.read_only,
-            id: disk.id.clone(),
-        })?;
+        let block = Block::new(disk.clone())?;
         add_device(devices, vm, mem, Arc::new(Mutex::new(block)))?;
     }
     Ok(())

@@ -22,13 +22,16 @@ use crate::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRIN
 
 /// What the user asked for on the command line or in the config file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BlockConfig {
     /// The raw disk image (or host block device).
     pub path: PathBuf,
     /// Attach it read-only: the file is opened read-only and the guest sees VIRTIO_BLK_F_RO.
+    #[serde(default)]
     pub read_only: bool,
     /// The serial number the guest reads with GET_ID (at most 20 bytes); derived from the
     /// file's device and inode numbers when absent.
+    #[serde(default)]
     pub id: Option<String>,
 }
 
