@@ -292,7 +292,6 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
         return Err(bad("path=FILE is required"));
     }
     Ok(disk)
-    Ok(disk)
 }
 
 #[cfg(test)]
