@@ -6,6 +6,7 @@
 #include "io.h"
 #include "lib.h"
 #include "virtio_blk.h"
+#include "virtio_mmio.h"
 
 #define BOOT_LINUX64	1	/* values set in entry.S */
 #define BOOT_PVH	2

@@ -4,9 +4,6 @@
 
 #include <stdint.h>
 
-/* Register a virtio-mmio transport (from a virtio_mmio.device= token). */
-void virtio_mmio_add(uint64_t base, uint64_t size);
-
 /* Actions; devices are probed and initialised on first use. D is the index
  * among block devices in command-line order. */
 void blk_info(void);
