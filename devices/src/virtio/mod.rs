@@ -7,6 +7,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod persist;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -106,6 +107,10 @@ pub trait VirtioDevice: Send {
     fn avail_features(&self) -> u64;
     /// The features the driver accepted (a subset of `avail_features`).
     fn set_acked_features(&mut self, features: u64);
+    /// What `set_acked_features` last set.
+    fn acked_features(&self) -> u64;
+    /// The live state of the queues while activated (empty otherwise), for snapshots.
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState>;
     /// Reads the device-specific configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device-specific configuration space.

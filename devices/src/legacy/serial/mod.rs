@@ -2,6 +2,7 @@
 //! descriptor served on the event loop.
 
 mod event_handler;
+pub mod persist;
 
 pub use event_handler::SerialInput;
 
@@ -49,12 +50,15 @@ pub enum SerialError {
     /// Creating an eventfd failed.
     #[error("cannot create an eventfd for the serial port: {0}")]
     EventFd(#[source] std::io::Error),
+    /// Saved state that vm-superio refuses.
+    #[error("cannot restore the serial port: {0}")]
+    Restore(String),
 }
 
 impl Serial {
     /// A UART raising `irq` and writing guest output to `out`.
     pub fn new(irq: EventFdTrigger, out: Box<dyn Write + Send>) -> Result<Self, SerialError> {
-        let input_space = EventFd::new(libc::EFD_NONBLOCK).map_err(SerialError::EventFd)?;
+        let input_space = Self::eventfd()?;
         let events = InputSpace(input_space.try_clone().map_err(SerialError::EventFd)?);
         Ok(Self {
             uart: vm_superio::Serial::with_events(irq, events, out),
@@ -62,9 +66,8 @@ impl Serial {
         })
     }
 
-    /// The state vm-superio keeps (registers and receive FIFO).
-    pub fn state(&self) -> vm_superio::serial::SerialState {
-        self.uart.state()
+    fn eventfd() -> Result<EventFd, SerialError> {
+        EventFd::new(libc::EFD_NONBLOCK).map_err(SerialError::EventFd)
     }
 
     /// Room left in the receive FIFO.

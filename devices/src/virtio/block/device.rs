@@ -38,6 +38,16 @@ pub struct BlockConfig {
 /// Why a block device could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
+    /// A restored disk is not the size it was when the snapshot was taken.
+    #[error("disk {}: its size changed since the snapshot ({then} sectors then, {now} now); restore with the disk as it was", .path.display())]
+    SizeChanged {
+        /// The disk.
+        path: PathBuf,
+        /// Sectors in the snapshot.
+        then: u64,
+        /// Sectors now.
+        now: u64,
+    },
     /// The file cannot be opened at all.
     #[error("disk {}: cannot open: {source}; check the path and its permissions", .path.display())]
     Open {
@@ -234,10 +244,6 @@ impl Block {
     }
 
     /// The features the driver accepted (0 until FEATURES_OK).
-    pub fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
     /// Serves what the driver queued and interrupts it if anything completed.
     pub(super) fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
@@ -273,6 +279,14 @@ impl VirtioDevice for Block {
 
     fn set_acked_features(&mut self, features: u64) {
         self.acked_features = features & self.avail_features;
+    }
+
+    fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.active.iter().map(|a| a.queue.state()).collect()
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

@@ -7,6 +7,7 @@
 
 mod device;
 mod event_handler;
+pub mod persist;
 mod request;
 
 pub use device::{Block, BlockConfig, BlockError};

@@ -115,6 +115,29 @@ impl MmioTransport {
         }
     }
 
+    /// A transport with saved registers and queues (snapshot restore).
+    pub fn from_parts(
+        mem: GuestMemoryMmap,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        interrupt: Arc<Interrupt>,
+        state: MmioState,
+        queues: Vec<Queue>,
+    ) -> Self {
+        Self {
+            device,
+            mem,
+            interrupt,
+            state,
+            queues,
+            activation_error: None,
+        }
+    }
+
+    /// The interrupt line.
+    pub fn interrupt(&self) -> &Arc<Interrupt> {
+        &self.interrupt
+    }
+
     /// The device behind this window.
     pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
         &self.device
@@ -411,6 +434,12 @@ mod tests {
         }
         fn set_acked_features(&mut self, features: u64) {
             self.acked = Some(features);
+        }
+        fn acked_features(&self) -> u64 {
+            self.acked.unwrap_or(0)
+        }
+        fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+            self.activated.iter().flatten().map(|q| q.state()).collect()
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             for (i, b) in data.iter_mut().enumerate() {

@@ -1,0 +1,192 @@
+//! Snapshot state of virtio devices behind the virtio-mmio transport: what the driver
+//! negotiated, the queue registers and ring positions, the interrupt status. Device
+//! models add their own state next to their code (e.g. `block/persist.rs`).
+
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState};
+use vm_memory::GuestMemoryMmap;
+
+use super::mmio::{MmioState, MmioTransport};
+use super::{ActivateError, Interrupt, VirtioDevice};
+use crate::bus::lock;
+
+/// Save a device's state, or rebuild it from saved state plus what cannot be saved
+/// (files, sockets, guest memory), in the manner of Firecracker's `Persist`.
+pub trait Persist: Sized {
+    /// The serializable state.
+    type State;
+    /// What restoring needs besides the state.
+    type Args;
+    /// The error restoring can fail with.
+    type Error;
+    /// Captures the state (the VM is paused).
+    fn save(&self) -> Self::State;
+    /// Rebuilds the device.
+    fn restore(args: Self::Args, state: &Self::State) -> Result<Self, Self::Error>;
+}
+
+/// A virtqueue's registers and ring positions (`virtio_queue::QueueState`, serializable).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedQueue {
+    /// Largest size the device offers.
+    pub max_size: u16,
+    /// Next available-ring entry the device will take.
+    pub next_avail: u16,
+    /// Next used-ring entry the device will fill.
+    pub next_used: u16,
+    /// VIRTIO_F_RING_EVENT_IDX negotiated.
+    pub event_idx_enabled: bool,
+    /// Size the driver chose.
+    pub size: u16,
+    /// QueueReady.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Available ring address.
+    pub avail_ring: u64,
+    /// Used ring address.
+    pub used_ring: u64,
+}
+
+impl From<QueueState> for SavedQueue {
+    fn from(s: QueueState) -> Self {
+        Self {
+            max_size: s.max_size,
+            next_avail: s.next_avail,
+            next_used: s.next_used,
+            event_idx_enabled: s.event_idx_enabled,
+            size: s.size,
+            ready: s.ready,
+            desc_table: s.desc_table,
+            avail_ring: s.avail_ring,
+            used_ring: s.used_ring,
+        }
+    }
+}
+
+impl From<SavedQueue> for QueueState {
+    fn from(s: SavedQueue) -> Self {
+        Self {
+            max_size: s.max_size,
+            next_avail: s.next_avail,
+            next_used: s.next_used,
+            event_idx_enabled: s.event_idx_enabled,
+            size: s.size,
+            ready: s.ready,
+            desc_table: s.desc_table,
+            avail_ring: s.avail_ring,
+            used_ring: s.used_ring,
+        }
+    }
+}
+
+/// Everything the transport and the generic device side need to carry on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    /// The transport's registers.
+    pub mmio: MmioState,
+    /// Queues as the transport shows them to the driver.
+    pub queues: Vec<SavedQueue>,
+    /// The device's live queues when it is active (their ring positions move on).
+    pub active_queues: Option<Vec<SavedQueue>>,
+    /// Features the driver accepted.
+    pub acked_features: u64,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+}
+
+/// Why a transport could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    /// A saved queue does not make a valid queue.
+    #[error("saved virtio queue {index} is invalid: {reason}")]
+    Queue {
+        /// Which.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The saved state does not fit this device.
+    #[error("saved virtio state has {saved} queues, the device has {expected}")]
+    QueueCount {
+        /// Saved.
+        saved: usize,
+        /// The device's.
+        expected: usize,
+    },
+    /// Re-activating the device failed.
+    #[error("cannot re-activate the restored virtio device: {0}")]
+    Activate(#[from] ActivateError),
+}
+
+fn to_queues(saved: &[SavedQueue]) -> Result<Vec<Queue>, PersistError> {
+    saved
+        .iter()
+        .enumerate()
+        .map(|(index, s)| {
+            Queue::try_from(QueueState::from(*s)).map_err(|e| PersistError::Queue {
+                index,
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// What restoring a transport needs besides its state.
+pub struct TransportArgs {
+    /// Guest memory (already restored).
+    pub mem: GuestMemoryMmap,
+    /// The device, rebuilt by its own `Persist`.
+    pub device: Arc<Mutex<dyn VirtioDevice>>,
+    /// Its interrupt line (a fresh irqfd).
+    pub interrupt: Arc<Interrupt>,
+}
+
+impl Persist for MmioTransport {
+    type State = TransportState;
+    type Args = TransportArgs;
+    type Error = PersistError;
+
+    fn save(&self) -> TransportState {
+        let device = lock(self.device());
+        TransportState {
+            mmio: self.state().clone(),
+            queues: self.queues().iter().map(|q| q.state().into()).collect(),
+            active_queues: device
+                .is_activated()
+                .then(|| device.queue_states().into_iter().map(Into::into).collect()),
+            acked_features: device.acked_features(),
+            interrupt_status: self.interrupt().status(),
+        }
+    }
+
+    fn restore(args: TransportArgs, state: &TransportState) -> Result<Self, PersistError> {
+        let expected = lock(&args.device).queue_max_sizes().len();
+        if state.queues.len() != expected {
+            return Err(PersistError::QueueCount {
+                saved: state.queues.len(),
+                expected,
+            });
+        }
+        let queues = to_queues(&state.queues)?;
+        {
+            let mut device = lock(&args.device);
+            device.set_acked_features(state.acked_features);
+            if let Some(active) = &state.active_queues {
+                // Activation also makes the device look at its queues once, which serves
+                // any notification that was pending when the snapshot was taken.
+                device.activate(args.mem.clone(), to_queues(active)?, args.interrupt.clone())?;
+            }
+        }
+        args.interrupt.set_status(state.interrupt_status);
+        Ok(MmioTransport::from_parts(
+            args.mem,
+            args.device,
+            args.interrupt,
+            state.mmio.clone(),
+            queues,
+        ))
+    }
+}
