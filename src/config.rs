@@ -113,6 +113,9 @@ pub struct VmConfig {
     /// virtio block devices, in the order the guest sees them.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// Serve the control socket (pause, resume, snapshot) at this path.
+    #[serde(default)]
+    pub api_sock: Option<PathBuf>,
 }
 
 fn default_cmdline() -> String {
@@ -142,6 +145,7 @@ impl VmConfig {
             execution: ExecutionChoice::default(),
             cmdline_workarounds: true,
             disks: Vec::new(),
+            api_sock: None,
         }
     }
 
@@ -202,7 +206,10 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
 }
 
 fn serialize_size<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-    if v % (1 << 20) == 0 {
+    // Binary formats (snapshots) keep the plain byte count.
+    if !s.is_human_readable() {
+        s.serialize_u64(*v)
+    } else if v % (1 << 20) == 0 {
         s.serialize_str(&format!("{}M", v >> 20))
     } else {
         s.serialize_str(&format!("{}K", v >> 10))
@@ -215,6 +222,9 @@ fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     enum Size {
         Mib(u64),
         Text(String),
+    }
+    if !d.is_human_readable() {
+        return u64::deserialize(d);
     }
     match Size::deserialize(d)? {
         Size::Mib(n) => n

@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use hearth_devices::bus::{Bus, BusDevice, BusError};
 use hearth_devices::legacy::i8042::{I8042_PORT_BASE, I8042_PORT_LEN};
+use hearth_devices::legacy::serial::persist::{SavedSerial, SerialArgs};
 use hearth_devices::legacy::serial::{COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
 use hearth_devices::legacy::{EventFdTrigger, Serial, SerialInput, I8042};
+use hearth_devices::virtio::persist::Persist;
 use kvm_ioctls::VmFd;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -120,6 +122,8 @@ pub struct DeviceManager {
     pub serial: Option<Arc<Mutex<Serial>>>,
     /// `virtio_mmio.device=` entries for the kernel command line: (base, irq).
     pub virtio_slots: Vec<(u64, u32)>,
+    /// The virtio devices, in slot order, for snapshots.
+    pub virtio: Vec<crate::virtio::VirtioSlot>,
     next_irq: u32,
 }
 
@@ -132,6 +136,7 @@ impl DeviceManager {
             subscribers: Vec::new(),
             serial: None,
             virtio_slots: Vec::new(),
+            virtio: Vec::new(),
             next_irq: VIRTIO_IRQ_BASE,
         }
     }
@@ -153,6 +158,7 @@ impl DeviceManager {
         exit: &Arc<ExitSignal>,
         serial_out: Option<&std::path::Path>,
         serial_in: Option<File>,
+        saved_serial: Option<&SavedSerial>,
     ) -> Result<(), DeviceError> {
         let out: Box<dyn Write + Send> = match serial_out {
             Some(path) => {
@@ -163,10 +169,11 @@ impl DeviceManager {
             }
             None => Box::new(std::io::stdout()),
         };
-        let serial = Arc::new(Mutex::new(Serial::new(
-            EventFdTrigger(Self::irqfd(vm, COM1_IRQ)?),
-            out,
-        )?));
+        let irq = EventFdTrigger(Self::irqfd(vm, COM1_IRQ)?);
+        let serial = Arc::new(Mutex::new(match saved_serial {
+            Some(state) => Serial::restore(SerialArgs { irq, out }, state)?,
+            None => Serial::new(irq, out)?,
+        }));
         self.pio
             .insert(COM1_PORT_BASE, COM1_PORT_LEN, serial.clone())?;
         if let Some(input) = serial_in {

@@ -14,16 +14,18 @@
 
 pub mod logger;
 
+pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod device_manager;
 pub mod kvm;
 pub mod memory;
+pub mod snapshot;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;
 
 pub use config::VmConfig;
 pub use vcpu::ExitReason;
-pub use vm::{Vm, VmError};
+pub use vm::{RestoreOptions, RunningVm, Vm, VmError};

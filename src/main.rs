@@ -22,6 +22,56 @@ enum Command {
     Run(RunArgs),
     /// Show what this host's KVM offers and whether it runs guests natively or emulates them.
     Info,
+    /// Control a running hearth through its API socket.
+    Ctl(CtlArgs),
+    /// Restore a VM from a snapshot directory in this new process.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// The socket the VM was started with (--api-sock).
+    #[arg(long, value_name = "PATH")]
+    api_sock: PathBuf,
+    #[command(subcommand)]
+    action: CtlAction,
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// Stop every vCPU and the devices at a consistent point.
+    Pause,
+    /// Let a paused VM run on.
+    Resume,
+    /// Write a snapshot (state + memory) to a directory; the VM stays paused unless
+    /// --resume is given.
+    Snapshot {
+        /// The snapshot directory (created if needed).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Resume the VM once the snapshot is written.
+        #[arg(long)]
+        resume: bool,
+    },
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// The snapshot directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Run at once (otherwise the VM waits, paused, for `hearth ctl resume`).
+    #[arg(long)]
+    resume: bool,
+    /// Serve the control socket here.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// Write guest serial output to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    serial_out: Option<PathBuf>,
+    /// Log what hearth does to stderr.
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 #[derive(Args)]
@@ -60,6 +110,9 @@ struct RunArgs {
     /// A virtio block device: path=FILE[,readonly=on][,id=SERIAL]; repeat for more.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     disk: Vec<DiskConfig>,
+    /// Serve a control socket (pause, resume, snapshot) at PATH.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
     /// Log what hearth does (KVM mode, timings, exits) to stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -109,6 +162,9 @@ impl RunArgs {
         if !self.disk.is_empty() {
             config.disks = self.disk;
         }
+        if let Some(a) = self.api_sock {
+            config.api_sock = Some(a);
+        }
         Ok(config)
     }
 }
@@ -117,6 +173,10 @@ fn run(args: RunArgs) -> Result<i32, VmError> {
     hearth::logger::set_verbose(args.verbose);
     let config = args.into_config()?;
     let vm = Vm::try_from(config)?;
+    finish(vm)
+}
+
+fn finish(vm: Vm) -> Result<i32, VmError> {
     let _terminal = RawTerminal::enter();
     let reason = vm.run()?;
     if let hearth::ExitReason::Error(_) = reason {
@@ -125,6 +185,34 @@ fn run(args: RunArgs) -> Result<i32, VmError> {
         hearth::debug!("{reason}");
     }
     Ok(reason.exit_code())
+}
+
+fn restore(args: RestoreArgs) -> Result<i32, VmError> {
+    hearth::logger::set_verbose(args.verbose);
+    let options = hearth::RestoreOptions {
+        resume: args.resume,
+        serial_out: args.serial_out,
+        api_sock: args.api_sock,
+    };
+    if !options.resume && options.api_sock.is_none() {
+        eprintln!("hearth: note: restoring paused without --api-sock: nothing can resume it; pass --resume or --api-sock");
+    }
+    finish(Vm::restore(&args.dir, &options)?)
+}
+
+fn ctl(args: CtlArgs) -> Result<i32, VmError> {
+    use hearth::api::Request;
+    let request = match args.action {
+        CtlAction::Pause => Request::Pause,
+        CtlAction::Resume => Request::Resume,
+        CtlAction::Snapshot { dir, resume } => Request::Snapshot {
+            // The VM resolves relative paths from its own working directory.
+            dir: std::path::absolute(&dir).unwrap_or(dir),
+            resume,
+        },
+    };
+    hearth::api::send(&args.api_sock, &request)?;
+    Ok(0)
 }
 
 fn info() -> Result<i32, VmError> {
@@ -170,6 +258,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Info => info(),
+        Command::Ctl(args) => ctl(args),
+        Command::Restore(args) => restore(args),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

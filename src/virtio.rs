@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use hearth_devices::bus::lock;
 use hearth_devices::virtio::block::Block;
 use hearth_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use hearth_devices::virtio::persist::{Persist, PersistError, TransportArgs, TransportState};
 use hearth_devices::virtio::{Interrupt, VirtioDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
@@ -14,6 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::DiskConfig;
 use crate::device_manager::{DeviceError, DeviceManager, Subscriber};
+use crate::snapshot::{VirtioDeviceState, VirtioSlotState};
 
 /// Errors adding virtio devices.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,45 @@ pub enum VirtioError {
     /// KVM or the buses refused the device.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// Saved transport state that does not fit.
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    /// The snapshot's devices differ from the configuration.
+    #[error("snapshot: {0}")]
+    Mismatch(String),
+}
+
+/// A device model behind a virtio-mmio slot.
+#[derive(Clone)]
+pub enum VirtioKind {
+    /// virtio-blk.
+    Block(Arc<Mutex<Block>>),
+}
+
+/// One virtio-mmio slot of the VM.
+pub struct VirtioSlot {
+    /// MMIO window.
+    pub base: u64,
+    /// Interrupt line.
+    pub irq: u32,
+    /// The transport.
+    pub transport: Arc<Mutex<MmioTransport>>,
+    /// The device.
+    pub kind: VirtioKind,
+}
+
+impl VirtioSlot {
+    /// The slot's snapshot state (the VM is paused).
+    pub fn save(&self) -> VirtioSlotState {
+        VirtioSlotState {
+            base: self.base,
+            irq: self.irq,
+            transport: lock(&self.transport).save(),
+            device: match &self.kind {
+                VirtioKind::Block(b) => VirtioDeviceState::Block(lock(b).save()),
+            },
+        }
+    }
 }
 
 /// Puts `device` on the next virtio-mmio slot: register window on the MMIO bus, queue
@@ -34,17 +75,13 @@ pub fn add_device<D>(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     device: Arc<Mutex<D>>,
-) -> Result<(), DeviceError>
+    saved: Option<&TransportState>,
+) -> Result<(u64, u32, Arc<Mutex<MmioTransport>>), VirtioError>
 where
     D: VirtioDevice + event_manager::MutEventSubscriber + Send + 'static,
 {
     let (base, irq) = devices.allocate_virtio_slot()?;
-    let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
-    vm.register_irqfd(&irq_evt, irq)
-        .map_err(|source| DeviceError::Register {
-            what: format!("irqfd for virtio GSI {irq}"),
-            source,
-        })?;
+    let irq_evt = irqfd(vm, irq)?;
     let interrupt = Arc::new(Interrupt::new(irq_evt));
     for (index, evt) in lock(&device).queue_events().iter().enumerate() {
         vm.register_ioevent(
@@ -58,25 +95,89 @@ where
         })?;
     }
     let as_virtio: Arc<Mutex<dyn VirtioDevice>> = device.clone();
-    let transport = MmioTransport::new(mem.clone(), as_virtio, interrupt);
+    let transport = match saved {
+        Some(state) => MmioTransport::restore(
+            TransportArgs {
+                mem: mem.clone(),
+                device: as_virtio,
+                interrupt,
+            },
+            state,
+        )?,
+        None => MmioTransport::new(mem.clone(), as_virtio, interrupt),
+    };
+    let transport = Arc::new(Mutex::new(transport));
     devices
         .mmio
-        .insert(base, MMIO_WINDOW_SIZE, Arc::new(Mutex::new(transport)))?;
+        .insert(base, MMIO_WINDOW_SIZE, transport.clone())
+        .map_err(DeviceError::from)?;
     let as_subscriber: Subscriber = device;
     devices.subscribers.push(as_subscriber);
-    Ok(())
+    Ok((base, irq, transport))
 }
 
-/// Adds one virtio-blk device per disk, in order (the guest's vda, vdb, ...).
+fn irqfd(vm: &VmFd, irq: u32) -> Result<EventFd, DeviceError> {
+    let evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+    vm.register_irqfd(&evt, irq)
+        .map_err(|source| DeviceError::Register {
+            what: format!("irqfd for virtio GSI {irq}"),
+            source,
+        })?;
+    Ok(evt)
+}
+
+/// The saved slot for the next device, checked against what the configuration builds.
+fn next_saved<'a>(
+    saved: Option<&'a [VirtioSlotState]>,
+    index: usize,
+    what: &str,
+) -> Result<Option<&'a VirtioSlotState>, VirtioError> {
+    let Some(slots) = saved else {
+        return Ok(None);
+    };
+    slots
+        .get(index)
+        .map(Some)
+        .ok_or_else(|| VirtioError::Mismatch(format!("no saved state for {what} #{index}")))
+}
+
+/// Adds one virtio-blk device per disk, in order (the guest's vda, vdb, ...); with
+/// `saved`, rebuilds them from a snapshot instead.
 pub fn add_disks(
     devices: &mut DeviceManager,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     disks: &[DiskConfig],
+    saved: Option<&[VirtioSlotState]>,
 ) -> Result<(), VirtioError> {
-    for disk in disks {
-        let block = Block::new(disk.clone())?;
-        add_device(devices, vm, mem, Arc::new(Mutex::new(block)))?;
+    for (i, disk) in disks.iter().enumerate() {
+        let slot_state = next_saved(saved, devices.virtio.len(), "virtio device")?;
+        let block = match slot_state.map(|s| &s.device) {
+            Some(VirtioDeviceState::Block(state)) => Block::restore((), state)?,
+            None => Block::new(disk.clone())?,
+        };
+        let block = Arc::new(Mutex::new(block));
+        let (base, irq, transport) = add_device(
+            devices,
+            vm,
+            mem,
+            block.clone(),
+            slot_state.map(|s| &s.transport),
+        )?;
+        if let Some(s) = slot_state {
+            if (s.base, s.irq) != (base, irq) {
+                return Err(VirtioError::Mismatch(format!(
+                    "disk {i} was at {:#x} irq {}, now at {base:#x} irq {irq}",
+                    s.base, s.irq
+                )));
+            }
+        }
+        devices.virtio.push(VirtioSlot {
+            base,
+            irq,
+            transport,
+            kind: VirtioKind::Block(block),
+        });
     }
     Ok(())
 }

@@ -9,8 +9,9 @@
 //! ```
 
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -32,8 +33,11 @@ use crate::config::{ConfigError, ExecutionChoice, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager, Subscriber};
 use crate::kvm::{self, Execution, KvmError};
 use crate::memory::{self, MemoryError};
+use crate::snapshot::{self, VmState};
 use crate::vcpu::{self, ExitReason, ExitSignal, Vcpu, VcpuShared};
 use crate::{debug, info};
+use hearth_devices::bus::lock;
+use hearth_devices::virtio::persist::Persist;
 
 /// What a Linux guest needs on its command line where KVM emulates kernel mode
 /// (../shared/linux-guest.md): no XSAVE, and no POPCNT or SMAP, whose instructions the
@@ -102,6 +106,18 @@ pub enum VmError {
     /// The event loop.
     #[error("event loop: {0}")]
     EventLoop(String),
+    /// A snapshot could not be written or read.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// A snapshot does not fit together.
+    #[error("cannot restore: {0}")]
+    Restore(String),
+    /// The VM has ended.
+    #[error("the VM is no longer running")]
+    NotRunning,
+    /// The control socket.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
 }
 
 fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -134,6 +150,8 @@ pub struct Vm {
     devices: DeviceManager,
     execution: Execution,
     cmdline: String,
+    config: VmConfig,
+    start_paused: bool,
 }
 
 impl TryFrom<VmConfig> for Vm {
@@ -196,6 +214,107 @@ pub fn build_cmdline(
     Ok(cmdline)
 }
 
+/// The parts every VM has, fresh or restored.
+struct Parts {
+    vm_fd: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    exit: Arc<ExitSignal>,
+    devices: DeviceManager,
+    vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
+    shared: Arc<VcpuShared>,
+}
+
+/// Creates the VM, its irqchip/PIT, registers `mem`, adds the devices (from saved state
+/// when given) and creates the vCPUs.
+fn build_parts(
+    kvm: &kvm_ioctls::Kvm,
+    config: &VmConfig,
+    mem: GuestMemoryMmap,
+    serial_out: Option<&Path>,
+    saved: Option<&VmState>,
+) -> Result<Parts, VmError> {
+    let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?);
+    vm_fd
+        .set_tss_address(KVM_TSS_ADDR as usize)
+        .map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
+    vm_fd
+        .set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+        .map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm_fd
+        .create_irq_chip()
+        .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm_fd
+        .create_pit2(pit)
+        .map_err(kvm_call("KVM_CREATE_PIT2"))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| VmError::EventLoop(format!("guest memory region: {e}")))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the VM keeps for as
+        // long as the VM fd exists.
+        unsafe { vm_fd.set_user_memory_region(r) }
+            .map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+
+    let exit = Arc::new(ExitSignal::new(
+        EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?,
+    ));
+    let mut devices = DeviceManager::new();
+    devices.add_legacy(
+        &vm_fd,
+        &exit,
+        serial_out,
+        stdin_for_guest(),
+        saved.map(|s| &s.serial),
+    )?;
+    crate::virtio::add_disks(
+        &mut devices,
+        &vm_fd,
+        &mem,
+        &config.disks,
+        saved.map(|s| s.virtio.as_slice()),
+    )?;
+    if let Some(s) = saved {
+        if s.virtio.len() != devices.virtio.len() {
+            return Err(VmError::Restore(format!(
+                "the snapshot has {} virtio devices, its configuration gives {}",
+                s.virtio.len(),
+                devices.virtio.len()
+            )));
+        }
+    }
+
+    let msr_indices = kvm
+        .get_msr_index_list()
+        .map(|l| l.as_slice().to_vec())
+        .map_err(kvm_call("KVM_GET_MSR_INDEX_LIST"))?;
+    let cpus = config.cpus as usize;
+    let shared = Arc::new(VcpuShared::new(cpus, exit.clone(), msr_indices));
+    let vcpu_fds = (0..cpus)
+        .map(|i| vm_fd.create_vcpu(i as u64))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(kvm_call("KVM_CREATE_VCPU"))?;
+    Ok(Parts {
+        vm_fd,
+        mem,
+        exit,
+        devices,
+        vcpu_fds,
+        shared,
+    })
+}
+
 impl Vm {
     /// Builds a VM: KVM, memory, kernel, devices and vCPUs. Nothing runs yet, and any
     /// error leaves nothing behind.
@@ -213,55 +332,14 @@ impl Vm {
         let cpus = config.cpus as u8;
         let calibration = resolve_execution(config.execution);
 
-        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?);
-        vm_fd
-            .set_tss_address(KVM_TSS_ADDR as usize)
-            .map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
-        vm_fd
-            .set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
-            .map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        vm_fd
-            .create_irq_chip()
-            .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm_fd
-            .create_pit2(pit)
-            .map_err(kvm_call("KVM_CREATE_PIT2"))?;
-
         let mem = memory::create(config.memory)?;
-        for (slot, region) in mem.iter().enumerate() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|e| VmError::EventLoop(format!("guest memory region: {e}")))?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-                flags: 0,
-            };
-            // SAFETY: the region is a live mapping owned by `mem`, which the Vm keeps for
-            // as long as the VM fd exists.
-            unsafe { vm_fd.set_user_memory_region(r) }
-                .map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
-        }
-
         let kernel = boot::load_kernel(&mem, &config.kernel, config.boot_protocol)?;
         let initrd = match &config.initrd {
             Some(path) => Some(boot::load_initrd(&mem, path, &kernel)?),
             None => None,
         };
-
-        let exit = Arc::new(ExitSignal::new(
-            EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?,
-        ));
-        let mut devices = DeviceManager::new();
-        let stdin = stdin_for_guest();
-        devices.add_legacy(&vm_fd, &exit, config.serial_out.as_deref(), stdin)?;
-        crate::virtio::add_disks(&mut devices, &vm_fd, &mem, &config.disks)?;
+        let parts = build_parts(&kvm, config, mem, config.serial_out.as_deref(), None)?;
+        let mem = &parts.mem;
 
         let execution = match (config.execution, calibration) {
             (ExecutionChoice::Native, _) => Execution::Native,
@@ -269,24 +347,19 @@ impl Vm {
             (ExecutionChoice::Auto, Some(handle)) => handle.join().unwrap_or(Execution::Native),
             (ExecutionChoice::Auto, None) => Execution::Native,
         };
-        let cmdline = build_cmdline(config, &devices.virtio_slots, execution)?;
-        boot::write_boot_info(&mem, &kernel, &cmdline, initrd)?;
-        mptable::setup(&mem, cpus)?;
+        let cmdline = build_cmdline(config, &parts.devices.virtio_slots, execution)?;
+        boot::write_boot_info(mem, &kernel, &cmdline, initrd)?;
+        mptable::setup(mem, cpus)?;
 
-        let shared = Arc::new(VcpuShared::new(cpus as usize, exit.clone()));
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
-        let mut vcpus = Vec::with_capacity(cpus as usize);
-        for index in 0..cpus {
-            let fd = vm_fd
-                .create_vcpu(u64::from(index))
-                .map_err(kvm_call("KVM_CREATE_VCPU"))?;
+        for (index, fd) in parts.vcpu_fds.iter().enumerate() {
             let mut c = supported.clone();
             cpuid::adjust(
                 &mut c,
                 cpuid::CpuidParams {
-                    vcpu_id: index,
+                    vcpu_id: index as u8,
                     vcpu_count: cpus,
                     emulated: execution == Execution::Emulated,
                 },
@@ -295,7 +368,7 @@ impl Vm {
             fd.set_msrs(&msr::boot_msrs())
                 .map_err(kvm_call("KVM_SET_MSRS"))?;
             let sregs = fd.get_sregs().map_err(kvm_call("KVM_GET_SREGS"))?;
-            fd.set_sregs(&regs::setup_sregs(&mem, kernel.mode, sregs)?)
+            fd.set_sregs(&regs::setup_sregs(mem, kernel.mode, sregs)?)
                 .map_err(kvm_call("KVM_SET_SREGS"))?;
             fd.set_regs(&regs::boot_regs(kernel.mode, kernel.entry))
                 .map_err(kvm_call("KVM_SET_REGS"))?;
@@ -304,14 +377,6 @@ impl Vm {
             let mut lapic = fd.get_lapic().map_err(kvm_call("KVM_GET_LAPIC"))?;
             regs::set_lint(&mut lapic);
             fd.set_lapic(&lapic).map_err(kvm_call("KVM_SET_LAPIC"))?;
-            vcpus.push(Vcpu {
-                index: usize::from(index),
-                fd,
-                pio: devices.pio.clone(),
-                mmio: devices.mmio.clone(),
-                mem: mem.clone(),
-                shared: shared.clone(),
-            });
         }
         let cmdline_text = cmdline
             .as_cstring()
@@ -327,7 +392,105 @@ impl Vm {
             },
             kernel.entry
         );
-        Ok(Self {
+        Ok(Self::from_parts(
+            parts,
+            config.clone(),
+            execution,
+            cmdline_text,
+            false,
+        ))
+    }
+
+    /// Rebuilds a VM from the snapshot in `dir`: guest memory is mapped copy-on-write
+    /// from the snapshot (which is never modified), disks are reopened, devices and
+    /// vCPUs get their saved state. The VM starts paused unless `resume` is set.
+    pub fn restore(dir: &Path, options: &RestoreOptions) -> Result<Self, VmError> {
+        crate::logger::mark_start();
+        let state = snapshot::read_state(dir)?;
+        let mut config = state.config.clone();
+        // Output and control go where this process is told, not where the first one's went.
+        config.serial_out = options.serial_out.clone();
+        config.api_sock = options.api_sock.clone();
+        let kvm = kvm::open()?;
+        if state.vcpus.len() != config.cpus as usize {
+            return Err(VmError::Restore(format!(
+                "the snapshot has {} vCPU states for {} vCPUs",
+                state.vcpus.len(),
+                config.cpus
+            )));
+        }
+        let mem = snapshot::map_memory(dir, config.memory)?;
+        let parts = build_parts(
+            &kvm,
+            &config,
+            mem,
+            config.serial_out.as_deref(),
+            Some(&state),
+        )?;
+
+        for chip in &state.irqchips {
+            parts
+                .vm_fd
+                .set_irqchip(chip)
+                .map_err(kvm_call("KVM_SET_IRQCHIP"))?;
+        }
+        parts
+            .vm_fd
+            .set_pit2(&state.pit)
+            .map_err(kvm_call("KVM_SET_PIT2"))?;
+        let mut clock = state.clock;
+        // Only KVM_CLOCK_REALTIME may be passed back; the rest are reports.
+        clock.flags = 0;
+        parts
+            .vm_fd
+            .set_clock(&clock)
+            .map_err(kvm_call("KVM_SET_CLOCK"))?;
+        for (fd, s) in parts.vcpu_fds.iter().zip(&state.vcpus) {
+            vcpu::restore_state(fd, s).map_err(|e| VmError::Restore(e.to_string()))?;
+        }
+        debug!(
+            "restored {} vCPU(s), {} MiB from {}",
+            config.cpus,
+            config.memory >> 20,
+            dir.display()
+        );
+        Ok(Self::from_parts(
+            parts,
+            config,
+            state.execution,
+            state.cmdline,
+            !options.resume,
+        ))
+    }
+
+    fn from_parts(
+        parts: Parts,
+        config: VmConfig,
+        execution: Execution,
+        cmdline: String,
+        start_paused: bool,
+    ) -> Self {
+        let Parts {
+            vm_fd,
+            mem,
+            exit,
+            devices,
+            vcpu_fds,
+            shared,
+        } = parts;
+        let vcpus = vcpu_fds
+            .into_iter()
+            .enumerate()
+            .map(|(index, fd)| Vcpu {
+                index,
+                fd,
+                pio: devices.pio.clone(),
+                mmio: devices.mmio.clone(),
+                mem: mem.clone(),
+                shared: shared.clone(),
+            })
+            .collect();
+        Self {
             vm_fd,
             mem,
             vcpus,
@@ -335,8 +498,10 @@ impl Vm {
             exit,
             devices,
             execution,
-            cmdline: cmdline_text,
-        })
+            cmdline,
+            config,
+            start_paused,
+        }
     }
 
     /// Whether KVM runs this guest's kernel natively or emulates it.
@@ -360,22 +525,44 @@ impl Vm {
     }
 
     /// Runs the VM until the guest ends it (or a vCPU fails), then stops every thread.
+    /// With an API socket configured, serves it meanwhile.
     pub fn run(self) -> Result<ExitReason, VmError> {
+        self.start()?.wait()
+    }
+
+    /// Starts the vCPU threads and the event loop and returns a handle to control them.
+    pub fn start(self) -> Result<RunningVm, VmError> {
         vcpu::install_kick_handler().map_err(|e| VmError::Thread {
             what: "vCPU kick signal handler".into(),
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
+        let api = match &self.config.api_sock {
+            Some(path) => Some(crate::api::bind(path)?),
+            None => None,
+        };
         let Vm {
+            vm_fd,
+            mem,
             vcpus,
             shared,
             exit,
             devices,
-            ..
+            execution,
+            cmdline,
+            config,
+            start_paused,
         } = self;
 
+        let loop_pause = Arc::new(LoopPause::new()?);
         let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
-        let event_loop = start_event_loop(devices.subscribers.clone(), &stop_evt)?;
+        let mut subscribers = devices.subscribers.clone();
+        subscribers.push(Arc::new(Mutex::new(LoopPauseHandler(loop_pause.clone()))));
+        let event_loop = start_event_loop(subscribers, &stop_evt)?;
 
+        if start_paused {
+            // The vCPUs park before their first KVM_RUN.
+            shared.request_pause();
+        }
         let mut handles = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
             let name = format!("vcpu{}", vcpu.index);
@@ -396,40 +583,319 @@ impl Vm {
                 }
             }
         }
+        let mut running = RunningVm {
+            vm_fd,
+            mem,
+            handles,
+            shared,
+            exit,
+            devices,
+            loop_pause,
+            stop_evt,
+            event_loop: Some(event_loop),
+            execution,
+            cmdline,
+            config,
+            paused: false,
+            api,
+        };
+        if start_paused {
+            running.pause()?;
+        }
+        Ok(running)
+    }
+}
 
-        // Wait for the end, kicking the vCPUs now and then so a guest that halted for
-        // good is noticed.
-        while !exit.is_set() {
-            let mut pfd = libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(exit.event()),
-                events: libc::POLLIN,
-                revents: 0,
+/// What `hearth restore` may change about a VM.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// Run at once instead of waiting for `resume`.
+    pub resume: bool,
+    /// Guest serial output to this file (stdout when absent).
+    pub serial_out: Option<PathBuf>,
+    /// Serve the control socket here.
+    pub api_sock: Option<PathBuf>,
+}
+
+/// Parks the event loop between device events while the VM is paused, so no request is
+/// half-done when a snapshot is taken.
+pub struct LoopPause {
+    evt: EventFd,
+    state: Mutex<(bool, bool)>, // (requested, parked)
+    changed: Condvar,
+}
+
+impl LoopPause {
+    fn new() -> Result<Self, VmError> {
+        Ok(Self {
+            evt: EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?,
+            state: Mutex::new((false, false)),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn pause(&self, exit: &ExitSignal) -> Result<(), VmError> {
+        lock(&self.state).0 = true;
+        let _ = self.evt.write(1);
+        let mut s = lock(&self.state);
+        while !s.1 {
+            if exit.is_set() {
+                return Err(VmError::NotRunning);
+            }
+            s = self
+                .changed
+                .wait_timeout(s, Duration::from_millis(50))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        Ok(())
+    }
+
+    fn resume(&self) {
+        lock(&self.state).0 = false;
+        self.changed.notify_all();
+    }
+}
+
+/// The event-loop side of [`LoopPause`].
+struct LoopPauseHandler(Arc<LoopPause>);
+
+impl MutEventSubscriber for LoopPauseHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.0.evt, EventSet::IN));
+    }
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let this = &self.0;
+        let _ = this.evt.read();
+        let mut s = lock(&this.state);
+        s.1 = true;
+        this.changed.notify_all();
+        while s.0 {
+            s = this.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.1 = false;
+    }
+}
+
+/// A VM whose threads are running: pause, resume, snapshot, or wait for its end.
+pub struct RunningVm {
+    vm_fd: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    handles: Vec<JoinHandle<()>>,
+    shared: Arc<VcpuShared>,
+    exit: Arc<ExitSignal>,
+    devices: DeviceManager,
+    loop_pause: Arc<LoopPause>,
+    stop_evt: EventFd,
+    event_loop: Option<JoinHandle<Result<(), String>>>,
+    execution: Execution,
+    cmdline: String,
+    config: VmConfig,
+    paused: bool,
+    api: Option<std::os::unix::net::UnixListener>,
+}
+
+impl RunningVm {
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Stops every vCPU at a consistent point (out of KVM_RUN, its last exit handled)
+    /// and parks the event loop between device events.
+    pub fn pause(&mut self) -> Result<(), VmError> {
+        if self.paused {
+            return Ok(());
+        }
+        self.shared.request_pause();
+        let want = self.handles.len();
+        let mut p = lock(&self.shared.pause);
+        while p.parked < want {
+            if self.exit.is_set() {
+                drop(p);
+                self.shared.resume();
+                return Err(VmError::NotRunning);
+            }
+            kick_all(&self.handles);
+            p = self
+                .shared
+                .pause_changed
+                .wait_timeout(p, Duration::from_millis(5))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        drop(p);
+        if let Err(e) = self.loop_pause.pause(&self.exit) {
+            self.shared.resume();
+            return Err(e);
+        }
+        self.paused = true;
+        debug!("paused");
+        Ok(())
+    }
+
+    /// Lets a paused VM run on.
+    pub fn resume(&mut self) {
+        if self.paused {
+            self.loop_pause.resume();
+            self.shared.resume();
+            self.paused = false;
+            debug!("resumed");
+        }
+    }
+
+    /// Writes a snapshot of the VM to `dir`. The VM is paused for it and stays paused;
+    /// call [`RunningVm::resume`] to carry on.
+    pub fn snapshot(&mut self, dir: &Path) -> Result<(), VmError> {
+        self.pause()?;
+        let started = std::time::Instant::now();
+        let vcpus = {
+            let mut p = lock(&self.shared.pause);
+            let mut states = Vec::with_capacity(p.states.len());
+            for (i, s) in p.states.iter_mut().enumerate() {
+                match s.take() {
+                    Some(Ok(state)) => states.push(state),
+                    Some(Err(e)) => return Err(VmError::Restore(format!("vCPU {i}: {e}"))),
+                    None => return Err(VmError::Restore(format!("vCPU {i} left no state"))),
+                }
+            }
+            states
+        };
+        let mut irqchips = Vec::new();
+        for chip_id in 0..3 {
+            let mut chip = kvm_bindings::kvm_irqchip {
+                chip_id,
+                ..Default::default()
             };
-            // SAFETY: `pfd` is one valid pollfd for the duration of the call.
-            let n = unsafe { libc::poll(&mut pfd, 1, WATCHDOG_INTERVAL.as_millis() as i32) };
-            if n == 0 {
-                kick_all(&handles);
+            self.vm_fd
+                .get_irqchip(&mut chip)
+                .map_err(kvm_call("KVM_GET_IRQCHIP"))?;
+            irqchips.push(chip);
+        }
+        let state = VmState {
+            config: self.config.clone(),
+            execution: self.execution,
+            cmdline: self.cmdline.clone(),
+            vcpus,
+            irqchips,
+            pit: self.vm_fd.get_pit2().map_err(kvm_call("KVM_GET_PIT2"))?,
+            clock: self.vm_fd.get_clock().map_err(kvm_call("KVM_GET_CLOCK"))?,
+            serial: match &self.devices.serial {
+                Some(s) => lock(s).save(),
+                None => Default::default(),
+            },
+            virtio: self.devices.virtio.iter().map(|s| s.save()).collect(),
+        };
+        let result = snapshot::write(dir, &state, &self.mem);
+        // The saved vCPU states were taken out; put them back for another snapshot.
+        {
+            let mut p = lock(&self.shared.pause);
+            for (slot, s) in p.states.iter_mut().zip(state.vcpus) {
+                *slot = Some(Ok(s));
             }
         }
+        result?;
+        debug!(
+            "snapshot of {} MiB written to {} in {:?}",
+            self.config.memory >> 20,
+            dir.display(),
+            started.elapsed()
+        );
+        Ok(())
+    }
 
-        shared.stop.store(true, Ordering::SeqCst);
+    /// Waits for the VM to end (serving the API socket meanwhile), then stops every
+    /// thread and returns why it ended.
+    pub fn wait(mut self) -> Result<ExitReason, VmError> {
+        while !self.exit.is_set() {
+            let mut fds = vec![libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(self.exit.event()),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            if let Some(l) = &self.api {
+                fds.push(libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(l),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            // SAFETY: `fds` is a valid array of pollfds for the duration of the call.
+            let n = unsafe {
+                libc::poll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    WATCHDOG_INTERVAL.as_millis() as i32,
+                )
+            };
+            if n == 0 && !self.paused {
+                kick_all(&self.handles);
+            }
+            if fds.len() > 1 && fds[1].revents & libc::POLLIN != 0 {
+                self.serve_api();
+            }
+        }
+        Ok(self.stop())
+    }
+
+    fn serve_api(&mut self) {
+        let Some(listener) = &self.api else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        crate::api::serve(stream, |request| self.handle(request));
+    }
+
+    fn handle(&mut self, request: crate::api::Request) -> Result<(), VmError> {
+        use crate::api::Request;
+        match request {
+            Request::Pause => self.pause(),
+            Request::Resume => {
+                self.resume();
+                Ok(())
+            }
+            Request::Snapshot { dir, resume } => {
+                let was_paused = self.paused;
+                let r = self.snapshot(&dir);
+                if resume || (r.is_err() && !was_paused) {
+                    self.resume();
+                }
+                r
+            }
+        }
+    }
+
+    fn stop(mut self) -> ExitReason {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.loop_pause.resume();
+        self.shared.resume();
         // A vCPU may be just about to enter KVM_RUN: kick until every thread has left.
-        while handles.iter().any(|h| !h.is_finished()) {
-            kick_all(&handles);
+        while self.handles.iter().any(|h| !h.is_finished()) {
+            kick_all(&self.handles);
             std::thread::sleep(Duration::from_millis(1));
         }
-        for h in handles {
+        for h in self.handles.drain(..) {
             let _ = h.join();
         }
-        let _ = stop_evt.write(1);
-        let loop_result = event_loop.join();
-        devices.flush();
-        if let Ok(Err(e)) = loop_result {
+        let _ = self.stop_evt.write(1);
+        if let Some(Ok(Err(e))) = self.event_loop.take().map(|h| h.join()) {
             info!("event loop: {e}");
         }
-        let reason = exit.reason().unwrap_or(ExitReason::Stopped);
+        self.devices.flush();
+        if let Some(path) = &self.config.api_sock {
+            let _ = std::fs::remove_file(path);
+        }
+        let reason = self.exit.reason().unwrap_or(ExitReason::Stopped);
         debug!("VM ended: {reason}");
-        Ok(reason)
+        reason
+    }
+
+    /// Ends the VM from the host side.
+    pub fn shutdown(self) -> ExitReason {
+        self.exit.request(ExitReason::Stopped);
+        self.stop()
     }
 }
 

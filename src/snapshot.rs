@@ -1,0 +1,324 @@
+//! The snapshot directory: a state file (magic, format version, length, CRC-64, then the
+//! bincode-encoded [`VmState`]) and a memory file (guest RAM, regions back to back),
+//! which restore maps MAP_PRIVATE so that the snapshot is never modified.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use hearth_devices::legacy::serial::persist::SavedSerial;
+use hearth_devices::virtio::block::persist::BlockState;
+use hearth_devices::virtio::persist::TransportState;
+use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2};
+use serde::{Deserialize, Serialize};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    Address, FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    WriteVolatile,
+};
+
+use crate::config::VmConfig;
+use crate::kvm::Execution;
+use crate::memory::ram_ranges;
+use crate::vcpu::VcpuState;
+
+/// The state file's name in a snapshot directory.
+pub const STATE_FILE: &str = "state";
+/// The memory file's name.
+pub const MEMORY_FILE: &str = "memory";
+/// First bytes of every state file.
+pub const MAGIC: [u8; 8] = *b"HEARTHSN";
+/// The format this hearth writes and reads.
+pub const VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 8 + 8;
+const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_ECMA_182);
+/// State files larger than this are not state files.
+const MAX_STATE_LEN: u64 = 256 << 20;
+
+/// A virtio device's own state.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum VirtioDeviceState {
+    /// virtio-blk.
+    Block(BlockState),
+}
+
+/// One virtio-mmio slot.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VirtioSlotState {
+    /// Its MMIO window.
+    pub base: u64,
+    /// Its interrupt line.
+    pub irq: u32,
+    /// Transport, queues, features, interrupt status.
+    pub transport: TransportState,
+    /// The device behind it.
+    pub device: VirtioDeviceState,
+}
+
+/// Everything about a paused VM but its memory.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VmState {
+    /// How the VM was described (disks, memory size, ...).
+    pub config: VmConfig,
+    /// Whether the guest ran under KVM's emulator.
+    pub execution: Execution,
+    /// The guest's command line.
+    pub cmdline: String,
+    /// Per vCPU.
+    pub vcpus: Vec<VcpuState>,
+    /// The in-kernel PICs and IOAPIC (chip ids 0, 1, 2).
+    pub irqchips: Vec<kvm_irqchip>,
+    /// The in-kernel PIT.
+    pub pit: kvm_pit_state2,
+    /// kvmclock.
+    pub clock: kvm_clock_data,
+    /// COM1.
+    pub serial: SavedSerial,
+    /// virtio devices, in slot order.
+    pub virtio: Vec<VirtioSlotState>,
+}
+
+/// Errors writing or reading a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A file could not be created, written or read.
+    #[error("snapshot {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Encoding failed.
+    #[error("cannot encode the VM state: {0}")]
+    Encode(String),
+    /// Not a hearth state file.
+    #[error("{0} is not a hearth snapshot state file (wrong magic number)")]
+    BadMagic(PathBuf),
+    /// Written by another format version.
+    #[error("{path} has snapshot format version {found}; this hearth reads version {VERSION}")]
+    UnknownVersion {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+    /// Shorter than its header says.
+    #[error("{0} is truncated")]
+    Truncated(PathBuf),
+    /// The checksum does not match.
+    #[error("{0} is corrupt: its CRC-64 does not match its contents")]
+    BadChecksum(PathBuf),
+    /// The payload does not decode.
+    #[error("{path} cannot be decoded: {reason}")]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The memory file does not match the state.
+    #[error("memory file {path} is {found} bytes, but the VM had {expected} bytes of memory")]
+    MemorySize {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        found: u64,
+        /// The VM's memory size.
+        expected: u64,
+    },
+    /// Mapping the memory file failed.
+    #[error("cannot map memory file {path}: {reason}")]
+    Map {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_fixed_int_encoding()
+        .with_limit::<{ MAX_STATE_LEN as usize }>()
+}
+
+/// The state file's bytes for `state`.
+pub fn encode_state(state: &VmState) -> Result<Vec<u8>, SnapshotError> {
+    let payload = bincode::serde::encode_to_vec(state, bincode_config())
+        .map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&CRC64.checksum(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Checks and decodes a state file's bytes (`path` names it in errors). Never panics,
+/// whatever the bytes.
+pub fn decode_state(bytes: &[u8], path: &Path) -> Result<VmState, SnapshotError> {
+    let p = || path.to_owned();
+    if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
+        return Err(SnapshotError::BadMagic(p()));
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(SnapshotError::Truncated(p()));
+    }
+    let field = |at: usize, n: usize| {
+        let mut b = [0u8; 8];
+        b[..n].copy_from_slice(&bytes[at..at + n]);
+        u64::from_le_bytes(b)
+    };
+    let version = field(8, 4) as u32;
+    if version != VERSION {
+        return Err(SnapshotError::UnknownVersion {
+            path: p(),
+            found: version,
+        });
+    }
+    let len = field(12, 8);
+    let crc = field(20, 8);
+    let payload = &bytes[HEADER_LEN..];
+    if (payload.len() as u64) < len {
+        return Err(SnapshotError::Truncated(p()));
+    }
+    let payload = &payload[..len as usize];
+    if CRC64.checksum(payload) != crc {
+        return Err(SnapshotError::BadChecksum(p()));
+    }
+    let (state, used) =
+        bincode::serde::decode_from_slice(payload, bincode_config()).map_err(|e| {
+            SnapshotError::Decode {
+                path: p(),
+                reason: e.to_string(),
+            }
+        })?;
+    if used != payload.len() {
+        return Err(SnapshotError::Decode {
+            path: p(),
+            reason: format!("{} bytes left over", payload.len() - used),
+        });
+    }
+    Ok(state)
+}
+
+/// Writes the state file and the memory file into `dir` (created if needed).
+pub fn write(dir: &Path, state: &VmState, mem: &GuestMemoryMmap) -> Result<(), SnapshotError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mem_path = dir.join(MEMORY_FILE);
+    let mut f = File::create(&mem_path).map_err(io_err(&mem_path))?;
+    for region in mem.iter() {
+        let slice = region
+            .get_slice(vm_memory::MemoryRegionAddress(0), region.len() as usize)
+            .map_err(|e| SnapshotError::Map {
+                path: mem_path.clone(),
+                reason: e.to_string(),
+            })?;
+        f.write_all_volatile(&slice)
+            .map_err(|e| SnapshotError::Io {
+                path: mem_path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+    }
+    f.sync_all().map_err(io_err(&mem_path))?;
+
+    // The state file goes last, through a rename: a directory with a state file always
+    // has the memory that belongs to it.
+    let state_path = dir.join(STATE_FILE);
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let bytes = encode_state(state)?;
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(&bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &state_path).map_err(io_err(&state_path))?;
+    Ok(())
+}
+
+/// Reads and checks the state file in `dir`.
+pub fn read_state(dir: &Path) -> Result<VmState, SnapshotError> {
+    let path = dir.join(STATE_FILE);
+    let mut f = File::open(&path).map_err(io_err(&path))?;
+    let len = f.metadata().map_err(io_err(&path))?.len();
+    if len > MAX_STATE_LEN {
+        return Err(SnapshotError::Decode {
+            path,
+            reason: format!("{len} bytes is too large for a state file"),
+        });
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.read_to_end(&mut bytes).map_err(io_err(&path))?;
+    decode_state(&bytes, &path)
+}
+
+/// Maps the memory file in `dir` copy-on-write as guest memory of `size` bytes: pages are
+/// read from the file on first touch and the guest's writes stay private to this process.
+pub fn map_memory(dir: &Path, size: u64) -> Result<GuestMemoryMmap, SnapshotError> {
+    let path = dir.join(MEMORY_FILE);
+    let file = File::open(&path).map_err(io_err(&path))?;
+    let found = file.metadata().map_err(io_err(&path))?.len();
+    if found != size {
+        return Err(SnapshotError::MemorySize {
+            path,
+            found,
+            expected: size,
+        });
+    }
+    let map_err = |reason: String| SnapshotError::Map {
+        path: path.clone(),
+        reason,
+    };
+    let file = std::sync::Arc::new(file);
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for (addr, len) in ram_ranges(size) {
+        let region = MmapRegionBuilder::new(len as usize)
+            .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| map_err(e.to_string()))?;
+        regions.push(
+            GuestRegionMmap::new(region, addr)
+                .ok_or_else(|| map_err(format!("region at {:#x} overflows", addr.raw_value())))?,
+        );
+        offset += len;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_state() -> VmState {
+        VmState {
+            config: VmConfig::new("/k"),
+            execution: Execution::Emulated,
+            cmdline: "console=ttyS0".into(),
+            vcpus: Vec::new(),
+            irqchips: vec![kvm_irqchip::default(); 3],
+            pit: Default::default(),
+            clock: Default::default(),
+            serial: Default::default(),
+            virtio: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let bytes = encode_state(&sample_state()).unwrap();
+        let back = decode_state(&bytes, Path::new("x")).unwrap();
+        assert_eq!(back.config, VmConfig::new("/k"));
+        assert_eq!(back.cmdline, "console=ttyS0");
+    }
+}
