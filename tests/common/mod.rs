@@ -167,3 +167,42 @@ pub fn expected_usable(size: u64) -> u64 {
     let low = size.min(GAP_START);
     0x9fc00 + (low - 0x10_0000) + size.saturating_sub(GAP_START)
 }
+
+/// Starts `hearth <args>` in the background (stdin and stdout null, stderr piped).
+pub fn spawn_hearth<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Child {
+    Command::new(hearth_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start hearth")
+}
+
+/// Waits until the file at `path` contains `needle`, failing loudly after `timeout`.
+pub fn wait_for_text(path: &Path, needle: &str, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{needle:?} did not appear in {} within {timeout:?}; it holds:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `hearth ctl --api-sock <sock> <args>`, bounded.
+pub fn ctl(sock: &Path, args: &[&str]) -> Run {
+    let mut all = vec![
+        "ctl".to_string(),
+        "--api-sock".into(),
+        sock.display().to_string(),
+    ];
+    all.extend(args.iter().map(|s| s.to_string()));
+    hearth_with_timeout(all, Duration::from_secs(60))
+}

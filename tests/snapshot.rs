@@ -1,0 +1,332 @@
+//! Snapshot and restore: a VM checkpointed mid-run comes back in a new process and
+//! carries on where it was, devices included; bad snapshots are refused.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// The `count: N` values in guest output, in order.
+fn counts(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("count: "))
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// A running VM with an API socket, its serial output in a file.
+struct Running {
+    child: std::process::Child,
+    sock: PathBuf,
+    serial: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, cmdline: &str, extra: &[&str]) -> Running {
+    let sock = dir.join("api.sock");
+    let serial = dir.join("serial-1.txt");
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--kernel".into(),
+        test_guest().display().to_string(),
+        "--cmdline".into(),
+        cmdline.into(),
+        "--api-sock".into(),
+        sock.display().to_string(),
+        "--serial-out".into(),
+        serial.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let child = spawn_hearth(&args);
+    Running {
+        child,
+        sock,
+        serial,
+    }
+}
+
+/// Starts a counting guest, snapshots it after `count: 3`, and kills it. Returns the
+/// snapshot directory and the last count the first process printed.
+fn snapshot_mid_run(dir: &Path, cmdline: &str, extra: &[&str]) -> (PathBuf, u64) {
+    let vm = start(dir, cmdline, extra);
+    wait_for_text(&vm.serial, "count: 3\n", T);
+    let snap = dir.join("snap");
+    let r = ctl(&vm.sock, &["snapshot", "--dir", snap.to_str().unwrap()]);
+    assert_eq!(r.code(), 0, "snapshot: {r:#?}");
+    // Paused: nothing more is printed.
+    let before = std::fs::read_to_string(&vm.serial).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = std::fs::read_to_string(&vm.serial).unwrap();
+    assert_eq!(before, after, "the VM stays paused after the snapshot");
+    drop(vm); // kills the first process
+    let last = *counts(&after).last().expect("counted before the snapshot");
+    (snap, last)
+}
+
+fn restore(snap: &Path, serial: &Path) -> Run {
+    hearth_with_timeout(
+        [
+            "restore",
+            "--dir",
+            snap.to_str().unwrap(),
+            "--resume",
+            "--serial-out",
+            serial.to_str().unwrap(),
+        ],
+        T,
+    )
+}
+
+fn counter_continues(cpus: &str) {
+    let dir = scratch();
+    let (snap, last) = snapshot_mid_run(
+        dir.as_path(),
+        "count=30 delay=20000 exit=7",
+        &["--cpus", cpus, "--memory", "64M"],
+    );
+    let serial = dir.as_path().join("serial-2.txt");
+    let run = restore(&snap, &serial);
+    assert_eq!(
+        run.code(),
+        7,
+        "the restored guest exits as it would have: {run:#?}"
+    );
+    let out = std::fs::read_to_string(&serial).unwrap();
+    let after = counts(&out);
+    assert_eq!(
+        after.first(),
+        Some(&(last + 1)),
+        "continues from the snapshot, not from zero: {out}"
+    );
+    assert_eq!(
+        after,
+        ((last + 1)..=30).collect::<Vec<_>>(),
+        "no gap: {out}"
+    );
+    assert!(!out.contains("hearth-test-guest"), "no reboot: {out}");
+    assert!(out.ends_with("exit: 7\n"), "{out}");
+}
+
+#[test]
+fn counter_continues_after_restore_one_vcpu() {
+    counter_continues("1");
+}
+
+#[test]
+fn counter_continues_after_restore_two_vcpus() {
+    counter_continues("2");
+}
+
+#[test]
+fn disk_requests_continue_across_restore() {
+    let dir = scratch();
+    let disk = dir.as_path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 64 * 512]).unwrap();
+    let disk_arg = format!("path={}", disk.display());
+    let (snap, _) = snapshot_mid_run(
+        dir.as_path(),
+        "blk.write=0:0:1:11 count=12 delay=20000 blk.write=0:1:1:22 blk.read=0:0:2 blk.info exit=0",
+        &["--disk", &disk_arg],
+    );
+    let before = std::fs::read(&disk).unwrap();
+    assert!(
+        before[..512].iter().all(|b| *b == 11),
+        "written before the snapshot"
+    );
+    let serial = dir.as_path().join("serial-2.txt");
+    let run = restore(&snap, &serial);
+    assert_eq!(run.code(), 0, "{run:#?}");
+    let out = std::fs::read_to_string(&serial).unwrap();
+    let data = std::fs::read(&disk).unwrap();
+    assert!(data[..512].iter().all(|b| *b == 11));
+    assert!(
+        data[512..1024].iter().all(|b| *b == 22),
+        "written after restore"
+    );
+    assert!(data[1024..].iter().all(|b| *b == 0), "nothing else written");
+    assert!(out.contains("blk 0 write 1 1 status=0"), "{out}");
+    assert!(
+        out.contains(&format!("blk 0 read 0 2 fnv={:016x}", fnv1a(&data[..1024]))),
+        "the read after restore sees both writes: {out}"
+    );
+    assert!(out.contains("blk 0: capacity=64 ro=0"), "{out}");
+    assert!(!out.contains("timeout"), "the virtqueue carried on: {out}");
+}
+
+fn sha(path: &Path) -> u64 {
+    fnv1a(&std::fs::read(path).unwrap())
+}
+
+#[test]
+fn restoring_twice_gives_two_independent_vms() {
+    let dir = scratch();
+    let (snap, last) = snapshot_mid_run(
+        dir.as_path(),
+        "count=15 delay=20000 exit=3",
+        &["--memory", "32M"],
+    );
+    let mem_before = sha(&snap.join("memory"));
+    let state_before = sha(&snap.join("state"));
+    let a = dir.as_path().join("a.txt");
+    let b = dir.as_path().join("b.txt");
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| restore(&snap, &a));
+        let tb = s.spawn(|| restore(&snap, &b));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    assert_eq!((ra.code(), rb.code()), (3, 3), "{ra:#?} {rb:#?}");
+    let (oa, ob) = (
+        std::fs::read_to_string(&a).unwrap(),
+        std::fs::read_to_string(&b).unwrap(),
+    );
+    assert_eq!(counts(&oa), ((last + 1)..=15).collect::<Vec<_>>());
+    assert_eq!(oa, ob, "both carry on the same way");
+    assert_eq!(
+        sha(&snap.join("memory")),
+        mem_before,
+        "MAP_PRIVATE: memory file untouched"
+    );
+    assert_eq!(sha(&snap.join("state")), state_before);
+}
+
+#[test]
+fn pause_and_resume_through_the_api() {
+    let dir = scratch();
+    let vm = start(dir.as_path(), "count=25 delay=20000 exit=0", &[]);
+    wait_for_text(&vm.serial, "count: 2\n", T);
+    assert_eq!(ctl(&vm.sock, &["pause"]).code(), 0);
+    let paused = std::fs::read_to_string(&vm.serial).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        std::fs::read_to_string(&vm.serial).unwrap(),
+        paused,
+        "paused"
+    );
+    assert_eq!(ctl(&vm.sock, &["resume"]).code(), 0);
+    let last = *counts(&paused).last().unwrap();
+    wait_for_text(&vm.serial, &format!("count: {}\n", last + 2), T);
+    let bad = ctl(dir.as_path().join("nope.sock").as_path(), &["pause"]);
+    assert_eq!(bad.code(), 1);
+    assert!(
+        bad.stderr.contains("cannot connect to API socket"),
+        "{bad:#?}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn assert_refused(snap: &Path, expect: &str) {
+    let serial = snap.with_extension("serial");
+    let run = restore(snap, &serial);
+    assert_eq!(run.code(), 1, "{expect}: {run:#?}");
+    assert_eq!(
+        run.stderr.trim_end().lines().count(),
+        1,
+        "one line: {run:#?}"
+    );
+    assert!(
+        run.stderr.contains(expect),
+        "expected {expect:?}: {}",
+        run.stderr
+    );
+    assert!(
+        std::fs::read_to_string(&serial)
+            .unwrap_or_default()
+            .is_empty(),
+        "nothing started"
+    );
+}
+
+#[test]
+fn bad_snapshots_are_refused() {
+    let dir = scratch();
+    let d = dir.as_path();
+    let disk = d.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 16 * 512]).unwrap();
+    let disk_arg = format!("path={}", disk.display());
+    let (snap, _) = snapshot_mid_run(
+        d,
+        "count=40 delay=20000",
+        &["--memory", "16M", "--disk", &disk_arg],
+    );
+    let variant = |name: &str, change: &dyn Fn(&Path)| -> PathBuf {
+        let v = d.join(name);
+        copy_dir(&snap, &v);
+        change(&v);
+        v
+    };
+    let patch = |p: &Path, at: usize, bytes: &[u8]| {
+        let mut f = std::fs::read(p).unwrap();
+        f[at..at + bytes.len()].copy_from_slice(bytes);
+        std::fs::write(p, f).unwrap();
+    };
+
+    let v = variant("crc", &|v| {
+        let s = v.join("state");
+        let len = std::fs::metadata(&s).unwrap().len() as usize;
+        let last = std::fs::read(&s).unwrap()[len - 1];
+        patch(&s, len - 1, &[last ^ 0xff]);
+    });
+    assert_refused(&v, "CRC-64 does not match");
+    let v = variant("magic", &|v| patch(&v.join("state"), 0, b"X"));
+    assert_refused(&v, "wrong magic number");
+    let v = variant("version", &|v| {
+        patch(&v.join("state"), 8, &99u32.to_le_bytes())
+    });
+    assert_refused(&v, "snapshot format version 99");
+    let v = variant("short-state", &|v| {
+        let s = v.join("state");
+        let f = std::fs::read(&s).unwrap();
+        std::fs::write(&s, &f[..f.len() / 2]).unwrap();
+    });
+    assert_refused(&v, "is truncated");
+    let v = variant("no-memory", &|v| {
+        std::fs::remove_file(v.join("memory")).unwrap()
+    });
+    assert_refused(&v, "memory: No such file");
+    let v = variant("short-memory", &|v| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(v.join("memory"))
+            .unwrap();
+        f.set_len(8 << 20).unwrap();
+    });
+    assert_refused(&v, "is 8388608 bytes, but the VM had 16777216 bytes");
+    let v = variant("long-memory", &|v| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(v.join("memory"))
+            .unwrap();
+        f.set_len(17 << 20).unwrap();
+    });
+    assert_refused(&v, "but the VM had 16777216 bytes");
+    let v = variant("no-state", &|v| {
+        std::fs::remove_file(v.join("state")).unwrap()
+    });
+    assert_refused(&v, "state: No such file");
+
+    // The disk the snapshot refers to changes size, then vanishes.
+    std::fs::write(&disk, vec![0u8; 17 * 512]).unwrap();
+    assert_refused(
+        &snap,
+        "its size changed since the snapshot (16 sectors then, 17 now)",
+    );
+    std::fs::remove_file(&disk).unwrap();
+    assert_refused(&snap, "disk.img");
+}
