@@ -5,36 +5,14 @@
 //! measured from outside: the wall time of a run that reads N MiB minus that of a run
 //! that reads nothing, so boot and exit costs cancel out.
 
+mod common;
+
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn build_guest() -> PathBuf {
-    let out = root().join("target/bench-guest");
-    let ok = Command::new("make")
-        .args(["-s", "-C"])
-        .arg(root().join("resources/test-guest"))
-        .arg(format!("O={}", out.display()))
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("blk bench: cannot build the test guest (needs gcc and make)");
-        std::process::exit(1);
-    }
-    out.join("test-guest.elf")
-}
+use common::{build_guest, env_num, root};
 
 fn guest_read(guest: &Path, disk: &Path, mib: u64) -> Duration {
     let start = Instant::now();
@@ -89,7 +67,7 @@ fn best(mut f: impl FnMut() -> Duration, runs: u64) -> Duration {
 fn main() {
     let mib = env_num("BLK_BENCH_MIB", 64);
     let runs = env_num("BLK_BENCH_RUNS", 3).max(1);
-    let guest = build_guest();
+    let guest = build_guest("blk");
     let dir = root().join("target/bench-blk");
     std::fs::create_dir_all(&dir).expect("create target/bench-blk");
     let disk = dir.join("disk.img");
