@@ -141,7 +141,8 @@ impl DeviceManager {
         }
     }
 
-    fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd, DeviceError> {
+    /// An eventfd registered with KVM to raise `gsi`.
+    pub fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd, DeviceError> {
         let evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
         vm.register_irqfd(&evt, gsi)
             .map_err(|source| DeviceError::Register {

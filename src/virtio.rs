@@ -11,7 +11,6 @@ use hearth_devices::virtio::persist::{Persist, PersistError, TransportArgs, Tran
 use hearth_devices::virtio::{Interrupt, VirtioDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::DiskConfig;
 use crate::device_manager::{DeviceError, DeviceManager, Subscriber};
@@ -81,7 +80,7 @@ where
     D: VirtioDevice + event_manager::MutEventSubscriber + Send + 'static,
 {
     let (base, irq) = devices.allocate_virtio_slot()?;
-    let irq_evt = irqfd(vm, irq)?;
+    let irq_evt = DeviceManager::irqfd(vm, irq)?;
     let interrupt = Arc::new(Interrupt::new(irq_evt));
     for (index, evt) in lock(&device).queue_events().iter().enumerate() {
         vm.register_ioevent(
@@ -114,16 +113,6 @@ where
     let as_subscriber: Subscriber = device;
     devices.subscribers.push(as_subscriber);
     Ok((base, irq, transport))
-}
-
-fn irqfd(vm: &VmFd, irq: u32) -> Result<EventFd, DeviceError> {
-    let evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
-    vm.register_irqfd(&evt, irq)
-        .map_err(|source| DeviceError::Register {
-            what: format!("irqfd for virtio GSI {irq}"),
-            source,
-        })?;
-    Ok(evt)
 }
 
 /// The saved slot for the next device, checked against what the configuration builds.
