@@ -216,12 +216,51 @@ pub fn build_cmdline(
 
 /// The parts every VM has, fresh or restored.
 struct Parts {
+    kvm_setup: Option<JoinHandle<Result<(), VmError>>>,
     vm_fd: Arc<VmFd>,
     mem: GuestMemoryMmap,
     exit: Arc<ExitSignal>,
     devices: DeviceManager,
     vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
     shared: Arc<VcpuShared>,
+}
+
+fn register_memory_and_pit(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm_fd
+        .create_pit2(pit)
+        .map_err(kvm_call("KVM_CREATE_PIT2"))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| VmError::EventLoop(format!("guest memory region: {e}")))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, whose regions the VM keeps
+        // (shared) for as long as the VM fd exists.
+        unsafe { vm_fd.set_user_memory_region(r) }
+            .map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+impl Parts {
+    /// Waits for the memory slots and the PIT.
+    fn finish_kvm_setup(&mut self) -> Result<(), VmError> {
+        match self.kvm_setup.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(VmError::EventLoop("the KVM setup thread panicked".into())),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Creates the VM, its irqchip/PIT, registers `mem`, adds the devices (from saved state
@@ -243,29 +282,19 @@ fn build_parts(
     vm_fd
         .create_irq_chip()
         .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
+    // Installing memory slots and starting the PIT's thread mostly wait on KVM (RCU grace
+    // periods, kthread start-up): do it beside the rest of the setup.
+    let kvm_setup = {
+        let vm_fd = vm_fd.clone();
+        let mem = mem.clone();
+        std::thread::Builder::new()
+            .name("kvm-setup".into())
+            .spawn(move || register_memory_and_pit(&vm_fd, &mem))
+            .map_err(|source| VmError::Thread {
+                what: "KVM setup".into(),
+                source,
+            })?
     };
-    vm_fd
-        .create_pit2(pit)
-        .map_err(kvm_call("KVM_CREATE_PIT2"))?;
-    for (slot, region) in mem.iter().enumerate() {
-        let host = region
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|e| VmError::EventLoop(format!("guest memory region: {e}")))?;
-        let r = kvm_userspace_memory_region {
-            slot: slot as u32,
-            guest_phys_addr: region.start_addr().raw_value(),
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-            flags: 0,
-        };
-        // SAFETY: the region is a live mapping owned by `mem`, which the VM keeps for as
-        // long as the VM fd exists.
-        unsafe { vm_fd.set_user_memory_region(r) }
-            .map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
-    }
 
     let exit = Arc::new(ExitSignal::new(
         EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?,
@@ -306,6 +335,7 @@ fn build_parts(
         .collect::<Result<Vec<_>, _>>()
         .map_err(kvm_call("KVM_CREATE_VCPU"))?;
     Ok(Parts {
+        kvm_setup: Some(kvm_setup),
         vm_fd,
         mem,
         exit,
@@ -333,13 +363,14 @@ impl Vm {
         let calibration = resolve_execution(config.execution);
 
         let mem = memory::create(config.memory)?;
+        // Bad kernels and initrds are refused before KVM is asked for anything.
         let kernel = boot::load_kernel(&mem, &config.kernel, config.boot_protocol)?;
         let initrd = match &config.initrd {
             Some(path) => Some(boot::load_initrd(&mem, path, &kernel)?),
             None => None,
         };
-        let parts = build_parts(&kvm, config, mem, config.serial_out.as_deref(), None)?;
-        let mem = &parts.mem;
+        let mut parts = build_parts(&kvm, config, mem, config.serial_out.as_deref(), None)?;
+        let mem = &parts.mem.clone();
 
         let execution = match (config.execution, calibration) {
             (ExecutionChoice::Native, _) => Execution::Native,
@@ -382,6 +413,7 @@ impl Vm {
             .as_cstring()
             .map(|c| c.to_string_lossy().into_owned())
             .unwrap_or_default();
+        parts.finish_kvm_setup()?;
         debug!(
             "KVM {execution}; {} vCPU(s), {} MiB, {} entry at {:#x}; cmdline: {cmdline_text}",
             cpus,
@@ -471,6 +503,7 @@ impl Vm {
         start_paused: bool,
     ) -> Self {
         let Parts {
+            kvm_setup: _,
             vm_fd,
             mem,
             exit,

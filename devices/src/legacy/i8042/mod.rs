@@ -11,6 +11,9 @@ pub const I8042_PORT_BASE: u64 = 0x60;
 /// Ports 0x60..=0x64.
 pub const I8042_PORT_LEN: u64 = 5;
 
+const STATUS_OFFSET: u64 = 4;
+const STATUS_OUTPUT_FULL: u8 = 0x01;
+
 /// An i8042 whose reset line writes `reset_evt`.
 pub struct I8042 {
     inner: I8042Device<EventFdTrigger>,
@@ -29,7 +32,14 @@ impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         if let Some(b) = data.first_mut() {
-            *b = self.inner.read(offset as u8);
+            *b = match offset {
+                // Status: output buffer always "full" and input buffer empty. Linux's
+                // driver then drains 16 bytes, decides there is no controller and gives
+                // up at once, instead of timing out on commands this model ignores;
+                // `reboot=k` only waits for the input buffer to be empty.
+                STATUS_OFFSET => STATUS_OUTPUT_FULL,
+                _ => self.inner.read(offset as u8),
+            };
         }
     }
 
@@ -58,5 +68,8 @@ mod tests {
         assert!(evt.read().is_err(), "no reset yet");
         dev.write(4, &[0xfe]);
         assert_eq!(evt.read().unwrap(), 1);
+        let mut status = [0u8];
+        dev.read(4, &mut status);
+        assert_eq!(status[0] & 0x02, 0, "input buffer empty: reset can be written");
     }
 }
