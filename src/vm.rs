@@ -245,7 +245,35 @@ fn create_pit(vm_fd: &VmFd) -> Result<(), VmError> {
     vm_fd
         .create_pit2(pit)
         .map_err(kvm_call("KVM_CREATE_PIT2"))?;
+    disable_pit_reinjection(vm_fd);
     Ok(())
+}
+
+/// Turns off the PIT's catch-up of missed ticks. Guests keep time with kvmclock and the
+/// LAPIC timer, and KVM turns reinjection off while destroying the PIT anyway, waiting
+/// for an SRCU grace period to do it: done here, on the setup thread, that wait no longer
+/// delays hearth's exit.
+fn disable_pit_reinjection(vm_fd: &VmFd) {
+    // KVM_REINJECT_CONTROL = _IO(KVMIO, 0x71), struct kvm_reinject_control.
+    const KVM_REINJECT_CONTROL: libc::c_ulong = 0xae71;
+    #[repr(C)]
+    struct ReinjectControl {
+        pit_reinject: u8,
+        reserved: [u8; 31],
+    }
+    let arg = ReinjectControl {
+        pit_reinject: 0,
+        reserved: [0; 31],
+    };
+    // SAFETY: the ioctl reads a kvm_reinject_control, which `arg` is (same layout), only
+    // for the duration of the call.
+    let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vm_fd, KVM_REINJECT_CONTROL, &arg) };
+    if ret < 0 {
+        debug!(
+            "KVM_REINJECT_CONTROL failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
