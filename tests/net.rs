@@ -280,3 +280,62 @@ fn bad_net_specs_fail_with_one_line_errors() {
         assert!(!run.stdout.contains("boot-marker"), "the guest never ran");
     }
 }
+
+#[test]
+fn a_busy_tap_and_a_tun_device_fail_with_one_line_errors() {
+    if !common::net::can_run_net_tests("a_busy_tap_and_a_tun_device_fail_with_one_line_errors") {
+        return;
+    }
+    let ns = Netns::new();
+    let status = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "ip", "tuntap", "add", "dev", "tun0", "mode", "tun",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let one_line_error = |run: &Run, want: &str| {
+        assert_eq!(run.code(), 1, "{run:#?}");
+        let err = run.stderr.trim_end();
+        assert!(!err.contains('\n'), "one line: {err}");
+        assert!(err.contains(want), "{err}");
+        assert!(!run.stdout.contains("boot-marker"), "the guest never ran");
+    };
+    let run = wait_bounded(
+        ns.hearth("exit=0", &["--net", "tap=tun0"]).spawn().unwrap(),
+        T,
+        "tun0",
+    );
+    one_line_error(&run, "tun0 is not a tap device");
+    // A single-queue tap serves one process: a second hearth is refused while the first
+    // runs.
+    let dir = scratch();
+    let serial = dir.as_path().join("first.txt");
+    let first = ns
+        .hearth(
+            "net.info sleep=4000",
+            &[
+                "--net",
+                &net_arg(),
+                "--serial-out",
+                serial.to_str().unwrap(),
+            ],
+        )
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _first = Kill(first);
+    wait_for_text(&serial, "net 0: mac=", T);
+    let run = wait_bounded(
+        ns.hearth("exit=0", &["--net", &net_arg()]).spawn().unwrap(),
+        T,
+        "second",
+    );
+    one_line_error(&run, "tap tap0 is busy");
+}

@@ -103,13 +103,6 @@ impl Netns {
         c
     }
 
-    /// Whether the tap has a carrier, i.e. some process (hearth) has it open.
-    pub fn tap_has_carrier(&self) -> bool {
-        let out = ip(&["-n", &self.name, "-o", "link", "show", TAP]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        out.status.success() && !text.contains("NO-CARRIER")
-    }
-
     /// A packet socket on the tap for frames of [`ETHERTYPE`].
     pub fn packet_socket(&self) -> PacketSocket {
         PacketSocket::open(&self.name, TAP, ETHERTYPE)

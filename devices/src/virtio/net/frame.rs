@@ -591,6 +591,46 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_head_index_past_the_table_is_an_empty_chain_and_dropped() {
+        let mut tx = Tx::new();
+        let f = frame(b"ok");
+        tx.mem.write_slice(&f, GuestAddress(BUF)).unwrap();
+        let vq = MockSplitQueue::new(&tx.mem, 16);
+        let mut q: Queue = vq.create_queue().unwrap();
+        add_chain(&vq, 0, &[desc(BUF, f.len() as u32, R)]);
+        // A second available entry naming descriptor 300 of a 16-entry table.
+        vq.avail().ring().ref_at(1).unwrap().store(300);
+        vq.avail().idx().store(2);
+        let sent = &mut tx.sent;
+        let mut sink = |fr: &[u8]| {
+            sent.push(fr.to_vec());
+            Ok(())
+        };
+        assert!(transmit(
+            &tx.mem,
+            &mut q,
+            &mut sink,
+            &mut Vec::new(),
+            &mut tx.counters
+        )
+        .unwrap());
+        assert_eq!(tx.sent, vec![f]);
+        assert_eq!((tx.counters.tx_frames, tx.counters.tx_dropped), (1, 1));
+        // The bad head cannot be returned (there is no such descriptor); the good one is.
+        assert_eq!(vq.used().idx().load(), 1);
+        // The receive side sees the same empty chain.
+        let vq = MockSplitQueue::new(&tx.mem, 16);
+        let mut q: Queue = vq.create_queue().unwrap();
+        vq.avail().ring().ref_at(0).unwrap().store(300);
+        vq.avail().idx().store(1);
+        let chain = q.iter(&tx.mem).unwrap().next().unwrap();
+        assert!(matches!(
+            write_rx_frame(&tx.mem, chain, &frame(b"x")),
+            Err(FrameError::Empty)
+        ));
+    }
+
+    #[test]
     fn a_bogus_available_index_is_an_error_not_a_hang() {
         let mem = guest_memory();
         let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
