@@ -7,12 +7,14 @@ use std::sync::{Arc, Mutex};
 use hearth_devices::bus::lock;
 use hearth_devices::virtio::block::Block;
 use hearth_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use hearth_devices::virtio::net::{Net, NetError};
 use hearth_devices::virtio::persist::{Persist, PersistError, TransportArgs, TransportState};
+use hearth_devices::virtio::rng::{Rng, RngError};
 use hearth_devices::virtio::{Interrupt, VirtioDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
 
-use crate::config::DiskConfig;
+use crate::config::{DiskConfig, NetConfig};
 use crate::device_manager::{DeviceError, DeviceManager, Subscriber};
 use crate::snapshot::{VirtioDeviceState, VirtioSlotState};
 
@@ -31,6 +33,15 @@ pub enum VirtioError {
     /// The snapshot's devices differ from the configuration.
     #[error("snapshot: {0}")]
     Mismatch(String),
+    /// A network device could not be built (its tap, mostly).
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The entropy device could not be built.
+    #[error(transparent)]
+    Rng(#[from] RngError),
+    /// A device whose state cannot be saved yet.
+    #[error("cannot snapshot a VM with a {0} device yet; start it without one to take snapshots")]
+    NotSnapshottable(&'static str),
 }
 
 /// A device model behind a virtio-mmio slot.
@@ -38,6 +49,10 @@ pub enum VirtioError {
 pub enum VirtioKind {
     /// virtio-blk.
     Block(Arc<Mutex<Block>>),
+    /// virtio-net over a tap.
+    Net(Arc<Mutex<Net>>),
+    /// virtio-rng.
+    Rng(Arc<Mutex<Rng>>),
 }
 
 /// One virtio-mmio slot of the VM.
@@ -53,16 +68,30 @@ pub struct VirtioSlot {
 }
 
 impl VirtioSlot {
+    /// Whether the slot's device can be saved in a snapshot.
+    pub fn check_snapshottable(&self) -> Result<(), VirtioError> {
+        match &self.kind {
+            VirtioKind::Block(_) => Ok(()),
+            // Their persist state is sketched in their modules (net/mod.rs, rng/mod.rs).
+            VirtioKind::Net(_) => Err(VirtioError::NotSnapshottable("virtio-net")),
+            VirtioKind::Rng(_) => Err(VirtioError::NotSnapshottable("virtio-rng")),
+        }
+    }
+
     /// The slot's snapshot state (the VM is paused).
-    pub fn save(&self) -> VirtioSlotState {
-        VirtioSlotState {
+    pub fn save(&self) -> Result<VirtioSlotState, VirtioError> {
+        self.check_snapshottable()?;
+        let device = match &self.kind {
+            VirtioKind::Block(b) => VirtioDeviceState::Block(lock(b).save()),
+            VirtioKind::Net(_) => return Err(VirtioError::NotSnapshottable("virtio-net")),
+            VirtioKind::Rng(_) => return Err(VirtioError::NotSnapshottable("virtio-rng")),
+        };
+        Ok(VirtioSlotState {
             base: self.base,
             irq: self.irq,
             transport: lock(&self.transport).save(),
-            device: match &self.kind {
-                VirtioKind::Block(b) => VirtioDeviceState::Block(lock(b).save()),
-            },
-        }
+            device,
+        })
     }
 }
 
@@ -168,5 +197,45 @@ pub fn add_disks(
             kind: VirtioKind::Block(block),
         });
     }
+    Ok(())
+}
+
+/// Adds one virtio-net device per tap, in order (the guest's eth0, eth1, ...). Each tap
+/// is opened here, so a missing one fails the VM before it starts.
+pub fn add_nets(
+    devices: &mut DeviceManager,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    nets: &[NetConfig],
+) -> Result<(), VirtioError> {
+    for config in nets {
+        let net = Net::new(config.clone())?;
+        crate::debug!("virtio-net on tap {} with MAC {}", config.tap, net.mac());
+        let net = Arc::new(Mutex::new(net));
+        let (base, irq, transport) = add_device(devices, vm, mem, net.clone(), None)?;
+        devices.virtio.push(VirtioSlot {
+            base,
+            irq,
+            transport,
+            kind: VirtioKind::Net(net),
+        });
+    }
+    Ok(())
+}
+
+/// Adds the virtio entropy device.
+pub fn add_rng(
+    devices: &mut DeviceManager,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+) -> Result<(), VirtioError> {
+    let rng = Arc::new(Mutex::new(Rng::new()?));
+    let (base, irq, transport) = add_device(devices, vm, mem, rng.clone(), None)?;
+    devices.virtio.push(VirtioSlot {
+        base,
+        irq,
+        transport,
+        kind: VirtioKind::Rng(rng),
+    });
     Ok(())
 }

@@ -6,6 +6,8 @@
 #include "io.h"
 #include "lib.h"
 #include "virtio_blk.h"
+#include "virtio_net.h"
+#include "virtio_rng.h"
 #include "virtio_mmio.h"
 
 #define BOOT_LINUX64	1	/* values set in entry.S */
@@ -270,6 +272,31 @@ static int parse_list(const struct token *t, uint64_t *v, unsigned n)
 	return 1;
 }
 
+/* Parse "D:<text>": a decimal device index, a colon, then any text (which
+ * may be empty and may contain colons). */
+static int parse_dev_text(const struct token *t, uint64_t *d, const char **text,
+			  size_t *len)
+{
+	size_t f = 0;
+
+	while (f < t->vlen && t->val[f] != ':')
+		f++;
+	if (f == t->vlen || !parse_dec(t->val, f, d))
+		return 0;
+	*text = t->val + f + 1;
+	*len = t->vlen - f - 1;
+	return 1;
+}
+
+/* Busy-waits on the TSC (2 GHz under hearth). */
+static void sleep_ms(uint64_t ms)
+{
+	uint64_t t0 = rdtsc();
+
+	while (rdtsc() - t0 < ms * 2000000ULL)
+		;
+}
+
 /* virtio_mmio.device=<size>@<base>:<irq>[:<id>] (Linux syntax) */
 static int parse_virtio_mmio(const struct token *t)
 {
@@ -431,6 +458,32 @@ void guest_main(unsigned kind, uint64_t info)
 		} else if (is(&t, "blk.bench=")) {
 			if ((ok = parse_list(&t, v, 2)))
 				blk_bench(v[0], v[1]);
+		} else if (is(&t, "sleep=")) {
+			if ((ok = parse_dec(t.val, t.vlen, &v[0])))
+				sleep_ms(v[0]);
+		} else if (is(&t, "net.info")) {
+			net_info();
+		} else if (is(&t, "net.tx=")) {
+			const char *text;
+			size_t len;
+
+			if ((ok = parse_dev_text(&t, &v[0], &text, &len)))
+				net_tx(v[0], text, len);
+		} else if (is(&t, "net.rx=")) {
+			if ((ok = parse_list(&t, v, 2)))
+				net_rx(v[0], v[1]);
+		} else if (is(&t, "net.echo=")) {
+			if ((ok = parse_list(&t, v, 2)))
+				net_echo(v[0], v[1]);
+		} else if (is(&t, "net.flood=")) {
+			if ((ok = parse_list(&t, v, 3)))
+				net_flood(v[0], v[1], v[2]);
+		} else if (is(&t, "net.sink=")) {
+			if ((ok = parse_list(&t, v, 2)))
+				net_sink(v[0], v[1]);
+		} else if (is(&t, "rng.read=")) {
+			if ((ok = parse_dec(t.val, t.vlen, &v[0])))
+				rng_read(v[0]);
 		}
 		if (!ok)
 			pr_token_error(&t);
