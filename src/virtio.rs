@@ -14,7 +14,7 @@ use hearth_devices::virtio::{Interrupt, VirtioDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
 
-use crate::config::{DiskConfig, NetConfig};
+use crate::config::VmConfig;
 use crate::device_manager::{DeviceError, DeviceManager, Subscriber};
 use crate::snapshot::{VirtioDeviceState, VirtioSlotState};
 
@@ -39,9 +39,6 @@ pub enum VirtioError {
     /// The entropy device could not be built.
     #[error(transparent)]
     Rng(#[from] RngError),
-    /// A device whose state cannot be saved yet.
-    #[error("cannot snapshot a VM with a {0} device yet; start it without one to take snapshots")]
-    NotSnapshottable(&'static str),
 }
 
 /// A device model behind a virtio-mmio slot.
@@ -68,30 +65,18 @@ pub struct VirtioSlot {
 }
 
 impl VirtioSlot {
-    /// Whether the slot's device can be saved in a snapshot.
-    pub fn check_snapshottable(&self) -> Result<(), VirtioError> {
-        match &self.kind {
-            VirtioKind::Block(_) => Ok(()),
-            // Their persist state is sketched in their modules (net/mod.rs, rng/mod.rs).
-            VirtioKind::Net(_) => Err(VirtioError::NotSnapshottable("virtio-net")),
-            VirtioKind::Rng(_) => Err(VirtioError::NotSnapshottable("virtio-rng")),
-        }
-    }
-
     /// The slot's snapshot state (the VM is paused).
-    pub fn save(&self) -> Result<VirtioSlotState, VirtioError> {
-        self.check_snapshottable()?;
-        let device = match &self.kind {
-            VirtioKind::Block(b) => VirtioDeviceState::Block(lock(b).save()),
-            VirtioKind::Net(_) => return Err(VirtioError::NotSnapshottable("virtio-net")),
-            VirtioKind::Rng(_) => return Err(VirtioError::NotSnapshottable("virtio-rng")),
-        };
-        Ok(VirtioSlotState {
+    pub fn save(&self) -> VirtioSlotState {
+        VirtioSlotState {
             base: self.base,
             irq: self.irq,
             transport: lock(&self.transport).save(),
-            device,
-        })
+            device: match &self.kind {
+                VirtioKind::Block(d) => VirtioDeviceState::Block(lock(d).save()),
+                VirtioKind::Net(d) => VirtioDeviceState::Net(lock(d).save()),
+                VirtioKind::Rng(d) => VirtioDeviceState::Rng(lock(d).save()),
+            },
+        }
     }
 }
 
@@ -144,98 +129,92 @@ where
     Ok((base, irq, transport))
 }
 
-/// The saved slot for the next device, checked against what the configuration builds.
-fn next_saved<'a>(
-    saved: Option<&'a [VirtioSlotState]>,
-    index: usize,
-    what: &str,
-) -> Result<Option<&'a VirtioSlotState>, VirtioError> {
-    let Some(slots) = saved else {
-        return Ok(None);
-    };
-    slots
-        .get(index)
-        .map(Some)
-        .ok_or_else(|| VirtioError::Mismatch(format!("no saved state for {what} #{index}")))
-}
-
-/// Adds one virtio-blk device per disk, in order (the guest's vda, vdb, ...); with
-/// `saved`, rebuilds them from a snapshot instead.
-pub fn add_disks(
+/// Puts a built or restored device on the next slot and records it; a restored one must
+/// land where it was.
+fn attach<D>(
     devices: &mut DeviceManager,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
-    disks: &[DiskConfig],
-    saved: Option<&[VirtioSlotState]>,
-) -> Result<(), VirtioError> {
-    for (i, disk) in disks.iter().enumerate() {
-        let slot_state = next_saved(saved, devices.virtio.len(), "virtio device")?;
-        let block = match slot_state.map(|s| &s.device) {
-            Some(VirtioDeviceState::Block(state)) => Block::restore((), state)?,
-            None => Block::new(disk.clone())?,
-        };
-        let block = Arc::new(Mutex::new(block));
-        let (base, irq, transport) = add_device(
-            devices,
-            vm,
-            mem,
-            block.clone(),
-            slot_state.map(|s| &s.transport),
-        )?;
-        if let Some(s) = slot_state {
-            if (s.base, s.irq) != (base, irq) {
-                return Err(VirtioError::Mismatch(format!(
-                    "disk {i} was at {:#x} irq {}, now at {base:#x} irq {irq}",
-                    s.base, s.irq
-                )));
-            }
+    device: Arc<Mutex<D>>,
+    kind: VirtioKind,
+    saved: Option<&VirtioSlotState>,
+) -> Result<(), VirtioError>
+where
+    D: VirtioDevice + event_manager::MutEventSubscriber + Send + 'static,
+{
+    let (base, irq, transport) = add_device(devices, vm, mem, device, saved.map(|s| &s.transport))?;
+    if let Some(s) = saved {
+        if (s.base, s.irq) != (base, irq) {
+            return Err(VirtioError::Mismatch(format!(
+                "a device was at {:#x} irq {}, now at {base:#x} irq {irq}",
+                s.base, s.irq
+            )));
         }
-        devices.virtio.push(VirtioSlot {
-            base,
-            irq,
-            transport,
-            kind: VirtioKind::Block(block),
-        });
     }
-    Ok(())
-}
-
-/// Adds one virtio-net device per tap, in order (the guest's eth0, eth1, ...). Each tap
-/// is opened here, so a missing one fails the VM before it starts.
-pub fn add_nets(
-    devices: &mut DeviceManager,
-    vm: &VmFd,
-    mem: &GuestMemoryMmap,
-    nets: &[NetConfig],
-) -> Result<(), VirtioError> {
-    for config in nets {
-        let net = Net::new(config.clone())?;
-        crate::debug!("virtio-net on tap {} with MAC {}", config.tap, net.mac());
-        let net = Arc::new(Mutex::new(net));
-        let (base, irq, transport) = add_device(devices, vm, mem, net.clone(), None)?;
-        devices.virtio.push(VirtioSlot {
-            base,
-            irq,
-            transport,
-            kind: VirtioKind::Net(net),
-        });
-    }
-    Ok(())
-}
-
-/// Adds the virtio entropy device.
-pub fn add_rng(
-    devices: &mut DeviceManager,
-    vm: &VmFd,
-    mem: &GuestMemoryMmap,
-) -> Result<(), VirtioError> {
-    let rng = Arc::new(Mutex::new(Rng::new()?));
-    let (base, irq, transport) = add_device(devices, vm, mem, rng.clone(), None)?;
     devices.virtio.push(VirtioSlot {
         base,
         irq,
         transport,
-        kind: VirtioKind::Rng(rng),
+        kind,
     });
+    Ok(())
+}
+
+/// Adds the configured virtio devices in a fixed order: disks (the guest's vda, vdb,
+/// ...), network devices (eth0, ...), the entropy device. With `saved`, each is rebuilt
+/// from its snapshot state instead, and must be the same kind of device. Disks and taps
+/// are opened here, so a missing one fails the VM before it starts.
+pub fn add_all(
+    devices: &mut DeviceManager,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    saved: Option<&[VirtioSlotState]>,
+) -> Result<(), VirtioError> {
+    let slot = |index: usize| -> Result<Option<&VirtioSlotState>, VirtioError> {
+        match saved {
+            None => Ok(None),
+            Some(slots) => slots.get(index).map(Some).ok_or_else(|| {
+                VirtioError::Mismatch(format!("no saved state for virtio device {index}"))
+            }),
+        }
+    };
+    let mismatch = |what: &str| VirtioError::Mismatch(format!("the saved device is not {what}"));
+
+    for disk in &config.disks {
+        let s = slot(devices.virtio.len())?;
+        let block = match s.map(|s| &s.device) {
+            None => Block::new(disk.clone())?,
+            Some(VirtioDeviceState::Block(state)) => Block::restore((), state)?,
+            Some(_) => return Err(mismatch("a disk")),
+        };
+        let block = Arc::new(Mutex::new(block));
+        attach(devices, vm, mem, block.clone(), VirtioKind::Block(block), s)?;
+    }
+    for net in &config.net {
+        let s = slot(devices.virtio.len())?;
+        let net = match s.map(|s| &s.device) {
+            None => Net::new(net.clone())?,
+            Some(VirtioDeviceState::Net(state)) => Net::restore((), state)?,
+            Some(_) => return Err(mismatch("a network device")),
+        };
+        crate::debug!(
+            "virtio-net on tap {} with MAC {}",
+            net.config().tap,
+            net.mac()
+        );
+        let net = Arc::new(Mutex::new(net));
+        attach(devices, vm, mem, net.clone(), VirtioKind::Net(net), s)?;
+    }
+    if config.rng {
+        let s = slot(devices.virtio.len())?;
+        let rng = match s.map(|s| &s.device) {
+            None => Rng::new()?,
+            Some(VirtioDeviceState::Rng(state)) => Rng::restore((), state)?,
+            Some(_) => return Err(mismatch("an entropy device")),
+        };
+        let rng = Arc::new(Mutex::new(rng));
+        attach(devices, vm, mem, rng.clone(), VirtioKind::Rng(rng), s)?;
+    }
     Ok(())
 }

@@ -339,3 +339,107 @@ fn a_busy_tap_and_a_tun_device_fail_with_one_line_errors() {
     );
     one_line_error(&run, "tap tap0 is busy");
 }
+
+#[test]
+fn net_and_rng_carry_on_after_restore() {
+    if !common::net::can_run_net_tests("net_and_rng_carry_on_after_restore") {
+        return;
+    }
+    let ns = Netns::new();
+    let sock = ns.packet_socket();
+    let dir = scratch();
+    let d = dir.as_path();
+    let api = d.join("api.sock");
+    let serial1 = d.join("serial-1.txt");
+    let serial2 = d.join("serial-2.txt");
+    let snap = d.join("snap");
+    let cmdline = "net.tx=0:before-snapshot rng.read=64 count=25 delay=20000 \
+                   net.tx=0:after-restore rng.read=256 net.rx=0:1 exit=4";
+    let first = ns
+        .hearth(
+            cmdline,
+            &[
+                "--net",
+                &net_arg(),
+                "--rng",
+                "--api-sock",
+                api.to_str().unwrap(),
+                "--serial-out",
+                serial1.to_str().unwrap(),
+            ],
+        )
+        .spawn()
+        .expect("start hearth");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let first = Kill(first);
+    wait_for_text(&serial1, "count: 3\n", T);
+    let got = sock
+        .recv(Duration::from_secs(5))
+        .expect("frame before the snapshot");
+    assert_eq!(
+        got,
+        frame([0xff; 6], parse_mac(GUEST_MAC), b"before-snapshot")
+    );
+    let r = ctl(&api, &["snapshot", "--dir", snap.to_str().unwrap()]);
+    assert_eq!(r.code(), 0, "{r:#?}");
+    drop(first);
+
+    // The restored VM reopens the same tap in the same namespace.
+    let mut restore = std::process::Command::new("ip");
+    restore
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            hearth_bin(),
+            "restore",
+            "--resume",
+        ])
+        .arg("--dir")
+        .arg(&snap)
+        .arg("--serial-out")
+        .arg(&serial2)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let second = restore.spawn().expect("start hearth restore");
+    let mut second = Kill(second);
+    let out = wait_for_text(&serial2, "rng read 256", T);
+    let got = sock
+        .recv(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no frame after restore: {out}"));
+    assert_eq!(
+        got,
+        frame([0xff; 6], parse_mac(GUEST_MAC), b"after-restore")
+    );
+    let f = frame(parse_mac(GUEST_MAC), HOST_MAC, b"host-to-restored-guest");
+    sock.send(&f);
+    let child = std::mem::replace(
+        &mut second.0,
+        std::process::Command::new("true").spawn().expect("true"),
+    );
+    let run = wait_bounded(child, T, "hearth restore");
+    let out = std::fs::read_to_string(&serial2).unwrap();
+    assert_eq!(run.code(), 4, "{out}\n{run:#?}");
+    assert!(!out.contains("hearth-test-guest"), "no reboot: {out}");
+    let rng = lines_with(&out, "rng read 256");
+    assert_eq!(rng.len(), 1, "{out}");
+    let distinct: u32 = rng[0]
+        .split("distinct=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(distinct > 100, "entropy after restore: {out}");
+    assert_eq!(
+        lines_with(&out, "net 0 rx"),
+        vec![rx_line(&f).as_str()],
+        "{out}"
+    );
+}

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::*;
 
@@ -73,46 +72,4 @@ fn the_device_sits_beside_disks() {
     assert_eq!(n, 512);
     assert!(distinct > 150, "{run:#?}");
     assert_eq!(run.code(), 0);
-}
-
-#[test]
-fn a_snapshot_of_a_vm_with_an_entropy_device_is_refused_and_the_vm_runs_on() {
-    let dir = scratch();
-    let sock = dir.as_path().join("api.sock");
-    let serial = dir.as_path().join("serial.txt");
-    let child = spawn_hearth(&[
-        "run",
-        "--kernel",
-        test_guest().to_str().unwrap(),
-        "--cmdline",
-        "rng.read=64 count=40 delay=20000 exit=5",
-        "--rng",
-        "--api-sock",
-        sock.to_str().unwrap(),
-        "--serial-out",
-        serial.to_str().unwrap(),
-    ]);
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut vm = Kill(child);
-    wait_for_text(&serial, "count: 2\n", Duration::from_secs(60));
-    let snap = dir.as_path().join("snap");
-    let r = ctl(&sock, &["snapshot", "--dir", snap.to_str().unwrap()]);
-    assert_ne!(r.code(), 0, "{r:#?}");
-    assert!(
-        r.stderr
-            .contains("cannot snapshot a VM with a virtio-rng device"),
-        "{r:#?}"
-    );
-    assert!(!snap.join("state").exists());
-    // Not paused: it counts on to the end.
-    let text = wait_for_text(&serial, "exit: 5", Duration::from_secs(60));
-    assert!(text.contains("count: 40\n"));
-    let status = vm.0.wait().unwrap();
-    assert_eq!(status.code(), Some(5));
 }

@@ -238,6 +238,20 @@ impl Net {
         self.mac
     }
 
+    /// The frame read from the tap that waits for a receive buffer, if any.
+    pub fn pending_frame(&self) -> Option<&[u8]> {
+        self.rx_pending.and_then(|n| self.rx_buf.get(..n))
+    }
+
+    /// Puts back a frame that was waiting for a receive buffer (snapshot restore);
+    /// frames that do not fit a receive buffer are dropped.
+    pub fn set_pending_frame(&mut self, frame: &[u8]) {
+        if let Some(dst) = self.rx_buf.get_mut(..frame.len()) {
+            dst.copy_from_slice(frame);
+            self.rx_pending = Some(frame.len());
+        }
+    }
+
     /// What the device counted so far.
     pub fn counters(&self) -> NetCounters {
         self.counters

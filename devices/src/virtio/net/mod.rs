@@ -9,14 +9,13 @@
 //! behind the 12-byte `virtio_net_hdr_v1` that VIRTIO_F_VERSION_1 implies. There is one
 //! receive and one transmit queue.
 //!
-//! Snapshots: the state to persist (next to `block/persist.rs`) is the [`NetConfig`], the
-//! MAC in use, the [`NetCounters`] and the frame held back in `Net::rx_pending`; the tap
-//! is reopened by name on restore. Until that exists, the VMM refuses to snapshot a VM
-//! with a network device.
+//! Snapshots (`persist.rs`): the [`NetConfig`] with the MAC in use and the frame held
+//! back for a receive buffer; the tap is reopened by name on restore.
 
 mod device;
 mod event_handler;
 mod frame;
+pub mod persist;
 mod tap;
 
 pub use device::{MacAddr, Net, NetConfig, NetError};

@@ -65,6 +65,11 @@ impl Rng {
         self.bytes_served
     }
 
+    /// Carries the counter over from a snapshot.
+    pub fn set_bytes_served(&mut self, n: u64) {
+        self.bytes_served = n;
+    }
+
     /// Serves what the driver queued and interrupts it if anything completed.
     pub(super) fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {

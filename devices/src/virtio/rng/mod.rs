@@ -1,12 +1,12 @@
 //! virtio-rng (virtio 1.2, 5.4, "entropy device"): one queue of device-writable buffers,
 //! each filled with bytes from the host's getrandom(2).
 //!
-//! Snapshots: the device has no state of its own beyond its queue (saved with the
-//! transport) and the [`Rng::bytes_served`] counter; its `persist.rs` will hold just that.
-//! Until it exists, the VMM refuses to snapshot a VM with an entropy device.
+//! Snapshots (`persist.rs`): no state of its own beyond its queue (saved with the
+//! transport) and the [`Rng::bytes_served`] counter.
 
 mod device;
 mod event_handler;
+pub mod persist;
 mod request;
 
 pub use device::{Rng, RngError};
