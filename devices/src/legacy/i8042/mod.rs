@@ -70,6 +70,10 @@ mod tests {
         assert_eq!(evt.read().unwrap(), 1);
         let mut status = [0u8];
         dev.read(4, &mut status);
-        assert_eq!(status[0] & 0x02, 0, "input buffer empty: reset can be written");
+        assert_eq!(
+            status[0] & 0x02,
+            0,
+            "input buffer empty: reset can be written"
+        );
     }
 }
