@@ -8,11 +8,12 @@ use hearth_devices::bus::lock;
 use hearth_devices::virtio::block::Block;
 use hearth_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use hearth_devices::virtio::persist::{Persist, PersistError, TransportArgs, TransportState};
+use hearth_devices::virtio::vsock::Vsock;
 use hearth_devices::virtio::{Interrupt, VirtioDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
 
-use crate::config::DiskConfig;
+use crate::config::{DiskConfig, VsockConfig};
 use crate::device_manager::{DeviceError, DeviceManager, Subscriber};
 use crate::snapshot::{VirtioDeviceState, VirtioSlotState};
 
@@ -22,6 +23,9 @@ pub enum VirtioError {
     /// A disk could not be opened.
     #[error(transparent)]
     Block(#[from] hearth_devices::virtio::block::BlockError),
+    /// The vsock device could not be set up (a reserved CID, its socket path taken).
+    #[error(transparent)]
+    Vsock(#[from] hearth_devices::virtio::vsock::VsockError),
     /// KVM or the buses refused the device.
     #[error(transparent)]
     Device(#[from] DeviceError),
@@ -168,5 +172,29 @@ pub fn add_disks(
             kind: VirtioKind::Block(block),
         });
     }
+    Ok(())
+}
+
+/// Adds the virtio-vsock device, if configured: it starts listening on its Unix socket
+/// now, so that host processes can connect while the guest boots. It is not a
+/// [`VirtioSlot`]: its connections cannot be saved, so VMs with vsock take no snapshots
+/// (and a snapshot never has one to restore).
+pub fn add_vsock(
+    devices: &mut DeviceManager,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    config: Option<&VsockConfig>,
+    restoring: bool,
+) -> Result<(), VirtioError> {
+    let Some(config) = config else {
+        return Ok(());
+    };
+    if restoring {
+        return Err(VirtioError::Mismatch(
+            "the configuration has a vsock device, which snapshots do not support".into(),
+        ));
+    }
+    let vsock = Arc::new(Mutex::new(Vsock::new(config.clone())?));
+    add_device(devices, vm, mem, vsock, None)?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 #include "lib.h"
 #include "virtio_blk.h"
 #include "virtio_mmio.h"
+#include "vsock.h"
 
 #define BOOT_LINUX64	1	/* values set in entry.S */
 #define BOOT_PVH	2
@@ -270,6 +271,22 @@ static int parse_list(const struct token *t, uint64_t *v, unsigned n)
 	return 1;
 }
 
+/* Parse "<port>:<text>": a decimal port, then any non-empty text. */
+static int parse_port_text(const struct token *t, uint64_t *port,
+			   const char **text, size_t *len)
+{
+	size_t f = 0;
+
+	while (f < t->vlen && t->val[f] != ':')
+		f++;
+	if (f == t->vlen || f + 1 == t->vlen || !parse_dec(t->val, f, port) ||
+	    *port > 0xffffffffULL)
+		return 0;
+	*text = t->val + f + 1;
+	*len = t->vlen - f - 1;
+	return 1;
+}
+
 /* virtio_mmio.device=<size>@<base>:<irq>[:<id>] (Linux syntax) */
 static int parse_virtio_mmio(const struct token *t)
 {
@@ -403,6 +420,8 @@ void guest_main(unsigned kind, uint64_t info)
 	pos = cmdline;
 	while (next_token(&pos, &t)) {
 		uint64_t v[4];
+		const char *s;
+		size_t n;
 		int ok = 1;
 
 		if (is(&t, "fault=")) {
@@ -431,6 +450,14 @@ void guest_main(unsigned kind, uint64_t info)
 		} else if (is(&t, "blk.bench=")) {
 			if ((ok = parse_list(&t, v, 2)))
 				blk_bench(v[0], v[1]);
+		} else if (is(&t, "vsock.info")) {
+			vsock_info();
+		} else if (is(&t, "vsock.echo=")) {
+			if ((ok = parse_list(&t, v, 2) && v[0] <= 0xffffffffULL))
+				vsock_echo((uint32_t)v[0], v[1]);
+		} else if (is(&t, "vsock.send=")) {
+			if ((ok = parse_port_text(&t, &v[0], &s, &n)))
+				vsock_send((uint32_t)v[0], s, (uint32_t)n);
 		}
 		if (!ok)
 			pr_token_error(&t);
