@@ -14,7 +14,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo build --release --bin hearth
-hearth=target/release/hearth
+hearth=target/x86_64-unknown-linux-gnu/release/hearth
 
 guest=${1:-}
 if [ -z "$guest" ]; then

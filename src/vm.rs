@@ -165,9 +165,21 @@ impl TryFrom<VmConfig> for Vm {
     }
 }
 
+/// Whether /dev/kvm can only be PVM: its module is loaded and no hardware one is.
+fn pvm_only() -> bool {
+    let loaded = |m: &str| Path::new("/sys/module").join(m).exists();
+    loaded("kvm_pvm") && !loaded("kvm_intel") && !loaded("kvm_amd")
+}
+
 /// Decides native or emulated, measuring it when asked to.
 fn resolve_execution(choice: ExecutionChoice) -> Option<JoinHandle<Execution>> {
     match choice {
+        // PVM (../shared/platform.md) runs every guest that is not PVM-aware through the
+        // instruction emulator: no calibration guest is needed to know it.
+        ExecutionChoice::Auto if pvm_only() => {
+            debug!("KVM executes guest kernel code emulated (kvm_pvm is loaded: no calibration)");
+            Some(std::thread::spawn(|| Execution::Emulated))
+        }
         ExecutionChoice::Auto => {
             Some(std::thread::spawn(|| {
                 match kvm::open()
@@ -228,7 +240,7 @@ struct Parts {
     shared: Arc<VcpuShared>,
 }
 
-fn register_memory_and_pit(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+fn create_pit(vm_fd: &VmFd) -> Result<(), VmError> {
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
@@ -236,6 +248,38 @@ fn register_memory_and_pit(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Vm
     vm_fd
         .create_pit2(pit)
         .map_err(kvm_call("KVM_CREATE_PIT2"))?;
+    disable_pit_reinjection(vm_fd);
+    Ok(())
+}
+
+/// Turns off the PIT's catch-up of missed ticks. Guests keep time with kvmclock and the
+/// LAPIC timer, and KVM turns reinjection off while destroying the PIT anyway, waiting
+/// for an SRCU grace period to do it: done here, on the setup thread, that wait no longer
+/// delays hearth's exit.
+fn disable_pit_reinjection(vm_fd: &VmFd) {
+    // KVM_REINJECT_CONTROL = _IO(KVMIO, 0x71), struct kvm_reinject_control.
+    const KVM_REINJECT_CONTROL: libc::c_ulong = 0xae71;
+    #[repr(C)]
+    struct ReinjectControl {
+        pit_reinject: u8,
+        reserved: [u8; 31],
+    }
+    let arg = ReinjectControl {
+        pit_reinject: 0,
+        reserved: [0; 31],
+    };
+    // SAFETY: the ioctl reads a kvm_reinject_control, which `arg` is (same layout), only
+    // for the duration of the call.
+    let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vm_fd, KVM_REINJECT_CONTROL, &arg) };
+    if ret < 0 {
+        debug!(
+            "KVM_REINJECT_CONTROL failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -256,7 +300,7 @@ fn register_memory_and_pit(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Vm
 }
 
 impl Parts {
-    /// Waits for the memory slots and the PIT.
+    /// Waits for the PIT.
     fn finish_kvm_setup(&mut self) -> Result<(), VmError> {
         match self.kvm_setup.take().map(|h| h.join()) {
             Some(Ok(r)) => r,
@@ -282,17 +326,20 @@ fn build_parts(
     vm_fd
         .set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
         .map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    // Memory slots before the irqchip: installing a slot waits for an SRCU grace period,
+    // which is quick while the VM's SRCU is idle but takes a scheduler tick or more
+    // (4 ms at HZ=250) right after the irqchip's own grace periods.
+    register_memory(&vm_fd, &mem)?;
     vm_fd
         .create_irq_chip()
         .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
-    // Installing memory slots and starting the PIT's thread mostly wait on KVM (RCU grace
-    // periods, kthread start-up): do it beside the rest of the setup.
+    // Starting the PIT's thread mostly waits on KVM (kthread start-up): do it beside the
+    // rest of the setup.
     let kvm_setup = {
         let vm_fd = vm_fd.clone();
-        let mem = mem.clone();
         std::thread::Builder::new()
             .name("kvm-setup".into())
-            .spawn(move || register_memory_and_pit(&vm_fd, &mem))
+            .spawn(move || create_pit(&vm_fd))
             .map_err(|source| VmError::Thread {
                 what: "KVM setup".into(),
                 source,
@@ -463,13 +510,15 @@ impl Vm {
             )));
         }
         let mem = snapshot::map_memory(dir, config.memory)?;
-        let parts = build_parts(
+        let mut parts = build_parts(
             &kvm,
             &config,
             mem,
             config.serial_out.as_deref(),
             Some(&state),
         )?;
+        // The PIT must exist before its state is set.
+        parts.finish_kvm_setup()?;
 
         for chip in &state.irqchips {
             parts
@@ -925,7 +974,7 @@ impl RunningVm {
         // A vCPU may be just about to enter KVM_RUN: kick until every thread has left.
         while self.handles.iter().any(|h| !h.is_finished()) {
             kick_all(&self.handles);
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(Duration::from_micros(50));
         }
         for h in self.handles.drain(..) {
             let _ = h.join();

@@ -1,0 +1,691 @@
+//! Boot time and footprint of hearth next to Firecracker, on the minimal test guest.
+//! Run by hand: `cargo bench --bench boot`.
+//!
+//! Each VMM boots `resources/test-guest` (1 vCPU, 128 MiB) with `end=reset`: the guest
+//! prints its banner, writes the boot marker (123 to MMIO 0xc0000000), and resets the
+//! machine through the i8042, which ends both VMMs. Runs alternate between the VMMs
+//! (the order rotates every round) so that drift on the host hits all of them alike.
+//!
+//! For every run it records:
+//! - wall: spawn → the child reaped by `wait4`;
+//! - first KVM_RUN, in ms after the VMM's `main`: hearth's `-v` line; for Firecracker, the
+//!   timestamp of its vCPU thread's "VcpuEvent::Resume" log line (which comes just before
+//!   the vCPU's first KVM_RUN) minus that of its "Running Firecracker" line;
+//! - boot marker as the VMM reports it: hearth's line (ms after its `main`); Firecracker's
+//!   `Guest-boot-time` (ms after it began building the VM, a few hundred µs after `main`);
+//! - boot marker seen: spawn → the guest's `boot-marker` console line read from the
+//!   child's stdout (the guest prints it just before the MMIO write), the same yardstick
+//!   for every VMM;
+//! - marker → exit: from that line to the child reaped (the guest's reset, the VMM's
+//!   teardown and KVM's destruction of the VM, which the kernel does before the parent
+//!   is told of the exit);
+//! - ru_maxrss from `wait4`; it is not quite the child's own peak: exec() folds the
+//!   high-water mark of the mm the child was spawned from (this benchmark's, at that
+//!   moment) into it, so it cannot read below that (this process's peak is printed);
+//! - peak RSS: the child's VmHWM, read from /proc/<pid>/status while it is stopped at
+//!   its exit under ptrace (PTRACE_SEIZE with PTRACE_O_TRACEEXIT, main thread only),
+//!   before its memory is released. That stop delays the exit a little, so VmHWM comes
+//!   from a separate pass of runs (BOOT_BENCH_RSS_RUNS, default 5 per VMM) after the
+//!   timed ones, which are not traced.
+//!
+//! Environment: BOOT_BENCH_RUNS (default 20), BOOT_BENCH_RSS_RUNS (default 5),
+//! HEARTH_BIN (default: the hearth binary cargo builds for this bench,
+//! target/<triple>/release/hearth), FIRECRACKER_BIN (default: ../shared/peers/firecracker-v1.16.1
+//! next to the repository; the peer is skipped when it is absent).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The guest command line both VMMs get.
+const GUEST_CMDLINE: &str = "end=reset";
+const MEMORY_MIB: u64 = 128;
+/// A run that takes longer than this is killed and the benchmark fails.
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Targets (from the project plan).
+const TARGET_WALL_RATIO: f64 = 0.5;
+const TARGET_RSS_MIB: f64 = 3.0;
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    common::fail("boot", msg)
+}
+
+fn build_guest() -> PathBuf {
+    common::build_guest("boot")
+}
+
+fn hearth_bin() -> PathBuf {
+    let path = std::env::var_os("HEARTH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hearth")));
+    if !path.is_file() {
+        fail(format!(
+            "no hearth binary at {} (build it with `cargo build --release --bin hearth` or set HEARTH_BIN)",
+            path.display()
+        ));
+    }
+    path
+}
+
+fn firecracker_bin() -> Option<PathBuf> {
+    let (path, from_env) = match std::env::var_os("FIRECRACKER_BIN") {
+        Some(p) => (PathBuf::from(p), true),
+        None => (
+            common::root().join("../shared/peers/firecracker-v1.16.1"),
+            false,
+        ),
+    };
+    if path.is_file() {
+        return Some(path);
+    }
+    if from_env {
+        fail(format!("FIRECRACKER_BIN={} is not a file", path.display()));
+    }
+    println!(
+        "Firecracker not found at {} (set FIRECRACKER_BIN): measuring hearth alone, no ratios",
+        path.display()
+    );
+    None
+}
+
+/// Writes Firecracker's VM description next to the guest.
+fn firecracker_config(guest: &Path) -> PathBuf {
+    let Some(kernel) = guest.to_str() else {
+        fail(format!("the guest path {} is not UTF-8", guest.display()));
+    };
+    let config = serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": kernel,
+            "boot_args": GUEST_CMDLINE,
+        },
+        "drives": [],
+        "network-interfaces": [],
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": MEMORY_MIB },
+    });
+    let path = guest.with_file_name("firecracker-boot.json");
+    if let Err(e) = std::fs::write(&path, config.to_string()) {
+        fail(format!("cannot write {}: {e}", path.display()));
+    }
+    path
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Hearth,
+    Firecracker,
+}
+
+/// One way of booting the guest.
+struct Variant {
+    name: &'static str,
+    kind: Kind,
+    program: PathBuf,
+    args: Vec<String>,
+}
+
+impl Variant {
+    fn command_line(&self) -> String {
+        let mut s = self.program.display().to_string();
+        for a in &self.args {
+            if a.contains(' ') {
+                s.push_str(&format!(" \"{a}\""));
+            } else {
+                s.push(' ');
+                s.push_str(a);
+            }
+        }
+        s
+    }
+}
+
+/// What one run measured, in milliseconds (RSS in KiB).
+#[derive(Default, Clone)]
+struct Sample {
+    wall: f64,
+    first_run: Option<f64>,
+    marker_own: Option<f64>,
+    marker_seen: Option<f64>,
+    marker_to_exit: Option<f64>,
+    hwm_kib: Option<f64>,
+    maxrss_kib: f64,
+}
+
+/// Reads a pipe line by line, noting when each line arrived.
+fn spawn_reader(pipe: impl Read + Send + 'static) -> JoinHandle<Vec<(Instant, String)>> {
+    std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        let mut reader = BufReader::new(pipe);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => lines.push((
+                    Instant::now(),
+                    String::from_utf8_lossy(&buf).trim_end().to_string(),
+                )),
+            }
+        }
+        lines
+    })
+}
+
+/// How a traced child ended.
+struct Waited {
+    status: libc::c_int,
+    usage: libc::rusage,
+    /// VmHWM (KiB) when it stopped at its exit.
+    hwm_kib: Option<f64>,
+}
+
+fn wait4_retry(pid: libc::pid_t) -> Result<(libc::c_int, libc::rusage), std::io::Error> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `status` and `usage` are valid, writable, and live across the call.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            return Ok((status, usage));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+fn ptrace(request: libc::c_uint, pid: libc::pid_t, data: usize) -> Result<(), std::io::Error> {
+    // SAFETY: the requests used here (SEIZE, CONT) take an integer `data`, no pointer.
+    let r = unsafe { libc::ptrace(request, pid, std::ptr::null_mut::<libc::c_void>(), data) };
+    if r == -1 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// VmHWM of a live process, in KiB.
+fn vm_hwm_kib(pid: libc::pid_t) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits for the child with `wait4` (which gives ru_maxrss). When `traced`, it first
+/// attaches with PTRACE_SEIZE and reads the child's VmHWM when it stops at its exit.
+fn wait_child(pid: libc::pid_t, traced: bool) -> Result<Waited, std::io::Error> {
+    let mut hwm_kib = None;
+    if traced {
+        let options = libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_EXITKILL;
+        if let Err(e) = ptrace(libc::PTRACE_SEIZE, pid, options as usize) {
+            // Not fatal: that run just has no VmHWM (n/a in the table).
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| eprintln!("boot bench: cannot ptrace the VMM ({e}): no VmHWM"));
+        }
+    }
+    loop {
+        let (status, usage) = wait4_retry(pid)?;
+        if !libc::WIFSTOPPED(status) {
+            return Ok(Waited {
+                status,
+                usage,
+                hwm_kib,
+            });
+        }
+        // Only a traced child stops: at its exit, or for a signal to pass on.
+        let mut deliver = 0;
+        match status >> 16 {
+            libc::PTRACE_EVENT_EXIT => hwm_kib = vm_hwm_kib(pid),
+            0 => deliver = libc::WSTOPSIG(status) as usize,
+            _ => {}
+        }
+        ptrace(libc::PTRACE_CONT, pid, deliver)?;
+    }
+}
+
+fn describe_status(status: libc::c_int) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exit status {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("wait status {status:#x}")
+    }
+}
+
+/// "hearth: [   19.520 ms] guest boot marker: ..." → 19.520 when the text matches.
+fn hearth_log_ms(line: &str, text: &str) -> Option<f64> {
+    let rest = line.strip_prefix("hearth: [")?;
+    let (ms, msg) = rest.split_once(" ms] ")?;
+    if msg.starts_with(text) {
+        ms.trim().parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Seconds of the day of a Firecracker log line ("2026-11-24T20:21:20.934423751 [...").
+fn firecracker_log_secs(line: &str) -> Option<f64> {
+    let stamp = line.split_whitespace().next()?;
+    let (_, time) = stamp.split_once('T')?;
+    let mut parts = time.splitn(3, ':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// "... Guest-boot-time =  21456 us 21 ms, ..." → 21.456
+fn firecracker_boot_time_ms(line: &str) -> Option<f64> {
+    let (_, rest) = line.split_once("Guest-boot-time =")?;
+    let us: f64 = rest.split_whitespace().next()?.parse().ok()?;
+    Some(us / 1000.0)
+}
+
+fn run_once(v: &Variant, traced: bool) -> Sample {
+    let mut cmd = Command::new(&v.program);
+    cmd.args(&v.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => fail(format!("cannot start {}: {e}", v.program.display())),
+    };
+    let pid = child.id() as libc::pid_t;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        fail("the child's stdout and stderr pipes are missing");
+    };
+    let out_reader = spawn_reader(stdout);
+    let err_reader = spawn_reader(stderr);
+
+    // Kill a run that hangs rather than hang the benchmark.
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(RUN_TIMEOUT) == Err(mpsc::RecvTimeoutError::Timeout) {
+            // SAFETY: plain kill(2) on the child's pid. The waiter sends `done` right after
+            // reaping the child, so the pid is still the child's unless the 30 s timeout
+            // fires in that instant.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let waited = wait_child(pid, traced);
+    let end = Instant::now();
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    let Waited {
+        status,
+        usage,
+        hwm_kib,
+    } = match waited {
+        Ok(w) => w,
+        Err(e) => fail(format!("waiting for {} (wait4/ptrace) failed: {e}", v.name)),
+    };
+    let out = out_reader.join().unwrap_or_default();
+    let err = err_reader.join().unwrap_or_default();
+
+    let show = |lines: &[(Instant, String)]| {
+        lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        fail(format!(
+            "{} ended with {} (after {:?}; limit {RUN_TIMEOUT:?})\n$ {}\n--- stdout\n{}\n--- stderr\n{}",
+            v.name,
+            describe_status(status),
+            end - start,
+            v.command_line(),
+            show(&out),
+            show(&err)
+        ));
+    }
+
+    let ms = |t: Instant| t.duration_since(start).as_secs_f64() * 1000.0;
+    let seen = out
+        .iter()
+        .find(|(_, l)| l == "boot-marker")
+        .map(|(t, _)| *t);
+    if seen.is_none() {
+        fail(format!(
+            "{}: the guest never printed its boot-marker line\n$ {}\n--- stdout\n{}\n--- stderr\n{}",
+            v.name,
+            v.command_line(),
+            show(&out),
+            show(&err)
+        ));
+    }
+    let mut s = Sample {
+        wall: ms(end),
+        marker_seen: seen.map(ms),
+        marker_to_exit: seen.map(|t| end.duration_since(t).as_secs_f64() * 1000.0),
+        hwm_kib,
+        maxrss_kib: usage.ru_maxrss as f64,
+        ..Default::default()
+    };
+    match v.kind {
+        Kind::Hearth => {
+            for (_, l) in &err {
+                s.first_run = s.first_run.or_else(|| hearth_log_ms(l, "first KVM_RUN"));
+                s.marker_own = s
+                    .marker_own
+                    .or_else(|| hearth_log_ms(l, "guest boot marker"));
+            }
+        }
+        Kind::Firecracker => {
+            // Its log goes to stdout, interleaved with the guest's console.
+            let all = out.iter().chain(err.iter()).map(|(_, l)| l.as_str());
+            let mut main_at = None;
+            let mut resume_at = None;
+            for l in all {
+                if main_at.is_none() && l.contains("Running Firecracker") {
+                    main_at = firecracker_log_secs(l);
+                }
+                if resume_at.is_none() && l.contains("VcpuEvent::Resume") {
+                    resume_at = firecracker_log_secs(l);
+                }
+                s.marker_own = s.marker_own.or_else(|| firecracker_boot_time_ms(l));
+            }
+            if let (Some(a), Some(b)) = (main_at, resume_at) {
+                let mut d = b - a;
+                if d < 0.0 {
+                    d += 86400.0; // across midnight
+                }
+                s.first_run = Some(d * 1000.0);
+            }
+        }
+    }
+    s
+}
+
+/// Median, min and p90 (nearest rank) of the values present; None when there are none.
+fn stats(values: impl Iterator<Item = Option<f64>>) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = values.flatten().collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    let p90 = v[((n as f64 * 0.9).ceil() as usize).clamp(1, n) - 1];
+    Some((median, v[0], p90))
+}
+
+/// "2026-11-24 20:21:20 UTC" from the system clock.
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn host_line() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = hearth::memory::host_memory_limit() as f64 / f64::from(1u32 << 30);
+    format!(
+        "{} (Linux {}), {cpus} CPUs ({cpu}), {mem_gib:.1} GiB RAM+swap",
+        read_trimmed("/proc/sys/kernel/hostname"),
+        read_trimmed("/proc/sys/kernel/osrelease"),
+    )
+}
+
+fn kvm_line() -> String {
+    match hearth::kvm::open() {
+        Ok(kvm) => match hearth::kvm::calibrate(&kvm) {
+            Ok(c) => format!(
+                "guest kernel mode {} ({} dec/jnz iterations in {:.3} ms)",
+                c.execution,
+                c.iterations,
+                c.elapsed.as_secs_f64() * 1000.0
+            ),
+            Err(e) => format!("usable, execution mode unknown ({e})"),
+        },
+        Err(e) => fail(e),
+    }
+}
+
+fn command_line() -> String {
+    let mut env = String::new();
+    for var in [
+        "BOOT_BENCH_RUNS",
+        "BOOT_BENCH_RSS_RUNS",
+        "HEARTH_BIN",
+        "FIRECRACKER_BIN",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            env.push_str(&format!("{var}={v} "));
+        }
+    }
+    let argv: Vec<String> = std::env::args().collect();
+    format!("{env}cargo bench --bench boot  [argv: {}]", argv.join(" "))
+}
+
+/// A positive count from the environment, or `default`.
+fn env_count(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => fail(format!("{name}={v} is not a positive number")),
+        },
+        Err(_) => default,
+    }
+}
+
+fn main() {
+    let runs = env_count("BOOT_BENCH_RUNS", 20);
+    let rss_runs = env_count("BOOT_BENCH_RSS_RUNS", 5);
+    let guest = build_guest();
+    let hearth = hearth_bin();
+    let firecracker = firecracker_bin();
+
+    let hearth_args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "run",
+            "--kernel",
+            &guest.display().to_string(),
+            "--cmdline",
+            GUEST_CMDLINE,
+            "--cpus",
+            "1",
+            "--memory",
+            &format!("{MEMORY_MIB}M"),
+            "-v",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let mut variants = vec![
+        Variant {
+            name: "hearth",
+            kind: Kind::Hearth,
+            program: hearth.clone(),
+            args: hearth_args(&[]),
+        },
+        Variant {
+            name: "hearth --execution emulated",
+            kind: Kind::Hearth,
+            program: hearth.clone(),
+            args: hearth_args(&["--execution", "emulated"]),
+        },
+    ];
+    if let Some(fc) = &firecracker {
+        let config = firecracker_config(&guest);
+        variants.push(Variant {
+            name: "firecracker",
+            kind: Kind::Firecracker,
+            program: fc.clone(),
+            args: vec![
+                "--no-api".into(),
+                "--config-file".into(),
+                config.display().to_string(),
+                "--boot-timer".into(),
+            ],
+        });
+    }
+
+    println!(
+        "boot benchmark: the test guest to its boot marker and a reset, hearth next to Firecracker"
+    );
+    println!("host:     {}", host_line());
+    println!("KVM:      {}", kvm_line());
+    println!("date:     {}", utc_now());
+    println!("command:  {}", command_line());
+    println!(
+        "guest:    {} (1 vCPU, {MEMORY_MIB} MiB, cmdline \"{GUEST_CMDLINE}\")",
+        guest.display()
+    );
+    for v in &variants {
+        println!("  {:<28} $ {}", v.name, v.command_line());
+    }
+    println!(
+        "runs:     {runs} timed per VMM after one warm-up each, then {rss_runs} traced for VmHWM; \
+         alternating (the order rotates every round)"
+    );
+
+    for v in &variants {
+        run_once(v, false);
+    }
+    // Timed runs, then the traced runs that read VmHWM; both alternate between the VMMs.
+    let alternate = |rounds: usize, traced: bool| {
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::with_capacity(rounds); variants.len()];
+        for round in 0..rounds {
+            for k in 0..variants.len() {
+                let i = (round + k) % variants.len();
+                samples[i].push(run_once(&variants[i], traced));
+            }
+        }
+        samples
+    };
+    let timed = alternate(runs, false);
+    let traced = alternate(rss_runs, true);
+
+    // (label, from the traced pass, value)
+    type Metric = (&'static str, bool, fn(&Sample) -> Option<f64>);
+    let metrics: [Metric; 7] = [
+        ("wall, spawn to exit (ms)", false, |s| Some(s.wall)),
+        ("first KVM_RUN, after main (ms)", false, |s| s.first_run),
+        ("boot marker, VMM's own (ms)", false, |s| s.marker_own),
+        ("boot marker seen, from spawn (ms)", false, |s| {
+            s.marker_seen
+        }),
+        ("boot marker seen to exit (ms)", false, |s| s.marker_to_exit),
+        ("peak RSS, VmHWM at exit (MiB)", true, |s| {
+            s.hwm_kib.map(|k| k / 1024.0)
+        }),
+        ("ru_maxrss from wait4 (MiB)", false, |s| {
+            Some(s.maxrss_kib / 1024.0)
+        }),
+    ];
+    println!();
+    println!(
+        "{:<34} {:<28} {:>9} {:>9} {:>9}",
+        "metric", "VMM", "median", "min", "p90"
+    );
+    let mut medians = vec![[None; 7]; variants.len()];
+    for (m, (label, from_traced, get)) in metrics.iter().enumerate() {
+        for (i, v) in variants.iter().enumerate() {
+            let pass = if *from_traced { &traced } else { &timed };
+            let st = stats(pass[i].iter().map(get));
+            let cells = match st {
+                Some((med, min, p90)) => {
+                    medians[i][m] = Some(med);
+                    format!("{med:>9.2} {min:>9.2} {p90:>9.2}")
+                }
+                None => format!("{:>9} {:>9} {:>9}", "n/a", "n/a", "n/a"),
+            };
+            let first = if i == 0 { *label } else { "" };
+            println!("{first:<34} {:<28} {cells}", v.name);
+        }
+    }
+    println!();
+    println!("Notes: Firecracker's own boot marker counts from when it starts building the VM;");
+    println!("its first KVM_RUN is the timestamp of its vCPU's Resume log line. VmHWM comes from");
+    println!("{rss_runs} traced runs per VMM. ru_maxrss (timed runs) cannot read below the RSS");
+    println!(
+        "peak this process had when it spawned the child (it ends at {}).",
+        vm_hwm_kib(std::process::id() as libc::pid_t)
+            .map(|k| format!("{:.2} MiB", k / 1024.0))
+            .unwrap_or_else(|| "unknown".into())
+    );
+
+    let verdict = |ok: bool| if ok { "MET" } else { "MISSED" };
+    println!();
+    let fc_index = variants.iter().position(|v| v.kind == Kind::Firecracker);
+    for (i, v) in variants.iter().enumerate() {
+        if v.kind != Kind::Hearth {
+            continue;
+        }
+        let wall = medians[i][0].unwrap_or(f64::NAN);
+        let rss = medians[i][5].unwrap_or(f64::NAN);
+        match fc_index {
+            Some(f) => {
+                let fc_wall = medians[f][0].unwrap_or(f64::NAN);
+                let fc_rss = medians[f][5].unwrap_or(f64::NAN);
+                let ratio = wall / fc_wall;
+                println!(
+                    "{:<28} wall {wall:.2} / {fc_wall:.2} ms = {ratio:.2}x Firecracker (target <= {TARGET_WALL_RATIO}x: {}); \
+                     peak RSS {rss:.2} / {fc_rss:.2} MiB = {:.2}x (target <= {TARGET_RSS_MIB} MiB: {})",
+                    v.name,
+                    verdict(ratio <= TARGET_WALL_RATIO),
+                    rss / fc_rss,
+                    verdict(rss <= TARGET_RSS_MIB)
+                );
+            }
+            None => println!(
+                "{:<28} wall {wall:.2} ms (no Firecracker to compare); peak RSS {rss:.2} MiB (target <= {TARGET_RSS_MIB} MiB: {})",
+                v.name,
+                verdict(rss <= TARGET_RSS_MIB)
+            ),
+        }
+    }
+}
