@@ -128,9 +128,15 @@ fuzz_target!(|input: &[u8]| {
     // Well-formed RX buffers, so that answers (RESPONSE, RST, data) are written.
     let nrx = u16::from(nrx) % (RX_QUEUE_SIZE + 1);
     for i in 0..nrx {
-        let d = (RX_BUFS + u64::from(i) * 0x140, RX_BUF_LEN, 2u16 /* WRITE */, 0u16);
+        let d = (
+            RX_BUFS + u64::from(i) * 0x140,
+            RX_BUF_LEN,
+            2u16, /* WRITE */
+            0u16,
+        );
         let at = RX_DESC + 16 * u64::from(i);
-        mem.write_obj(d.0.to_le(), GuestAddress(at)).expect("rx desc");
+        mem.write_obj(d.0.to_le(), GuestAddress(at))
+            .expect("rx desc");
         mem.write_obj(d.1.to_le(), GuestAddress(at + 8))
             .expect("rx desc");
         mem.write_obj(d.2.to_le(), GuestAddress(at + 12))
@@ -154,7 +160,10 @@ fuzz_target!(|input: &[u8]| {
         let _ = muxer.process_rx(&mem, &mut rxq);
         assert!(muxer.connection_count() <= MAX_CONNECTIONS);
     }
-    assert!(used_idx(&mem, TX_USED) <= u16::from(navail), "TX used past avail");
+    assert!(
+        used_idx(&mem, TX_USED) <= u16::from(navail),
+        "TX used past avail"
+    );
     assert!(used_idx(&mem, RX_USED) <= nrx, "RX used past avail");
     // Closing sockets the muxer asked the event loop to drop.
     drop(muxer.take_epoll_changes());
