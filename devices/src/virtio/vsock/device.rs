@@ -88,6 +88,9 @@ pub struct Vsock {
     pub(super) active: Option<Active>,
     /// Whether the event loop watches `queue_evts` (it keeps doing so across resets).
     pub(super) queue_evts_registered: bool,
+    /// TX processing stopped with packets left because the guest owes itself too many
+    /// resets: it resumes when the guest takes RX buffers, without a TX notification.
+    tx_stalled: bool,
 }
 
 impl Vsock {
@@ -109,6 +112,7 @@ impl Vsock {
             activate_evt,
             active: None,
             queue_evts_registered: false,
+            tx_stalled: false,
         })
     }
 
@@ -123,31 +127,34 @@ impl Vsock {
     }
 
     /// Moves packets both ways as far as the guest's buffers allow, and interrupts the
-    /// driver if any queue was used.
+    /// driver if any queue was used. `tx`: the driver notified the TX queue.
     pub(super) fn process_queues(&mut self, tx: bool) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
         let mem = &active.mem;
         let mut notify = false;
+        let mut run_tx = tx || self.tx_stalled;
         // Handling TX can owe the guest packets (RESPONSE, RST, ...); filling RX can free
-        // room for resets that held TX back. A few rounds settle it; the next
+        // room for the resets that held TX back. A few rounds settle it; the next
         // notification carries on from there.
         for _ in 0..4 {
             // A queue the driver broke stays stuck until it resets the device (not logged,
             // so that a guest cannot flood the host's log); what was used before that still
             // deserves an interrupt.
-            if tx {
+            if run_tx {
                 notify |= self
                     .muxer
                     .process_tx(mem, &mut active.queues[TXQ])
                     .unwrap_or(true);
+                self.tx_stalled = self.muxer.tx_blocked();
             }
             notify |= self
                 .muxer
                 .process_rx(mem, &mut active.queues[RXQ])
                 .unwrap_or(true);
-            if !(tx && self.muxer.tx_blocked() && !self.muxer.has_rx()) {
+            run_tx = self.tx_stalled && !self.muxer.tx_blocked();
+            if !run_tx {
                 break;
             }
         }
@@ -246,6 +253,7 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
+        self.tx_stalled = false;
         self.muxer.reset();
         // The event loop unregisters the closed sockets. Fails only when the counter is
         // saturated, i.e. the event loop will wake up anyway.

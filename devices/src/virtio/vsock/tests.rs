@@ -282,7 +282,11 @@ fn assert_eof(s: &mut UnixStream) {
 /// Puts a chain (linked with NEXT) at descriptor `at` and makes it available. Unlike the
 /// mock's own helper, the available ring wraps, so a test can queue more chains than the
 /// queue size over its life.
-fn add_chain(vq: &MockSplitQueue<'static, GuestMemoryMmap>, at: u16, descs: &[RawDescriptor]) {
+pub(super) fn add_chain(
+    vq: &MockSplitQueue<'static, GuestMemoryMmap>,
+    at: u16,
+    descs: &[RawDescriptor],
+) {
     use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
     use virtio_queue::desc::split::Descriptor;
     for (i, d) in descs.iter().enumerate() {
