@@ -83,6 +83,15 @@ fn host_echo(sock: PathBuf, port: u32, data: Vec<u8>) -> JoinHandle<Result<u32, 
     })
 }
 
+/// No warnings from the device (a failed epoll update, ...).
+fn assert_quiet(run: &Run) {
+    assert!(
+        !run.stderr.contains("virtio-vsock"),
+        "device warnings: {}",
+        run.stderr
+    );
+}
+
 #[test]
 fn host_connects_to_a_guest_listener_and_gets_its_bytes_echoed() {
     let dir = scratch();
@@ -106,7 +115,30 @@ fn host_connects_to_a_guest_listener_and_gets_its_bytes_echoed() {
         "{run:#?}"
     );
     assert_eq!(run.code(), 0);
+    assert_quiet(&run);
     assert!(!sock.exists(), "hearth removes its socket when it exits");
+}
+
+#[test]
+fn a_larger_echo_goes_through_many_credit_rounds() {
+    let dir = scratch();
+    let sock = dir.as_path().join("vm.sock");
+    // 25 times the guest's credit, and more than hearth's own 64 KiB buffer.
+    let n = 100_000;
+    let host = host_echo(sock.clone(), 5000, patterned(n));
+    let run = boot_test_guest(
+        &format!("vsock.echo=5000:{n}"),
+        &["--vsock", &vsock_arg(3, &sock)],
+    );
+    host.join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("host side: {e}\n{run:#?}"));
+    assert_eq!(
+        run.expect_line("vsock echo port=5000 "),
+        format!("bytes={n}"),
+        "{run:#?}"
+    );
+    assert_quiet(&run);
 }
 
 #[test]
@@ -150,6 +182,7 @@ fn guest_connects_to_a_host_listener() {
         .unwrap_or_else(|e| panic!("host side: {e}\n{run:#?}"));
     assert_eq!(String::from_utf8_lossy(&got), "hello-marker");
     assert_eq!(run.code(), 0);
+    assert_quiet(&run);
 }
 
 #[test]

@@ -44,11 +44,12 @@ impl Vsock {
                 EpollChange::Remove(fd, _) => {
                     ops.remove(Events::with_data_raw(*fd, STREAM, EventSet::empty()))
                 }
+                EpollChange::Close(_) => Ok(()),
             };
             if let Err(e) = result {
                 eprintln!("virtio-vsock: cannot update the watch of a connection: {e}");
             }
-            // A removed socket is closed only now, after epoll forgot it.
+            // A removed or closed socket is closed only now, after epoll forgot it.
             drop(change);
         }
     }

@@ -38,6 +38,9 @@ pub enum EpollChange {
     Modify(RawFd, EventSet),
     /// Stop watching `fd`; then drop the socket, when given (closing it).
     Remove(RawFd, Option<UnixStream>),
+    /// Drop (close) a socket that is not watched, once the changes before this one are
+    /// applied: one of them may still name its fd.
+    Close(UnixStream),
 }
 
 /// The driver broke a queue itself: it stays stuck until the driver resets the device.
@@ -176,12 +179,16 @@ impl Muxer {
         }
     }
 
+    /// Closes a socket. Never at once: an Add or Modify for its fd may still wait in
+    /// `epoll_changes`, and must not meet a closed (or reused) fd number.
     fn close_stream(&mut self, stream: UnixStream) {
         let fd = stream.as_raw_fd();
-        if self.watched.remove(&fd).is_some() {
-            self.epoll_changes
-                .push(EpollChange::Remove(fd, Some(stream)));
-        }
+        let change = if self.watched.remove(&fd).is_some() {
+            EpollChange::Remove(fd, Some(stream))
+        } else {
+            EpollChange::Close(stream)
+        };
+        self.epoll_changes.push(change);
     }
 
     fn remove_conn(&mut self, key: ConnKey) {

@@ -84,20 +84,33 @@ impl H {
         }
     }
 
+    /// Applies the muxer's epoll changes, as the event handler does after every event
+    /// (closing the sockets it gave up).
+    fn apply_changes(&mut self) {
+        for change in self.muxer.take_epoll_changes() {
+            match change {
+                EpollChange::Add(fd, set) => {
+                    assert!(self.watched.insert(fd, set).is_none(), "{fd} added twice");
+                }
+                EpollChange::Modify(fd, set) => {
+                    assert!(self.watched.insert(fd, set).is_some(), "{fd} not added");
+                }
+                EpollChange::Remove(fd, _) => {
+                    assert!(self.watched.remove(&fd).is_some(), "{fd} was not watched");
+                }
+                EpollChange::Close(stream) => {
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+                    assert!(!self.watched.contains_key(&fd), "{fd} closed but watched");
+                }
+            }
+        }
+    }
+
     /// A small event loop: applies the muxer's epoll changes and delivers what poll(2)
     /// reports, until nothing happens.
     fn pump(&mut self) {
         for _ in 0..100 {
-            for change in self.muxer.take_epoll_changes() {
-                match change {
-                    EpollChange::Add(fd, set) | EpollChange::Modify(fd, set) => {
-                        self.watched.insert(fd, set);
-                    }
-                    EpollChange::Remove(fd, _) => {
-                        self.watched.remove(&fd);
-                    }
-                }
-            }
+            self.apply_changes();
             let mut fds: Vec<libc::pollfd> = vec![libc::pollfd {
                 fd: self.muxer.listener_fd(),
                 events: libc::POLLIN,
@@ -171,6 +184,7 @@ impl H {
     /// Packets written to RX buffers since the last call.
     fn recv(&mut self) -> Vec<(Header, Vec<u8>)> {
         self.muxer.process_rx(self.mem, &mut self.rxq).unwrap();
+        self.apply_changes();
         let vq = &self.rxvq;
         let used = vq.used().idx().load();
         let mut out = Vec::new();
@@ -216,6 +230,7 @@ impl H {
         add_chain(&self.txvq, self.tx_next_desc, descs);
         self.tx_next_desc = (self.tx_next_desc + descs.len() as u16) % (QSIZE - 8);
         self.muxer.process_tx(self.mem, &mut self.txq).unwrap();
+        self.apply_changes();
     }
 
     /// Sends a well-formed packet from the guest (header and payload in two descriptors).
