@@ -48,6 +48,12 @@ pub enum ConfigError {
         #[source]
         source: serde_json::Error,
     },
+    /// A reserved vsock CID.
+    #[error(
+        "vsock cid {0} is reserved: give a guest CID from 3 to 4294967294 \
+         (0-2 are the hypervisor, local and host CIDs)"
+    )]
+    VsockCid(u64),
     /// A device option list that does not parse.
     #[error("invalid {what} '{spec}': {reason}")]
     DeviceSpec {
@@ -79,6 +85,9 @@ pub type DiskConfig = hearth_devices::virtio::block::BlockConfig;
 pub type NetConfig = hearth_devices::virtio::net::NetConfig;
 /// A MAC address (`06:00:ac:10:00:02`).
 pub type MacAddr = hearth_devices::virtio::net::MacAddr;
+
+/// A virtio-vsock device, as the device model takes it.
+pub type VsockConfig = hearth_devices::virtio::vsock::VsockConfig;
 
 /// Everything that describes a VM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +135,9 @@ pub struct VmConfig {
     /// A virtio entropy device fed by the host's getrandom.
     #[serde(default)]
     pub rng: bool,
+    /// A virtio-vsock device bridged to host Unix sockets.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
 }
 
 fn default_cmdline() -> String {
@@ -158,6 +170,7 @@ impl VmConfig {
             api_sock: None,
             net: Vec::new(),
             rng: false,
+            vsock: None,
         }
     }
 
@@ -192,6 +205,9 @@ impl VmConfig {
                 spec: format!("tap={}", net.tap),
                 reason,
             })?;
+        }
+        if let Some(v) = &self.vsock {
+            check_vsock_cid(v.cid)?;
         }
         Ok(())
     }
@@ -360,6 +376,50 @@ pub fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
     Ok(net)
 }
 
+fn check_vsock_cid(cid: u64) -> Result<(), ConfigError> {
+    use hearth_devices::virtio::vsock::{MAX_GUEST_CID, MIN_GUEST_CID};
+    if (MIN_GUEST_CID..=MAX_GUEST_CID).contains(&cid) {
+        Ok(())
+    } else {
+        Err(ConfigError::VsockCid(cid))
+    }
+}
+
+/// Parses `cid=N,socket=PATH` (`--vsock`).
+pub fn parse_vsock(spec: &str) -> Result<VsockConfig, ConfigError> {
+    const WHAT: &str = "--vsock";
+    let bad = |reason: String| ConfigError::DeviceSpec {
+        what: WHAT,
+        spec: spec.to_string(),
+        reason,
+    };
+    let (mut cid, mut socket) = (None, None);
+    for (k, v) in parse_options(WHAT, spec, &["cid", "socket"])? {
+        match k {
+            "cid" => {
+                let n: u64 = v.parse().map_err(|_| {
+                    bad(format!(
+                        "cid must be a decimal number of 3 or more, not '{v}'"
+                    ))
+                })?;
+                check_vsock_cid(n).map_err(|e| bad(e.to_string()))?;
+                cid = Some(n);
+            }
+            _ if v.is_empty() => return Err(bad("socket is empty".into())),
+            _ => socket = Some(PathBuf::from(v)),
+        }
+    }
+    match (cid, socket) {
+        (Some(cid), Some(socket)) => Ok(VsockConfig { cid, socket }),
+        (None, _) => Err(bad(
+            "cid=N is required (the guest's context ID, 3 or more)".into()
+        )),
+        (_, None) => Err(bad(
+            "socket=PATH is required (the Unix socket hearth listens on)".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,5 +551,53 @@ mod tests {
         c.cpus = 1;
         c.memory = 1 << 20;
         assert!(matches!(c.validate(), Err(ConfigError::MemoryTooSmall(_))));
+    }
+
+    #[test]
+    fn vsock_specs() {
+        assert_eq!(
+            parse_vsock("cid=3,socket=/tmp/vm.sock").unwrap(),
+            VsockConfig {
+                cid: 3,
+                socket: "/tmp/vm.sock".into()
+            }
+        );
+        assert_eq!(
+            parse_vsock("socket=/s,cid=4294967294").unwrap().cid,
+            4294967294
+        );
+        for (bad, why) in [
+            ("", "cid=N is required"),
+            ("socket=/s", "cid=N is required"),
+            ("cid=3", "socket=PATH is required"),
+            ("cid=3,socket=", "socket is empty"),
+            ("cid=2,socket=/s", "cid 2 is reserved"),
+            ("cid=0,socket=/s", "reserved"),
+            ("cid=4294967295,socket=/s", "reserved"),
+            ("cid=-1,socket=/s", "decimal number"),
+            ("cid=0x10,socket=/s", "decimal number"),
+            ("cid=3,socket=/s,port=5", "unknown option 'port'"),
+            ("cid=3,cid=4,socket=/s", "given twice"),
+        ] {
+            let e = parse_vsock(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid --vsock"), "{bad}: {e}");
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let c = VmConfig::from_json(
+            r#"{"kernel": "/k", "vsock": {"cid": 3, "socket": "/tmp/vm.sock"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.vsock.as_ref().unwrap().socket, Path::new("/tmp/vm.sock"));
+        assert!(VmConfig::from_json(r#"{"kernel": "/k", "vsock": {"cid": 3}}"#).is_err());
+        assert!(VmConfig::from_json(
+            r#"{"kernel": "/k", "vsock": {"cid": 3, "socket": "/s", "uds": 1}}"#
+        )
+        .is_err());
+        let mut c = VmConfig::new("/k");
+        c.vsock = Some(VsockConfig {
+            cid: 1,
+            socket: "/s".into(),
+        });
+        assert!(matches!(c.validate(), Err(ConfigError::VsockCid(1))));
     }
 }

@@ -120,6 +120,10 @@ struct RunArgs {
     /// Serve a control socket (pause, resume, snapshot) at PATH.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// A virtio-vsock device: cid=N,socket=PATH. hearth listens on PATH for host
+    /// connections (`CONNECT <port>`); guest connections to host port P go to PATH_P.
+    #[arg(long, value_name = "SPEC")]
+    vsock: Option<String>,
     /// Log what hearth does (KVM mode, timings, exits) to stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -181,6 +185,10 @@ impl RunArgs {
         }
         if let Some(a) = self.api_sock {
             config.api_sock = Some(a);
+        }
+        // Parsed here rather than by clap, so that a bad spec is a one-line error.
+        if let Some(v) = self.vsock {
+            config.vsock = Some(hearth::config::parse_vsock(&v)?);
         }
         Ok(config)
     }

@@ -11,6 +11,7 @@ use hearth_devices::virtio::block::persist::BlockState;
 use hearth_devices::virtio::net::persist::NetState;
 use hearth_devices::virtio::persist::TransportState;
 use hearth_devices::virtio::rng::persist::RngState;
+use hearth_devices::virtio::vsock::persist::VsockState;
 use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2};
 use serde::{Deserialize, Serialize};
 use vm_memory::mmap::MmapRegionBuilder;
@@ -46,6 +47,8 @@ pub enum VirtioDeviceState {
     Net(NetState),
     /// virtio-rng.
     Rng(RngState),
+    /// virtio-vsock.
+    Vsock(VsockState),
 }
 
 /// One virtio-mmio slot.

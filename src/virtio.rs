@@ -10,6 +10,7 @@ use hearth_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY
 use hearth_devices::virtio::net::{Net, NetError};
 use hearth_devices::virtio::persist::{Persist, PersistError, TransportArgs, TransportState};
 use hearth_devices::virtio::rng::{Rng, RngError};
+use hearth_devices::virtio::vsock::Vsock;
 use hearth_devices::virtio::{Interrupt, VirtioDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
@@ -24,6 +25,9 @@ pub enum VirtioError {
     /// A disk could not be opened.
     #[error(transparent)]
     Block(#[from] hearth_devices::virtio::block::BlockError),
+    /// The vsock device could not be set up (a reserved CID, its socket path taken).
+    #[error(transparent)]
+    Vsock(#[from] hearth_devices::virtio::vsock::VsockError),
     /// KVM or the buses refused the device.
     #[error(transparent)]
     Device(#[from] DeviceError),
@@ -50,6 +54,8 @@ pub enum VirtioKind {
     Net(Arc<Mutex<Net>>),
     /// virtio-rng.
     Rng(Arc<Mutex<Rng>>),
+    /// virtio-vsock.
+    Vsock(Arc<Mutex<Vsock>>),
 }
 
 /// One virtio-mmio slot of the VM.
@@ -75,6 +81,7 @@ impl VirtioSlot {
                 VirtioKind::Block(d) => VirtioDeviceState::Block(lock(d).save()),
                 VirtioKind::Net(d) => VirtioDeviceState::Net(lock(d).save()),
                 VirtioKind::Rng(d) => VirtioDeviceState::Rng(lock(d).save()),
+                VirtioKind::Vsock(d) => VirtioDeviceState::Vsock(lock(d).save()),
             },
         }
     }
@@ -161,7 +168,7 @@ where
 }
 
 /// Adds the configured virtio devices in a fixed order: disks (the guest's vda, vdb,
-/// ...), network devices (eth0, ...), the entropy device. With `saved`, each is rebuilt
+/// ...), network devices (eth0, ...), the entropy device, the vsock device. With `saved`, each is rebuilt
 /// from its snapshot state instead, and must be the same kind of device. Disks and taps
 /// are opened here, so a missing one fails the VM before it starts.
 pub fn add_all(
@@ -215,6 +222,18 @@ pub fn add_all(
         };
         let rng = Arc::new(Mutex::new(rng));
         attach(devices, vm, mem, rng.clone(), VirtioKind::Rng(rng), s)?;
+    }
+    if let Some(vsock) = &config.vsock {
+        let s = slot(devices.virtio.len())?;
+        // It listens on its Unix socket from here on, so host processes can connect
+        // while the guest boots.
+        let vsock = match s.map(|s| &s.device) {
+            None => Vsock::new(vsock.clone())?,
+            Some(VirtioDeviceState::Vsock(state)) => Vsock::restore((), state)?,
+            Some(_) => return Err(mismatch("a vsock device")),
+        };
+        let vsock = Arc::new(Mutex::new(vsock));
+        attach(devices, vm, mem, vsock.clone(), VirtioKind::Vsock(vsock), s)?;
     }
     Ok(())
 }

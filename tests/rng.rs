@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use common::*;
 
 /// Parses `rng read <n> bytes distinct=<d> fnv=<16 hex>` into (n, d, fnv).

@@ -9,6 +9,7 @@
 #include "virtio_net.h"
 #include "virtio_rng.h"
 #include "virtio_mmio.h"
+#include "vsock.h"
 
 #define BOOT_LINUX64	1	/* values set in entry.S */
 #define BOOT_PVH	2
@@ -430,6 +431,8 @@ void guest_main(unsigned kind, uint64_t info)
 	pos = cmdline;
 	while (next_token(&pos, &t)) {
 		uint64_t v[4];
+		const char *s;
+		size_t n;
 		int ok = 1;
 
 		if (is(&t, "fault=")) {
@@ -484,6 +487,15 @@ void guest_main(unsigned kind, uint64_t info)
 		} else if (is(&t, "rng.read=")) {
 			if ((ok = parse_dec(t.val, t.vlen, &v[0])))
 				rng_read(v[0]);
+		} else if (is(&t, "vsock.info")) {
+			vsock_info();
+		} else if (is(&t, "vsock.echo=")) {
+			if ((ok = parse_list(&t, v, 2) && v[0] <= 0xffffffffULL))
+				vsock_echo((uint32_t)v[0], v[1]);
+		} else if (is(&t, "vsock.send=")) {
+			if ((ok = parse_dev_text(&t, &v[0], &s, &n) && n > 0 &&
+				   v[0] <= 0xffffffffULL))
+				vsock_send((uint32_t)v[0], s, (uint32_t)n);
 		}
 		if (!ok)
 			pr_token_error(&t);

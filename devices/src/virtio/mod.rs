@@ -10,6 +10,7 @@ pub mod mmio;
 pub mod net;
 pub mod persist;
 pub mod rng;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

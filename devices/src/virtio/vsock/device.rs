@@ -1,0 +1,345 @@
+//! The virtio-vsock device: configuration, features, configuration space, and the
+//! [`VirtioDevice`] side that the transport drives from vCPU threads.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::muxer::Muxer;
+use super::{EVQ, MAX_GUEST_CID, MIN_GUEST_CID, QUEUE_SIZE, RXQ, TXQ};
+use crate::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING};
+
+/// What the user asked for on the command line (`--vsock cid=3,socket=/tmp/vm.sock`) or in
+/// the config file (`"vsock": {"cid": 3, "socket": "/tmp/vm.sock"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more).
+    pub cid: u64,
+    /// The Unix socket hearth listens on for host-initiated connections; guest
+    /// connections to host port P go to `<socket>_P`.
+    pub socket: PathBuf,
+}
+
+/// Why a vsock device could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// A reserved CID.
+    #[error(
+        "vsock cid {0} is reserved: give a guest CID from 3 to 4294967294 \
+         (0-2 are the hypervisor, local and host CIDs)"
+    )]
+    ReservedCid(u64),
+    /// Something is in the way of the socket.
+    #[error(
+        "vsock socket {}: the path already exists; remove it (a stale socket from an \
+         earlier VM?) or choose another path",
+        .path.display()
+    )]
+    SocketExists {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// bind(2) or listen(2) failed.
+    #[error(
+        "vsock socket {}: cannot listen there: {source}; check that the directory exists \
+         and is writable, and that the path is shorter than 108 bytes",
+        .path.display()
+    )]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// Creating an eventfd failed.
+    #[error("cannot create an eventfd for the vsock device: {0}")]
+    EventFd(#[source] io::Error),
+}
+
+/// Size of the configuration space: `le64 guest_cid`.
+const CONFIG_SPACE_SIZE: usize = 8;
+const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE];
+
+/// What activation hands the event loop.
+pub(super) struct Active {
+    pub(super) mem: GuestMemoryMmap,
+    pub(super) queues: [Queue; 3],
+    pub(super) interrupt: Arc<Interrupt>,
+}
+
+/// A virtio-vsock device bridged to host Unix sockets.
+pub struct Vsock {
+    config: VsockConfig,
+    pub(super) muxer: Muxer,
+    acked_features: u64,
+    pub(super) queue_evts: [EventFd; 3],
+    /// Written by `activate` and `reset` (on a vCPU thread) so that the event loop picks
+    /// up the queues, or the sockets to unregister.
+    pub(super) activate_evt: EventFd,
+    pub(super) active: Option<Active>,
+    /// Whether the event loop watches `queue_evts` (it keeps doing so across resets).
+    pub(super) queue_evts_registered: bool,
+    /// TX processing stopped with packets left because the guest owes itself too many
+    /// resets: it resumes when the guest takes RX buffers, without a TX notification.
+    tx_stalled: bool,
+}
+
+impl Vsock {
+    /// Checks the CID and starts listening on the socket (the device is not yet activated
+    /// by any driver, but host processes may connect already: their requests wait for it).
+    pub fn new(config: VsockConfig) -> Result<Vsock, VsockError> {
+        if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&config.cid) {
+            return Err(VsockError::ReservedCid(config.cid));
+        }
+        let eventfd = || EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd);
+        let queue_evts = [eventfd()?, eventfd()?, eventfd()?];
+        let activate_evt = eventfd()?;
+        let muxer = Muxer::bind(config.cid, &config.socket)?;
+        Ok(Vsock {
+            config,
+            muxer,
+            acked_features: 0,
+            queue_evts,
+            activate_evt,
+            active: None,
+            queue_evts_registered: false,
+            tx_stalled: false,
+        })
+    }
+
+    /// What the device was built from.
+    pub fn config(&self) -> &VsockConfig {
+        &self.config
+    }
+
+    /// The host side.
+    pub fn muxer(&self) -> &Muxer {
+        &self.muxer
+    }
+
+    /// Moves packets both ways as far as the guest's buffers allow, and interrupts the
+    /// driver if any queue was used. `tx`: the driver notified the TX queue.
+    pub(super) fn process_queues(&mut self, tx: bool) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mem = &active.mem;
+        let mut notify = false;
+        let mut run_tx = tx || self.tx_stalled;
+        // Handling TX can owe the guest packets (RESPONSE, RST, ...); filling RX can free
+        // room for the resets that held TX back. A few rounds settle it; the next
+        // notification carries on from there.
+        for _ in 0..4 {
+            // A queue the driver broke stays stuck until it resets the device (not logged,
+            // so that a guest cannot flood the host's log); what was used before that still
+            // deserves an interrupt.
+            if run_tx {
+                notify |= self
+                    .muxer
+                    .process_tx(mem, &mut active.queues[TXQ])
+                    .unwrap_or(true);
+                self.tx_stalled = self.muxer.tx_blocked();
+            }
+            notify |= self
+                .muxer
+                .process_rx(mem, &mut active.queues[RXQ])
+                .unwrap_or(true);
+            run_tx = self.tx_stalled && !self.muxer.tx_blocked();
+            if !run_tx {
+                break;
+            }
+        }
+        if notify {
+            // Fails only when the irqfd counter is saturated, i.e. an interrupt is pending.
+            let _ = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING);
+        }
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        // Stream sockets only; with neither VIRTIO_VSOCK_F_STREAM nor F_SEQPACKET offered,
+        // drivers assume streams (virtio 1.2, 5.10.3).
+        1u64 << VIRTIO_F_VERSION_1
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features();
+    }
+
+    fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.active
+            .iter()
+            .flat_map(|a| a.queues.iter().map(|q| q.state()))
+            .collect()
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let space: [u8; CONFIG_SPACE_SIZE] = self.config.cid.to_le_bytes();
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = offset
+                .checked_add(i as u64)
+                .and_then(|at| usize::try_from(at).ok())
+                .and_then(|at| space.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // guest_cid is read-only for the driver.
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        let count = queues.len();
+        let Ok(queues) = <[Queue; 3]>::try_from(queues) else {
+            return Err(ActivateError::BadQueue {
+                index: count.min(3),
+                reason: format!("virtio-vsock has 3 queues, but {count} were set up"),
+            });
+        };
+        for (index, q) in queues.iter().enumerate() {
+            // The event queue is never used by this device; a driver may leave it out.
+            if index != EVQ && !q.ready() {
+                return Err(ActivateError::BadQueue {
+                    index,
+                    reason: "the driver did not set QueueReady before DRIVER_OK".into(),
+                });
+            }
+        }
+        self.activate_evt.write(1).map_err(ActivateError::Notify)?;
+        self.active = Some(Active {
+            mem,
+            queues,
+            interrupt,
+        });
+        Ok(())
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked_features = 0;
+        self.tx_stalled = false;
+        self.muxer.reset();
+        // The event loop unregisters the closed sockets. Fails only when the counter is
+        // saturated, i.e. the event loop will wake up anyway.
+        let _ = self.activate_evt.write(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vmm_sys_util::tempdir::TempDir;
+
+    use super::*;
+
+    fn config(dir: &TempDir, cid: u64) -> VsockConfig {
+        VsockConfig {
+            cid,
+            socket: dir.as_path().join("v.sock"),
+        }
+    }
+
+    #[test]
+    fn features_and_config_space() {
+        let dir = TempDir::new().unwrap();
+        let mut v = Vsock::new(config(&dir, 0xfedc_ba98)).unwrap();
+        assert_eq!(v.device_type(), 19);
+        assert_eq!(v.queue_max_sizes(), &[256, 256, 256]);
+        assert_eq!(v.avail_features(), 1 << 32);
+        v.set_acked_features(u64::MAX);
+        assert_eq!(v.acked_features(), 1 << 32);
+        let mut cid = [0u8; 8];
+        v.read_config(0, &mut cid);
+        assert_eq!(u64::from_le_bytes(cid), 0xfedc_ba98);
+        let mut hi = [0xffu8; 4];
+        v.read_config(4, &mut hi);
+        assert_eq!(u32::from_le_bytes(hi), 0);
+        let mut tail = [0xffu8; 4];
+        v.read_config(6, &mut tail);
+        assert_eq!(tail, [0, 0, 0, 0]);
+        v.read_config(u64::MAX, &mut tail);
+        assert_eq!(tail, [0; 4]);
+        v.write_config(0, &[9; 8]);
+        v.read_config(0, &mut cid);
+        assert_eq!(u64::from_le_bytes(cid), 0xfedc_ba98, "read-only");
+    }
+
+    #[test]
+    fn reserved_cids_and_socket_errors_name_the_fix() {
+        let dir = TempDir::new().unwrap();
+        for cid in [0, 1, 2, u64::from(u32::MAX), u64::MAX] {
+            let err = Vsock::new(config(&dir, cid)).err().unwrap();
+            assert!(
+                matches!(err, VsockError::ReservedCid(c) if c == cid),
+                "{err}"
+            );
+        }
+        assert!(!dir.as_path().join("v.sock").exists(), "nothing bound");
+
+        let first = Vsock::new(config(&dir, 3)).unwrap();
+        let err = Vsock::new(config(&dir, 4)).err().unwrap();
+        assert!(matches!(err, VsockError::SocketExists { .. }), "{err}");
+        assert!(err.to_string().contains("v.sock"), "{err}");
+        drop(first);
+        assert!(!dir.as_path().join("v.sock").exists(), "removed on drop");
+        assert!(Vsock::new(config(&dir, 4)).is_ok(), "free again");
+
+        let err = Vsock::new(VsockConfig {
+            cid: 3,
+            socket: "/nonexistent/hearth/v.sock".into(),
+        })
+        .err()
+        .unwrap();
+        assert!(matches!(err, VsockError::Bind { .. }), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/hearth/v.sock"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_replaced_socket_file_is_left_alone() {
+        let dir = TempDir::new().unwrap();
+        let v = Vsock::new(config(&dir, 3)).unwrap();
+        let path = dir.as_path().join("v.sock");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"someone else's").unwrap();
+        drop(v);
+        assert_eq!(std::fs::read(&path).unwrap(), b"someone else's");
+    }
+}

@@ -1,0 +1,264 @@
+//! The event-loop side of virtio-vsock: the listening socket is watched from the start
+//! (host processes may connect before the guest driver is up), the queues once the
+//! transport activates the device, and each connection's socket for what the muxer
+//! wants from it.
+
+use std::os::fd::RawFd;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+
+use super::muxer::EpollChange;
+use super::{Vsock, RXQ, TXQ};
+use crate::virtio::VirtioDevice;
+
+const ACTIVATE: u32 = 0;
+/// Queue `i` is watched with data `QUEUE + i`.
+const QUEUE: u32 = 1;
+const LISTENER: u32 = 4;
+const STREAM: u32 = 5;
+
+impl Vsock {
+    fn register_queue_events(&mut self, ops: &mut EventOps) {
+        if self.queue_evts_registered {
+            return;
+        }
+        for (i, evt) in (0u32..).zip(self.queue_evts.iter()) {
+            if let Err(e) = ops.add(Events::with_data(evt, QUEUE + i, EventSet::IN)) {
+                eprintln!("virtio-vsock: cannot watch queue {i}: {e}; vsock will not work");
+                return;
+            }
+        }
+        self.queue_evts_registered = true;
+    }
+
+    /// Applies what the muxer wants watched. A failure leaves that one socket unwatched:
+    /// its connection stalls, the others carry on.
+    fn apply_epoll_changes(&mut self, ops: &mut EventOps) {
+        for change in self.muxer.take_epoll_changes() {
+            let result = match &change {
+                EpollChange::Add(fd, set) => ops.add(Events::with_data_raw(*fd, STREAM, *set)),
+                EpollChange::Modify(fd, set) => {
+                    ops.modify(Events::with_data_raw(*fd, STREAM, *set))
+                }
+                EpollChange::Remove(fd, _) => {
+                    ops.remove(Events::with_data_raw(*fd, STREAM, EventSet::empty()))
+                }
+                EpollChange::Close(_) => Ok(()),
+            };
+            if let Err(e) = result {
+                eprintln!("virtio-vsock: cannot update the watch of a connection: {e}");
+            }
+            // A removed or closed socket is closed only now, after epoll forgot it.
+            drop(change);
+        }
+    }
+
+    fn on_stream(&mut self, fd: RawFd, events: EventSet) {
+        self.muxer.on_stream_event(fd, events);
+        self.process_queues(false);
+    }
+}
+
+impl MutEventSubscriber for Vsock {
+    fn init(&mut self, ops: &mut EventOps) {
+        let listener = self.muxer.listener_fd();
+        if let Err(e) = ops.add(Events::with_data_raw(listener, LISTENER, EventSet::IN)) {
+            eprintln!(
+                "virtio-vsock: cannot watch {}: {e}; host connections will not be accepted",
+                self.muxer.path().display()
+            );
+        }
+        if let Err(e) = ops.add(Events::with_data(
+            &self.activate_evt,
+            ACTIVATE,
+            EventSet::IN,
+        )) {
+            eprintln!("virtio-vsock: cannot watch the activation event: {e}; vsock will not work");
+        }
+        if self.is_activated() {
+            self.register_queue_events(ops);
+        }
+        self.apply_epoll_changes(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            ACTIVATE => {
+                // Only drains the counter: EAGAIN just means there was nothing left.
+                let _ = self.activate_evt.read();
+                if self.is_activated() {
+                    self.register_queue_events(ops);
+                    // Serve what the driver queued, and what host processes asked for,
+                    // before the queues were watched.
+                    self.process_queues(true);
+                }
+            }
+            LISTENER => {
+                self.muxer.accept();
+            }
+            STREAM => self.on_stream(events.fd(), events.event_set()),
+            data => {
+                let index = (data - QUEUE) as usize;
+                if let Some(evt) = self.queue_evts.get(index) {
+                    let _ = evt.read();
+                }
+                // Notifications while the device is reset are dropped: the driver has to
+                // set it up again first. The event queue needs no service.
+                match index {
+                    TXQ => self.process_queues(true),
+                    RXQ => self.process_queues(false),
+                    _ => {}
+                }
+            }
+        }
+        self.apply_epoll_changes(ops);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use event_manager::{EventManager, SubscriberOps};
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use vmm_sys_util::eventfd::EventFd;
+    use vmm_sys_util::tempdir::TempDir;
+
+    use super::*;
+    use crate::bus::lock;
+    use crate::virtio::block::test_utils::desc;
+    use crate::virtio::vsock::packet::{op, Header, HEADER_SIZE, TYPE_STREAM};
+    use crate::virtio::vsock::tests::add_chain;
+    use crate::virtio::vsock::{VsockConfig, FIRST_LOCAL_PORT, HOST_CID, MAX_STRAY_RST};
+    use crate::virtio::{Interrupt, VIRTIO_MMIO_INT_VRING};
+
+    const Q: u16 = 256;
+
+    fn run_until(manager: &mut EventManager<Arc<Mutex<Vsock>>>, mut done: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            manager.run_with_timeout(10).unwrap();
+        }
+        panic!("the event loop did not get there");
+    }
+
+    #[test]
+    fn early_host_connection_reaches_the_driver_and_stalled_tx_resumes_on_rx() {
+        let dir = TempDir::new().unwrap();
+        let sock = dir.as_path().join("v.sock");
+        let vsock = Arc::new(Mutex::new(
+            Vsock::new(VsockConfig {
+                cid: 3,
+                socket: sock.clone(),
+            })
+            .unwrap(),
+        ));
+        let mut manager = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
+        manager.add_subscriber(vsock.clone());
+
+        // A host process asks for guest port 5000 before any driver is there.
+        let mut host = UnixStream::connect(&sock).unwrap();
+        host.write_all(b"CONNECT 5000\n").unwrap();
+        run_until(&mut manager, || lock(&vsock).muxer().has_rx());
+
+        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
+        ));
+        let rxvq = MockSplitQueue::create(mem, GuestAddress(0), Q);
+        let txvq = MockSplitQueue::create(mem, GuestAddress(0x4000), Q);
+        let evq = MockSplitQueue::create(mem, GuestAddress(0x8000), Q);
+        let w = VRING_DESC_F_WRITE;
+        add_chain(
+            &rxvq,
+            0,
+            &[desc(0x10_0000, 44, w), desc(0x10_1000, 4096, w)],
+        );
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let queues = vec![
+            rxvq.create_queue().unwrap(),
+            txvq.create_queue().unwrap(),
+            evq.create_queue().unwrap(),
+        ];
+        lock(&vsock)
+            .activate(mem.clone(), queues, interrupt.clone())
+            .unwrap();
+        run_until(&mut manager, || rxvq.used().idx().load() == 1);
+        assert_eq!(interrupt.status(), VIRTIO_MMIO_INT_VRING);
+        let mut raw = [0u8; HEADER_SIZE];
+        mem.read_slice(&mut raw, GuestAddress(0x10_0000)).unwrap();
+        let req = Header::from_bytes(&raw);
+        assert_eq!(
+            (req.op, req.src_port, req.dst_port),
+            (op::REQUEST, FIRST_LOCAL_PORT, 5000)
+        );
+
+        // The guest accepts; the host reads OK.
+        let resp = Header {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port: 5000,
+            dst_port: FIRST_LOCAL_PORT,
+            type_: TYPE_STREAM,
+            op: op::RESPONSE,
+            buf_alloc: 4096,
+            ..Header::default()
+        };
+        mem.write_slice(&resp.to_bytes(), GuestAddress(0x20_0000))
+            .unwrap();
+        add_chain(&txvq, 0, &[desc(0x20_0000, 44, 0)]);
+        lock(&vsock).queue_events()[TXQ].write(1).unwrap();
+        host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut ok = [0u8; 14];
+        run_until(&mut manager, || txvq.used().idx().load() == 1);
+        host.read_exact(&mut ok).unwrap();
+        assert_eq!(&ok, format!("OK {FIRST_LOCAL_PORT}\n").as_bytes());
+
+        // Packets for unknown connections, more than the resets the device holds for a
+        // guest with no RX buffers: TX stops there.
+        let n = MAX_STRAY_RST as u16 + 20;
+        let stray = Header {
+            dst_port: 77,
+            op: op::RW,
+            ..resp
+        };
+        mem.write_slice(&stray.to_bytes(), GuestAddress(0x20_1000))
+            .unwrap();
+        for i in 0..n {
+            add_chain(&txvq, 1 + i, &[desc(0x20_1000, 44, 0)]);
+        }
+        lock(&vsock).queue_events()[TXQ].write(1).unwrap();
+        run_until(&mut manager, || {
+            txvq.used().idx().load() == 1 + MAX_STRAY_RST as u16
+        });
+        manager.run_with_timeout(10).unwrap();
+        assert_eq!(txvq.used().idx().load(), 1 + MAX_STRAY_RST as u16);
+
+        // The driver posts RX buffers and notifies RX only: TX resumes by itself.
+        for i in 0..64u16 {
+            let at = 0x30_0000 + u64::from(i) * 0x1000;
+            add_chain(
+                &rxvq,
+                2 + 2 * i,
+                &[desc(at, 44, w), desc(at + 0x100, 256, w)],
+            );
+        }
+        lock(&vsock).queue_events()[RXQ].write(1).unwrap();
+        run_until(&mut manager, || txvq.used().idx().load() == 1 + n);
+
+        // A reset drops the established connection: the host reads end of file.
+        lock(&vsock).reset();
+        run_until(&mut manager, || {
+            lock(&vsock).muxer().connection_count() == 0
+        });
+        let mut b = [0u8; 1];
+        assert_eq!(host.read(&mut b).unwrap(), 0);
+    }
+}
