@@ -15,7 +15,7 @@ pub mod vsock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -98,6 +98,42 @@ pub enum ActivateError {
     /// Telling the event loop about the activation failed.
     #[error("cannot signal the device's activation to the event loop: {0}")]
     Notify(#[source] std::io::Error),
+}
+
+/// Copies `data.len()` bytes of a device's configuration space from `offset`; bytes past
+/// its end read as zero (the spec leaves them undefined; zero is what drivers expect).
+pub fn read_config_space(space: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = offset
+            .checked_add(i as u64)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| space.get(at))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
+/// The queues a device takes at activation: exactly `N`, each one ready except those
+/// listed in `optional` (which a driver may leave out).
+pub fn expect_queues<const N: usize>(
+    device: &str,
+    queues: Vec<Queue>,
+    optional: &[usize],
+) -> Result<[Queue; N], ActivateError> {
+    let count = queues.len();
+    let queues = <[Queue; N]>::try_from(queues).map_err(|_| ActivateError::BadQueue {
+        index: count.min(N),
+        reason: format!("{device} has {N} queue(s), but {count} were set up"),
+    })?;
+    for (index, q) in queues.iter().enumerate() {
+        if !optional.contains(&index) && !q.ready() {
+            return Err(ActivateError::BadQueue {
+                index,
+                reason: "the driver did not set QueueReady before DRIVER_OK".into(),
+            });
+        }
+    }
+    Ok(queues)
 }
 
 /// What a virtio device offers the virtio-mmio transport.

@@ -13,7 +13,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -290,14 +290,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| self.config_space.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::virtio::read_config_space(&self.config_space, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -314,19 +307,7 @@ impl VirtioDevice for Block {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let count = queues.len();
-        let Ok([queue]) = <[Queue; 1]>::try_from(queues) else {
-            return Err(ActivateError::BadQueue {
-                index: count.min(1),
-                reason: format!("virtio-blk has 1 queue, but {count} were set up"),
-            });
-        };
-        if !queue.ready() {
-            return Err(ActivateError::BadQueue {
-                index: 0,
-                reason: "the driver did not set QueueReady before DRIVER_OK".into(),
-            });
-        }
+        let [queue] = crate::virtio::expect_queues("virtio-blk", queues, &[])?;
         self.activate_evt.write(1).map_err(ActivateError::Notify)?;
         self.active = Some(Active {
             mem,

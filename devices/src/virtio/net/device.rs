@@ -17,9 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::frame::{transmit, write_rx_frame, FrameError, NetCounters};
 use super::tap::{Tap, TapError};
-use super::{
-    CONFIG_SPACE_SIZE, ETH_HDR_LEN, MAX_FRAME_LEN, NET_HDR_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
-};
+use super::{CONFIG_SPACE_SIZE, ETH_HDR_LEN, MAX_FRAME_LEN, NET_HDR_LEN, QUEUE_SIZE};
 use crate::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING};
 
 /// Frames moved from the tap per event-loop turn at most, so that a busy tap cannot
@@ -415,14 +413,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| self.config_space.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::virtio::read_config_space(&self.config_space, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -440,23 +431,7 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let count = queues.len();
-        let Ok([rx, tx]) = <[Queue; 2]>::try_from(queues) else {
-            return Err(ActivateError::BadQueue {
-                index: count.min(2),
-                reason: format!(
-                    "virtio-net has 2 queues (receive, transmit), but {count} were set up"
-                ),
-            });
-        };
-        for (index, q) in [(RX_QUEUE, &rx), (TX_QUEUE, &tx)] {
-            if !q.ready() {
-                return Err(ActivateError::BadQueue {
-                    index,
-                    reason: "the driver did not set QueueReady before DRIVER_OK".into(),
-                });
-            }
-        }
+        let [rx, tx] = crate::virtio::expect_queues("virtio-net", queues, &[])?;
         self.activate_evt.write(1).map_err(ActivateError::Notify)?;
         self.active = Some(Active {
             mem,
@@ -619,7 +594,7 @@ pub(crate) mod tests {
         let err = net
             .activate(mem.clone(), vec![ready()], interrupt.clone())
             .unwrap_err();
-        assert!(err.to_string().contains("2 queues"), "{err}");
+        assert!(err.to_string().contains("2 queue(s)"), "{err}");
         let err = net
             .activate(
                 mem.clone(),

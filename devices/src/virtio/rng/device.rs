@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -132,19 +132,7 @@ impl VirtioDevice for Rng {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let count = queues.len();
-        let Ok([queue]) = <[Queue; 1]>::try_from(queues) else {
-            return Err(ActivateError::BadQueue {
-                index: count.min(1),
-                reason: format!("virtio-rng has 1 queue, but {count} were set up"),
-            });
-        };
-        if !queue.ready() {
-            return Err(ActivateError::BadQueue {
-                index: 0,
-                reason: "the driver did not set QueueReady before DRIVER_OK".into(),
-            });
-        }
+        let [queue] = crate::virtio::expect_queues("virtio-rng", queues, &[])?;
         self.activate_evt.write(1).map_err(ActivateError::Notify)?;
         self.active = Some(Active {
             mem,
@@ -166,6 +154,7 @@ impl VirtioDevice for Rng {
 
 #[cfg(test)]
 mod tests {
+    use virtio_queue::QueueT;
     use vm_memory::GuestAddress;
 
     use super::*;

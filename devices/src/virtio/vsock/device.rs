@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -197,14 +197,7 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let space: [u8; CONFIG_SPACE_SIZE] = self.config.cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| space.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::virtio::read_config_space(&space, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -221,22 +214,8 @@ impl VirtioDevice for Vsock {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let count = queues.len();
-        let Ok(queues) = <[Queue; 3]>::try_from(queues) else {
-            return Err(ActivateError::BadQueue {
-                index: count.min(3),
-                reason: format!("virtio-vsock has 3 queues, but {count} were set up"),
-            });
-        };
-        for (index, q) in queues.iter().enumerate() {
-            // The event queue is never used by this device; a driver may leave it out.
-            if index != EVQ && !q.ready() {
-                return Err(ActivateError::BadQueue {
-                    index,
-                    reason: "the driver did not set QueueReady before DRIVER_OK".into(),
-                });
-            }
-        }
+        // The event queue is never used by this device; a driver may leave it out.
+        let queues = crate::virtio::expect_queues::<3>("virtio-vsock", queues, &[EVQ])?;
         self.activate_evt.write(1).map_err(ActivateError::Notify)?;
         self.active = Some(Active {
             mem,
