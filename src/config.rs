@@ -81,6 +81,10 @@ pub enum ExecutionChoice {
 
 /// A virtio block device, as the device model takes it.
 pub type DiskConfig = hearth_devices::virtio::block::BlockConfig;
+/// A virtio network device over a tap, as the device model takes it.
+pub type NetConfig = hearth_devices::virtio::net::NetConfig;
+/// A MAC address (`06:00:ac:10:00:02`).
+pub type MacAddr = hearth_devices::virtio::net::MacAddr;
 
 /// A virtio-vsock device, as the device model takes it.
 pub type VsockConfig = hearth_devices::virtio::vsock::VsockConfig;
@@ -125,6 +129,12 @@ pub struct VmConfig {
     /// Serve the control socket (pause, resume, snapshot) at this path.
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
+    /// virtio network devices over host taps, in the order the guest sees them.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
+    /// A virtio entropy device fed by the host's getrandom.
+    #[serde(default)]
+    pub rng: bool,
     /// A virtio-vsock device bridged to host Unix sockets.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
@@ -158,6 +168,8 @@ impl VmConfig {
             cmdline_workarounds: true,
             disks: Vec::new(),
             api_sock: None,
+            net: Vec::new(),
+            rng: false,
             vsock: None,
         }
     }
@@ -186,6 +198,13 @@ impl VmConfig {
         }
         if self.memory < MIN_MEMORY {
             return Err(ConfigError::MemoryTooSmall(self.memory));
+        }
+        for net in &self.net {
+            check_tap(&net.tap).map_err(|reason| ConfigError::DeviceSpec {
+                what: "network device",
+                spec: format!("tap={}", net.tap),
+                reason,
+            })?;
         }
         if let Some(v) = &self.vsock {
             check_vsock_cid(v.cid)?;
@@ -320,6 +339,43 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
     Ok(disk)
 }
 
+/// Checks a tap name (the kernel's rules for interface names), saying what is wrong.
+fn check_tap(name: &str) -> Result<(), String> {
+    hearth_devices::virtio::net::check_tap_name(name).map_err(|e| e.to_string())
+}
+
+/// Parses `tap=NAME[,mac=MAC]` (`--net`).
+pub fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
+    const WHAT: &str = "--net";
+    let bad = |reason: String| ConfigError::DeviceSpec {
+        what: WHAT,
+        spec: spec.to_string(),
+        reason,
+    };
+    let mut net = NetConfig {
+        tap: String::new(),
+        mac: None,
+    };
+    for (k, v) in parse_options(WHAT, spec, &["tap", "mac"])? {
+        match k {
+            "tap" if v.is_empty() => {
+                return Err(bad(
+                    "tap is empty; give the name of a host tap interface".into()
+                ))
+            }
+            "tap" => {
+                check_tap(v).map_err(&bad)?;
+                net.tap = v.to_string();
+            }
+            _ => net.mac = Some(v.parse::<MacAddr>().map_err(|e| bad(e.to_string()))?),
+        }
+    }
+    if net.tap.is_empty() {
+        return Err(bad("tap=NAME is required".into()));
+    }
+    Ok(net)
+}
+
 fn check_vsock_cid(cid: u64) -> Result<(), ConfigError> {
     use hearth_devices::virtio::vsock::{MAX_GUEST_CID, MIN_GUEST_CID};
     if (MIN_GUEST_CID..=MAX_GUEST_CID).contains(&cid) {
@@ -431,6 +487,73 @@ mod tests {
     }
 
     #[test]
+    fn net_specs() {
+        let n = parse_net("tap=tap0,mac=06:00:AC:10:00:02").unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac.unwrap().to_string(), "06:00:ac:10:00:02");
+        assert_eq!(parse_net("tap=t").unwrap().mac, None);
+        for (bad, why) in [
+            ("", "required"),
+            ("tap=", "empty"),
+            ("tap0", "key=value"),
+            ("mac=06:00:ac:10:00:02", "required"),
+            ("tap=0123456789abcdef", "at most 15"),
+            ("tap=a/b", "not a valid interface name"),
+            ("tap=t,mac=06:00:ac:10:00", "six hex bytes"),
+            ("tap=t,mac=01:00:5e:00:00:01", "unicast"),
+            ("tap=t,tap=u", "twice"),
+            ("tap=t,queues=2", "unknown option"),
+        ] {
+            let e = parse_net(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid --net"), "{bad}: {e}");
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains('\n'), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn json_net_and_rng() {
+        let c = VmConfig::from_json(
+            r#"{"kernel": "/k", "net": [{"tap": "tap0", "mac": "06:00:ac:10:00:02"}, {"tap": "tap1"}], "rng": true}"#,
+        )
+        .unwrap();
+        assert_eq!(c.net.len(), 2);
+        assert_eq!(c.net[0].mac.unwrap().0, [6, 0, 0xac, 0x10, 0, 2]);
+        assert_eq!(c.net[1].mac, None);
+        assert!(c.rng);
+        let round = serde_json::to_string(&c).unwrap();
+        assert_eq!(VmConfig::from_json(&round).unwrap(), c);
+        let c = VmConfig::from_json(r#"{"kernel": "/k"}"#).unwrap();
+        assert!(c.net.is_empty() && !c.rng);
+        for bad in [
+            r#"{"kernel": "/k", "net": [{"tap": "t", "mac": "nope"}]}"#,
+            r#"{"kernel": "/k", "net": [{"tap": "t", "queues": 2}]}"#,
+            r#"{"kernel": "/k", "net": [{"mac": "06:00:ac:10:00:02"}]}"#,
+            r#"{"kernel": "/k", "rng": "yes"}"#,
+        ] {
+            assert!(VmConfig::from_json(bad).is_err(), "{bad}");
+        }
+        let mut c = VmConfig::new("/k");
+        c.net.push(NetConfig {
+            tap: "much-too-long-tap-name".into(),
+            mac: None,
+        });
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("at most 15"), "{e}");
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = VmConfig::new("/k");
+        assert!(c.validate().is_ok());
+        c.cpus = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::NoCpus)));
+        c.cpus = 1;
+        c.memory = 1 << 20;
+        assert!(matches!(c.validate(), Err(ConfigError::MemoryTooSmall(_))));
+    }
+
+    #[test]
     fn vsock_specs() {
         assert_eq!(
             parse_vsock("cid=3,socket=/tmp/vm.sock").unwrap(),
@@ -476,16 +599,5 @@ mod tests {
             socket: "/s".into(),
         });
         assert!(matches!(c.validate(), Err(ConfigError::VsockCid(1))));
-    }
-
-    #[test]
-    fn validation() {
-        let mut c = VmConfig::new("/k");
-        assert!(c.validate().is_ok());
-        c.cpus = 0;
-        assert!(matches!(c.validate(), Err(ConfigError::NoCpus)));
-        c.cpus = 1;
-        c.memory = 1 << 20;
-        assert!(matches!(c.validate(), Err(ConfigError::MemoryTooSmall(_))));
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use hearth::boot::BootProtocol;
-use hearth::config::{parse_size, ConfigError, DiskConfig, ExecutionChoice, VmConfig};
+use hearth::config::{parse_size, ConfigError, DiskConfig, ExecutionChoice, NetConfig, VmConfig};
 use hearth::{Vm, VmError};
 
 /// hearth: a minimal KVM virtual machine monitor.
@@ -110,6 +110,13 @@ struct RunArgs {
     /// A virtio block device: path=FILE[,readonly=on][,id=SERIAL]; repeat for more.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     disk: Vec<DiskConfig>,
+    /// A virtio network device over an existing host tap: tap=NAME[,mac=MAC]; repeat for
+    /// more. Without mac, a random locally administered address is used.
+    #[arg(long, value_name = "SPEC", value_parser = parse_net)]
+    net: Vec<NetConfig>,
+    /// A virtio entropy device fed by the host's getrandom.
+    #[arg(long)]
+    rng: bool,
     /// Serve a control socket (pause, resume, snapshot) at PATH.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -128,6 +135,10 @@ fn parse_memory(s: &str) -> Result<u64, String> {
 
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     hearth::config::parse_disk(s).map_err(|e| e.to_string())
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    hearth::config::parse_net(s).map_err(|e| e.to_string())
 }
 
 impl RunArgs {
@@ -165,6 +176,12 @@ impl RunArgs {
         }
         if !self.disk.is_empty() {
             config.disks = self.disk;
+        }
+        if !self.net.is_empty() {
+            config.net = self.net;
+        }
+        if self.rng {
+            config.rng = true;
         }
         if let Some(a) = self.api_sock {
             config.api_sock = Some(a);

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use hearth_devices::legacy::serial::persist::SavedSerial;
 use hearth_devices::virtio::block::persist::BlockState;
+use hearth_devices::virtio::net::persist::NetState;
 use hearth_devices::virtio::persist::TransportState;
+use hearth_devices::virtio::rng::persist::RngState;
+use hearth_devices::virtio::vsock::persist::VsockState;
 use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2};
 use serde::{Deserialize, Serialize};
 use vm_memory::mmap::MmapRegionBuilder;
@@ -40,6 +43,12 @@ const MAX_STATE_LEN: u64 = 256 << 20;
 pub enum VirtioDeviceState {
     /// virtio-blk.
     Block(BlockState),
+    /// virtio-net.
+    Net(NetState),
+    /// virtio-rng.
+    Rng(RngState),
+    /// virtio-vsock.
+    Vsock(VsockState),
 }
 
 /// One virtio-mmio slot.

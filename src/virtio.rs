@@ -7,13 +7,15 @@ use std::sync::{Arc, Mutex};
 use hearth_devices::bus::lock;
 use hearth_devices::virtio::block::Block;
 use hearth_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use hearth_devices::virtio::net::{Net, NetError};
 use hearth_devices::virtio::persist::{Persist, PersistError, TransportArgs, TransportState};
+use hearth_devices::virtio::rng::{Rng, RngError};
 use hearth_devices::virtio::vsock::Vsock;
 use hearth_devices::virtio::{Interrupt, VirtioDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
 
-use crate::config::{DiskConfig, VsockConfig};
+use crate::config::VmConfig;
 use crate::device_manager::{DeviceError, DeviceManager, Subscriber};
 use crate::snapshot::{VirtioDeviceState, VirtioSlotState};
 
@@ -35,6 +37,12 @@ pub enum VirtioError {
     /// The snapshot's devices differ from the configuration.
     #[error("snapshot: {0}")]
     Mismatch(String),
+    /// A network device could not be built (its tap, mostly).
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The entropy device could not be built.
+    #[error(transparent)]
+    Rng(#[from] RngError),
 }
 
 /// A device model behind a virtio-mmio slot.
@@ -42,6 +50,12 @@ pub enum VirtioError {
 pub enum VirtioKind {
     /// virtio-blk.
     Block(Arc<Mutex<Block>>),
+    /// virtio-net over a tap.
+    Net(Arc<Mutex<Net>>),
+    /// virtio-rng.
+    Rng(Arc<Mutex<Rng>>),
+    /// virtio-vsock.
+    Vsock(Arc<Mutex<Vsock>>),
 }
 
 /// One virtio-mmio slot of the VM.
@@ -64,7 +78,10 @@ impl VirtioSlot {
             irq: self.irq,
             transport: lock(&self.transport).save(),
             device: match &self.kind {
-                VirtioKind::Block(b) => VirtioDeviceState::Block(lock(b).save()),
+                VirtioKind::Block(d) => VirtioDeviceState::Block(lock(d).save()),
+                VirtioKind::Net(d) => VirtioDeviceState::Net(lock(d).save()),
+                VirtioKind::Rng(d) => VirtioDeviceState::Rng(lock(d).save()),
+                VirtioKind::Vsock(d) => VirtioDeviceState::Vsock(lock(d).save()),
             },
         }
     }
@@ -119,82 +136,104 @@ where
     Ok((base, irq, transport))
 }
 
-/// The saved slot for the next device, checked against what the configuration builds.
-fn next_saved<'a>(
-    saved: Option<&'a [VirtioSlotState]>,
-    index: usize,
-    what: &str,
-) -> Result<Option<&'a VirtioSlotState>, VirtioError> {
-    let Some(slots) = saved else {
-        return Ok(None);
-    };
-    slots
-        .get(index)
-        .map(Some)
-        .ok_or_else(|| VirtioError::Mismatch(format!("no saved state for {what} #{index}")))
-}
-
-/// Adds one virtio-blk device per disk, in order (the guest's vda, vdb, ...); with
-/// `saved`, rebuilds them from a snapshot instead.
-pub fn add_disks(
+/// Puts a built or restored device on the next slot and records it; a restored one must
+/// land where it was.
+fn attach<D>(
     devices: &mut DeviceManager,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
-    disks: &[DiskConfig],
-    saved: Option<&[VirtioSlotState]>,
-) -> Result<(), VirtioError> {
-    for (i, disk) in disks.iter().enumerate() {
-        let slot_state = next_saved(saved, devices.virtio.len(), "virtio device")?;
-        let block = match slot_state.map(|s| &s.device) {
-            Some(VirtioDeviceState::Block(state)) => Block::restore((), state)?,
-            None => Block::new(disk.clone())?,
-        };
-        let block = Arc::new(Mutex::new(block));
-        let (base, irq, transport) = add_device(
-            devices,
-            vm,
-            mem,
-            block.clone(),
-            slot_state.map(|s| &s.transport),
-        )?;
-        if let Some(s) = slot_state {
-            if (s.base, s.irq) != (base, irq) {
-                return Err(VirtioError::Mismatch(format!(
-                    "disk {i} was at {:#x} irq {}, now at {base:#x} irq {irq}",
-                    s.base, s.irq
-                )));
-            }
+    device: Arc<Mutex<D>>,
+    kind: VirtioKind,
+    saved: Option<&VirtioSlotState>,
+) -> Result<(), VirtioError>
+where
+    D: VirtioDevice + event_manager::MutEventSubscriber + Send + 'static,
+{
+    let (base, irq, transport) = add_device(devices, vm, mem, device, saved.map(|s| &s.transport))?;
+    if let Some(s) = saved {
+        if (s.base, s.irq) != (base, irq) {
+            return Err(VirtioError::Mismatch(format!(
+                "a device was at {:#x} irq {}, now at {base:#x} irq {irq}",
+                s.base, s.irq
+            )));
         }
-        devices.virtio.push(VirtioSlot {
-            base,
-            irq,
-            transport,
-            kind: VirtioKind::Block(block),
-        });
     }
+    devices.virtio.push(VirtioSlot {
+        base,
+        irq,
+        transport,
+        kind,
+    });
     Ok(())
 }
 
-/// Adds the virtio-vsock device, if configured: it starts listening on its Unix socket
-/// now, so that host processes can connect while the guest boots. It is not a
-/// [`VirtioSlot`]: its connections cannot be saved, so VMs with vsock take no snapshots
-/// (and a snapshot never has one to restore).
-pub fn add_vsock(
+/// Adds the configured virtio devices in a fixed order: disks (the guest's vda, vdb,
+/// ...), network devices (eth0, ...), the entropy device, the vsock device. With `saved`, each is rebuilt
+/// from its snapshot state instead, and must be the same kind of device. Disks and taps
+/// are opened here, so a missing one fails the VM before it starts.
+pub fn add_all(
     devices: &mut DeviceManager,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
-    config: Option<&VsockConfig>,
-    restoring: bool,
+    config: &VmConfig,
+    saved: Option<&[VirtioSlotState]>,
 ) -> Result<(), VirtioError> {
-    let Some(config) = config else {
-        return Ok(());
+    let slot = |index: usize| -> Result<Option<&VirtioSlotState>, VirtioError> {
+        match saved {
+            None => Ok(None),
+            Some(slots) => slots.get(index).map(Some).ok_or_else(|| {
+                VirtioError::Mismatch(format!("no saved state for virtio device {index}"))
+            }),
+        }
     };
-    if restoring {
-        return Err(VirtioError::Mismatch(
-            "the configuration has a vsock device, which snapshots do not support".into(),
-        ));
+    let mismatch = |what: &str| VirtioError::Mismatch(format!("the saved device is not {what}"));
+
+    for disk in &config.disks {
+        let s = slot(devices.virtio.len())?;
+        let block = match s.map(|s| &s.device) {
+            None => Block::new(disk.clone())?,
+            Some(VirtioDeviceState::Block(state)) => Block::restore((), state)?,
+            Some(_) => return Err(mismatch("a disk")),
+        };
+        let block = Arc::new(Mutex::new(block));
+        attach(devices, vm, mem, block.clone(), VirtioKind::Block(block), s)?;
     }
-    let vsock = Arc::new(Mutex::new(Vsock::new(config.clone())?));
-    add_device(devices, vm, mem, vsock, None)?;
+    for net in &config.net {
+        let s = slot(devices.virtio.len())?;
+        let net = match s.map(|s| &s.device) {
+            None => Net::new(net.clone())?,
+            Some(VirtioDeviceState::Net(state)) => Net::restore((), state)?,
+            Some(_) => return Err(mismatch("a network device")),
+        };
+        crate::debug!(
+            "virtio-net on tap {} with MAC {}",
+            net.config().tap,
+            net.mac()
+        );
+        let net = Arc::new(Mutex::new(net));
+        attach(devices, vm, mem, net.clone(), VirtioKind::Net(net), s)?;
+    }
+    if config.rng {
+        let s = slot(devices.virtio.len())?;
+        let rng = match s.map(|s| &s.device) {
+            None => Rng::new()?,
+            Some(VirtioDeviceState::Rng(state)) => Rng::restore((), state)?,
+            Some(_) => return Err(mismatch("an entropy device")),
+        };
+        let rng = Arc::new(Mutex::new(rng));
+        attach(devices, vm, mem, rng.clone(), VirtioKind::Rng(rng), s)?;
+    }
+    if let Some(vsock) = &config.vsock {
+        let s = slot(devices.virtio.len())?;
+        // It listens on its Unix socket from here on, so host processes can connect
+        // while the guest boots.
+        let vsock = match s.map(|s| &s.device) {
+            None => Vsock::new(vsock.clone())?,
+            Some(VirtioDeviceState::Vsock(state)) => Vsock::restore((), state)?,
+            Some(_) => return Err(mismatch("a vsock device")),
+        };
+        let vsock = Arc::new(Mutex::new(vsock));
+        attach(devices, vm, mem, vsock.clone(), VirtioKind::Vsock(vsock), s)?;
+    }
     Ok(())
 }

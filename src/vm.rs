@@ -109,9 +109,6 @@ pub enum VmError {
     /// A snapshot could not be written or read.
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
-    /// The VM has a device whose state cannot be saved.
-    #[error("cannot snapshot: {0}")]
-    SnapshotUnsupported(&'static str),
     /// A snapshot does not fit together.
     #[error("cannot restore: {0}")]
     Restore(String),
@@ -357,20 +354,12 @@ fn build_parts(
         stdin_for_guest(),
         saved.map(|s| &s.serial),
     )?;
-    crate::virtio::add_disks(
+    crate::virtio::add_all(
         &mut devices,
         &vm_fd,
         &mem,
-        &config.disks,
+        config,
         saved.map(|s| s.virtio.as_slice()),
-    )?;
-    // After the disks, so that their slots (and a snapshot's) do not move.
-    crate::virtio::add_vsock(
-        &mut devices,
-        &vm_fd,
-        &mem,
-        config.vsock.as_ref(),
-        saved.is_some(),
     )?;
     if let Some(s) = saved {
         if s.virtio.len() != devices.virtio.len() {
@@ -840,13 +829,6 @@ impl RunningVm {
     /// Writes a snapshot of the VM to `dir`. The VM is paused for it and stays paused;
     /// call [`RunningVm::resume`] to carry on.
     pub fn snapshot(&mut self, dir: &Path) -> Result<(), VmError> {
-        if self.config.vsock.is_some() {
-            // Its open connections live in host sockets that a snapshot cannot carry.
-            return Err(VmError::SnapshotUnsupported(
-                "the VM has a vsock device, whose connections cannot be saved; \
-                 snapshot a VM without --vsock",
-            ));
-        }
         self.pause()?;
         let started = std::time::Instant::now();
         let vcpus = {

@@ -290,32 +290,58 @@ fn bad_vsock_options_are_one_line_errors() {
 }
 
 #[test]
-fn a_vm_with_vsock_refuses_snapshots_and_runs_on() {
+fn vsock_carries_on_after_restore() {
     let dir = scratch();
     let api = dir.as_path().join("api.sock");
     let serial = dir.as_path().join("serial.txt");
+    let serial2 = dir.as_path().join("serial-2.txt");
+    let sock = dir.as_path().join("vm.sock");
     let args: Vec<String> = vec![
         "run".into(),
         "--kernel".into(),
         test_guest().display().to_string(),
         "--cmdline".into(),
-        "count=40 delay=20000".into(),
+        "vsock.info count=20 delay=20000 vsock.echo=5000:4000 vsock.send=6000:after-restore exit=6"
+            .into(),
         "--api-sock".into(),
         api.display().to_string(),
         "--serial-out".into(),
         serial.display().to_string(),
         "--vsock".into(),
-        vsock_arg(3, &dir.as_path().join("vm.sock")),
+        vsock_arg(3, &sock),
     ];
-    let child = spawn_hearth(&args);
-    wait_for_text(&serial, "count: 1\n", HOST_TIMEOUT);
+    let mut first = spawn_hearth(&args);
+    wait_for_text(&serial, "count: 3\n", HOST_TIMEOUT);
     let snap = dir.as_path().join("snap");
     let r = ctl(&api, &["snapshot", "--dir", snap.to_str().unwrap()]);
-    assert_ne!(r.code(), 0, "{r:#?}");
-    assert!(r.stderr.contains("vsock"), "{r:#?}");
-    assert!(!snap.join("state").exists(), "no snapshot written");
-    let run = wait_bounded(child, HOST_TIMEOUT, "hearth with vsock");
-    assert_eq!(run.code(), 0, "{run:#?}");
-    let out = std::fs::read_to_string(&serial).unwrap();
-    assert!(out.contains("count: 40\n"), "the VM ran on: {out}");
+    assert_eq!(r.code(), 0, "{r:#?}");
+    let _ = first.kill();
+    let _ = first.wait();
+
+    // The restored VM listens on the same socket path (the dead process's file is stale).
+    let listener = UnixListener::bind(dir.as_path().join("vm.sock_6000")).unwrap();
+    let host = host_echo(sock.clone(), 5000, patterned(4000));
+    let run = hearth_with_timeout(
+        [
+            "restore",
+            "--resume",
+            "--dir",
+            snap.to_str().unwrap(),
+            "--serial-out",
+            serial2.to_str().unwrap(),
+        ],
+        HOST_TIMEOUT * 2,
+    );
+    let out = std::fs::read_to_string(&serial2).unwrap_or_default();
+    assert_eq!(run.code(), 6, "{out}\n{run:#?}");
+    host.join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("host side after restore: {e}\n{out}"));
+    assert!(out.contains("vsock echo port=5000 bytes=4000\n"), "{out}");
+    assert!(out.contains("vsock send port=6000 ok\n"), "{out}");
+    let (mut s, _) = listener.accept().unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "after-restore");
+    assert!(!out.contains("hearth-test-guest"), "no reboot: {out}");
 }

@@ -6,6 +6,8 @@
 #include "io.h"
 #include "lib.h"
 #include "virtio_blk.h"
+#include "virtio_net.h"
+#include "virtio_rng.h"
 #include "virtio_mmio.h"
 #include "vsock.h"
 
@@ -271,20 +273,29 @@ static int parse_list(const struct token *t, uint64_t *v, unsigned n)
 	return 1;
 }
 
-/* Parse "<port>:<text>": a decimal port, then any non-empty text. */
-static int parse_port_text(const struct token *t, uint64_t *port,
-			   const char **text, size_t *len)
+/* Parse "D:<text>": a decimal device index, a colon, then any text (which
+ * may be empty and may contain colons). */
+static int parse_dev_text(const struct token *t, uint64_t *d, const char **text,
+			  size_t *len)
 {
 	size_t f = 0;
 
 	while (f < t->vlen && t->val[f] != ':')
 		f++;
-	if (f == t->vlen || f + 1 == t->vlen || !parse_dec(t->val, f, port) ||
-	    *port > 0xffffffffULL)
+	if (f == t->vlen || !parse_dec(t->val, f, d))
 		return 0;
 	*text = t->val + f + 1;
 	*len = t->vlen - f - 1;
 	return 1;
+}
+
+/* Busy-waits on the TSC (2 GHz under hearth). */
+static void sleep_ms(uint64_t ms)
+{
+	uint64_t t0 = rdtsc();
+
+	while (rdtsc() - t0 < ms * 2000000ULL)
+		;
 }
 
 /* virtio_mmio.device=<size>@<base>:<irq>[:<id>] (Linux syntax) */
@@ -450,13 +461,40 @@ void guest_main(unsigned kind, uint64_t info)
 		} else if (is(&t, "blk.bench=")) {
 			if ((ok = parse_list(&t, v, 2)))
 				blk_bench(v[0], v[1]);
+		} else if (is(&t, "sleep=")) {
+			if ((ok = parse_dec(t.val, t.vlen, &v[0])))
+				sleep_ms(v[0]);
+		} else if (is(&t, "net.info")) {
+			net_info();
+		} else if (is(&t, "net.tx=")) {
+			const char *text;
+			size_t len;
+
+			if ((ok = parse_dev_text(&t, &v[0], &text, &len)))
+				net_tx(v[0], text, len);
+		} else if (is(&t, "net.rx=")) {
+			if ((ok = parse_list(&t, v, 2)))
+				net_rx(v[0], v[1]);
+		} else if (is(&t, "net.echo=")) {
+			if ((ok = parse_list(&t, v, 2)))
+				net_echo(v[0], v[1]);
+		} else if (is(&t, "net.flood=")) {
+			if ((ok = parse_list(&t, v, 3)))
+				net_flood(v[0], v[1], v[2]);
+		} else if (is(&t, "net.sink=")) {
+			if ((ok = parse_list(&t, v, 2)))
+				net_sink(v[0], v[1]);
+		} else if (is(&t, "rng.read=")) {
+			if ((ok = parse_dec(t.val, t.vlen, &v[0])))
+				rng_read(v[0]);
 		} else if (is(&t, "vsock.info")) {
 			vsock_info();
 		} else if (is(&t, "vsock.echo=")) {
 			if ((ok = parse_list(&t, v, 2) && v[0] <= 0xffffffffULL))
 				vsock_echo((uint32_t)v[0], v[1]);
 		} else if (is(&t, "vsock.send=")) {
-			if ((ok = parse_port_text(&t, &v[0], &s, &n)))
+			if ((ok = parse_dev_text(&t, &v[0], &s, &n) && n > 0 &&
+				   v[0] <= 0xffffffffULL))
 				vsock_send((uint32_t)v[0], s, (uint32_t)n);
 		}
 		if (!ok)

@@ -2,6 +2,8 @@
 //! timeout that fails loudly.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -7,7 +7,9 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod persist;
+pub mod rng;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};

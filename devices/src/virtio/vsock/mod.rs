@@ -21,6 +21,7 @@ mod device;
 mod event_handler;
 mod muxer;
 pub mod packet;
+pub mod persist;
 
 pub use device::{Vsock, VsockConfig, VsockError};
 pub use muxer::{EpollChange, Muxer, QueueError};

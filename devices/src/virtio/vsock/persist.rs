@@ -1,0 +1,47 @@
+//! Snapshot state of virtio-vsock: the CID and socket path. Host-side streams belong to
+//! the process that took the snapshot and cannot follow the VM; after a restore the
+//! device starts with no connections, so a guest packet for an old one is answered with
+//! RST, as from a peer that reset. Queue and feature state travel with the transport.
+
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Vsock, VsockConfig, VsockError};
+use crate::virtio::persist::Persist;
+
+/// What a restored vsock device needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockState {
+    /// CID and socket path.
+    pub config: VsockConfig,
+}
+
+/// Removes a socket file nobody listens on any more (left by the snapshotted process).
+fn remove_stale_socket(path: &Path) {
+    let is_socket = std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false);
+    if is_socket && UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+impl Persist for Vsock {
+    type State = VsockState;
+    type Args = ();
+    type Error = VsockError;
+
+    fn save(&self) -> VsockState {
+        VsockState {
+            config: self.config().clone(),
+        }
+    }
+
+    fn restore(_: (), state: &VsockState) -> Result<Vsock, VsockError> {
+        remove_stale_socket(&state.config.socket);
+        Vsock::new(state.config.clone())
+    }
+}
