@@ -54,8 +54,10 @@ pub const CONN_BUF_SIZE: u32 = 64 * 1024;
 /// `fwd_cnt`. Half the buffer: the guest never stalls on a buffer we have already drained.
 pub const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 2;
 /// Most connections at once (both directions, including host connections that have not
-/// sent their CONNECT line yet).
-pub const MAX_CONNECTIONS: usize = 1024;
+/// sent their CONNECT line yet). Each holds a file descriptor: this stays well below the
+/// usual soft limit of 1024 open files, so that accept(2) never fails with EMFILE and
+/// leaves the listening socket readable (which would spin the event loop).
+pub const MAX_CONNECTIONS: usize = 512;
 /// Resets for unknown connections waiting for an RX buffer; when full, the TX queue is not
 /// read until the guest takes some.
 pub const MAX_STRAY_RST: usize = 128;

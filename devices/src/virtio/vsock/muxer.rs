@@ -102,7 +102,11 @@ impl Muxer {
             source,
         };
         let listener = UnixListener::bind(path).map_err(bind_err)?;
-        let meta = path.symlink_metadata().map_err(bind_err)?;
+        let meta = path.symlink_metadata().map_err(|e| {
+            // Not ours to keep: nothing will listen there.
+            let _ = std::fs::remove_file(path);
+            bind_err(e)
+        })?;
         let muxer = Muxer {
             guest_cid,
             path: path.to_path_buf(),
