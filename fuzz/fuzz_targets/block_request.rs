@@ -18,6 +18,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Mutex, OnceLock};
 
 use hearth_devices::virtio::block::{BlockConfig, Disk};
+use hearth_fuzz::{take, write_queue, QueueLayout};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -67,15 +68,6 @@ fn target() -> &'static Mutex<Target> {
     })
 }
 
-fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    if data.len() < n {
-        return None;
-    }
-    let (head, rest) = data.split_at(n);
-    *data = rest;
-    Some(head)
-}
-
 fuzz_target!(|input: &[u8]| {
     let mut data = input;
     let Some(&[config, ndesc, navail]) = take(&mut data, 3) else {
@@ -88,34 +80,15 @@ fuzz_target!(|input: &[u8]| {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
         .expect("guest memory");
 
-    for i in 0..u64::from(ndesc).min(u64::from(queue_size)) {
-        let Some(raw) = take(&mut data, 16) else {
-            break;
-        };
-        let mut d = [0u8; 16];
-        d.copy_from_slice(raw);
-        let flags = u16::from_le_bytes([d[12], d[13]]);
-        if flags & 0x8000 == 0 {
-            let addr = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
-            let folded = DATA_AREA + addr % ADDR_SPAN;
-            d[..8].copy_from_slice(&folded.to_le_bytes());
-        }
-        mem.write_slice(&d, GuestAddress(DESC_TABLE + 16 * i))
-            .expect("desc table");
-    }
-    for i in 0..u64::from(navail).min(u64::from(queue_size)) {
-        let Some(head) = take(&mut data, 2) else {
-            break;
-        };
-        mem.write_slice(head, GuestAddress(AVAIL_RING + 4 + 2 * i))
-            .expect("avail ring");
-    }
-    // The available index: usually what was written, sometimes past the queue size.
-    mem.write_obj(u16::from(navail).to_le(), GuestAddress(AVAIL_RING + 2))
-        .expect("avail idx");
-    let n = data.len().min((MEM_SIZE - DATA_AREA) as usize);
-    mem.write_slice(&data[..n], GuestAddress(DATA_AREA))
-        .expect("data area");
+    let layout = QueueLayout {
+        desc_table: DESC_TABLE,
+        avail_ring: AVAIL_RING,
+        data_area: DATA_AREA,
+        data_end: MEM_SIZE,
+        addr_span: ADDR_SPAN,
+        len_span: None,
+    };
+    write_queue(&mem, &mut data, &layout, queue_size, ndesc, navail);
 
     let mut queue = Queue::new(queue_size).expect("queue");
     queue.set_size(queue_size);

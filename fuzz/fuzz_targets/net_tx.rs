@@ -20,6 +20,7 @@ use std::io;
 use hearth_devices::virtio::net::{
     transmit, NetCounters, ETH_HDR_LEN, MAX_FRAME_LEN, NET_HDR_LEN,
 };
+use hearth_fuzz::{take, write_queue, QueueLayout};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -35,15 +36,6 @@ const ADDR_SPAN: u64 = MEM_SIZE + 0x200 - DATA_AREA;
 /// are reached.
 const LEN_SPAN: u32 = MAX_FRAME_LEN as u32 + 0x100;
 
-fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    if data.len() < n {
-        return None;
-    }
-    let (head, rest) = data.split_at(n);
-    *data = rest;
-    Some(head)
-}
-
 fuzz_target!(|input: &[u8]| {
     let mut data = input;
     let Some(&[config, ndesc, navail]) = take(&mut data, 3) else {
@@ -56,37 +48,15 @@ fuzz_target!(|input: &[u8]| {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
         .expect("guest memory");
 
-    for i in 0..u64::from(ndesc).min(u64::from(queue_size)) {
-        let Some(raw) = take(&mut data, 16) else {
-            break;
-        };
-        let mut d = [0u8; 16];
-        d.copy_from_slice(raw);
-        let flags = u16::from_le_bytes([d[12], d[13]]);
-        if flags & 0x8000 == 0 {
-            let addr = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
-            let folded = DATA_AREA + addr % ADDR_SPAN;
-            d[..8].copy_from_slice(&folded.to_le_bytes());
-        }
-        if flags & 0x4000 == 0 {
-            let len = u32::from_le_bytes(d[8..12].try_into().expect("4 bytes"));
-            d[8..12].copy_from_slice(&(len % LEN_SPAN).to_le_bytes());
-        }
-        mem.write_slice(&d, GuestAddress(DESC_TABLE + 16 * i))
-            .expect("desc table");
-    }
-    for i in 0..u64::from(navail).min(u64::from(queue_size)) {
-        let Some(head) = take(&mut data, 2) else {
-            break;
-        };
-        mem.write_slice(head, GuestAddress(AVAIL_RING + 4 + 2 * i))
-            .expect("avail ring");
-    }
-    mem.write_obj(u16::from(navail).to_le(), GuestAddress(AVAIL_RING + 2))
-        .expect("avail idx");
-    let n = data.len().min((MEM_SIZE - DATA_AREA) as usize);
-    mem.write_slice(&data[..n], GuestAddress(DATA_AREA))
-        .expect("data area");
+    let layout = QueueLayout {
+        desc_table: DESC_TABLE,
+        avail_ring: AVAIL_RING,
+        data_area: DATA_AREA,
+        data_end: MEM_SIZE,
+        addr_span: ADDR_SPAN,
+        len_span: Some(LEN_SPAN),
+    };
+    write_queue(&mem, &mut data, &layout, queue_size, ndesc, navail);
 
     let mut queue = Queue::new(queue_size).expect("queue");
     queue.set_size(queue_size);

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use hearth_devices::virtio::vsock::{Muxer, MAX_CONNECTIONS};
+use hearth_fuzz::{take, write_queue, QueueLayout};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -61,15 +62,6 @@ fn host() -> &'static Mutex<Host> {
     })
 }
 
-fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    if data.len() < n {
-        return None;
-    }
-    let (head, rest) = data.split_at(n);
-    *data = rest;
-    Some(head)
-}
-
 fn queue(size: u16, desc: u64, avail: u64, used: u64, event_idx: bool) -> Queue {
     let mut q = Queue::new(size).expect("queue");
     q.set_size(size);
@@ -96,34 +88,15 @@ fuzz_target!(|input: &[u8]| {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
         .expect("guest memory");
 
-    for i in 0..u64::from(ndesc).min(u64::from(queue_size)) {
-        let Some(raw) = take(&mut data, 16) else {
-            break;
-        };
-        let mut d = [0u8; 16];
-        d.copy_from_slice(raw);
-        let flags = u16::from_le_bytes([d[12], d[13]]);
-        if flags & 0x8000 == 0 {
-            let addr = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
-            let folded = DATA_AREA + addr % ADDR_SPAN;
-            d[..8].copy_from_slice(&folded.to_le_bytes());
-        }
-        mem.write_slice(&d, GuestAddress(TX_DESC + 16 * i))
-            .expect("desc table");
-    }
-    for i in 0..u64::from(navail).min(u64::from(queue_size)) {
-        let Some(head) = take(&mut data, 2) else {
-            break;
-        };
-        mem.write_slice(head, GuestAddress(TX_AVAIL + 4 + 2 * i))
-            .expect("avail ring");
-    }
-    // The available index: usually what was written, sometimes past the queue size.
-    mem.write_obj(u16::from(navail).to_le(), GuestAddress(TX_AVAIL + 2))
-        .expect("avail idx");
-    let n = data.len().min((RX_BUFS - DATA_AREA) as usize);
-    mem.write_slice(&data[..n], GuestAddress(DATA_AREA))
-        .expect("data area");
+    let layout = QueueLayout {
+        desc_table: TX_DESC,
+        avail_ring: TX_AVAIL,
+        data_area: DATA_AREA,
+        data_end: RX_BUFS,
+        addr_span: ADDR_SPAN,
+        len_span: None,
+    };
+    write_queue(&mem, &mut data, &layout, queue_size, ndesc, navail);
 
     // Well-formed RX buffers, so that answers (RESPONSE, RST, data) are written.
     let nrx = u16::from(nrx) % (RX_QUEUE_SIZE + 1);
