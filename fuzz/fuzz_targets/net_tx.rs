@@ -17,9 +17,7 @@
 
 use std::io;
 
-use hearth_devices::virtio::net::{
-    transmit, NetCounters, ETH_HDR_LEN, MAX_FRAME_LEN, NET_HDR_LEN,
-};
+use hearth_devices::virtio::net::{transmit, NetCounters, ETH_HDR_LEN, MAX_FRAME_LEN, NET_HDR_LEN};
 use hearth_fuzz::{take, write_queue, QueueLayout};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
@@ -70,9 +68,18 @@ fuzz_target!(|input: &[u8]| {
     let mut offered = 0u64;
     let mut accepted = 0u64;
     let mut sink = |frame: &[u8]| -> io::Result<()> {
-        assert!(frame.len() >= NET_HDR_LEN + ETH_HDR_LEN, "runt reached the tap");
-        assert!(frame.len() <= MAX_FRAME_LEN, "oversized frame reached the tap");
-        assert!(frame[..NET_HDR_LEN].iter().all(|&b| b == 0), "header not cleared");
+        assert!(
+            frame.len() >= NET_HDR_LEN + ETH_HDR_LEN,
+            "runt reached the tap"
+        );
+        assert!(
+            frame.len() <= MAX_FRAME_LEN,
+            "oversized frame reached the tap"
+        );
+        assert!(
+            frame[..NET_HDR_LEN].iter().all(|&b| b == 0),
+            "header not cleared"
+        );
         offered += 1;
         if refuse_some && offered % 2 == 0 {
             return Err(io::Error::from_raw_os_error(libc_einval()));
@@ -87,7 +94,10 @@ fuzz_target!(|input: &[u8]| {
     let used_idx: u16 = mem.read_obj(GuestAddress(USED_RING + 2)).expect("used idx");
     assert!(used_idx <= u16::from(navail), "more used than available");
     assert_eq!(counters.tx_frames, accepted, "sent frames miscounted");
-    assert!(counters.tx_dropped >= offered - accepted, "refused frames not counted");
+    assert!(
+        counters.tx_dropped >= offered - accepted,
+        "refused frames not counted"
+    );
     if result.is_ok() {
         // Every chain popped is returned once (heads past the queue cannot be), and each
         // counts as sent or dropped.

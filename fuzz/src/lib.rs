@@ -69,9 +69,14 @@ pub fn write_queue(
             .expect("avail ring");
     }
     // The available index: usually what was written, sometimes past the queue size.
-    mem.write_obj(u16::from(navail).to_le(), GuestAddress(layout.avail_ring + 2))
-        .expect("avail idx");
-    let n = data.len().min((layout.data_end - layout.data_area) as usize);
+    mem.write_obj(
+        u16::from(navail).to_le(),
+        GuestAddress(layout.avail_ring + 2),
+    )
+    .expect("avail idx");
+    let n = data
+        .len()
+        .min((layout.data_end - layout.data_area) as usize);
     mem.write_slice(&data[..n], GuestAddress(layout.data_area))
         .expect("data area");
 }
