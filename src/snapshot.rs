@@ -16,8 +16,8 @@ use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2};
 use serde::{Deserialize, Serialize};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
-    Address, FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
-    WriteVolatile,
+    Address, Bytes, FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
 };
 
 use crate::config::VmConfig;
@@ -221,24 +221,45 @@ pub fn decode_state(bytes: &[u8], path: &Path) -> Result<VmState, SnapshotError>
     Ok(state)
 }
 
+/// Chunk of guest memory looked at (and written) at a time.
+const MEMORY_CHUNK: usize = 64 << 10;
+
+/// Writes guest RAM to `f`, regions back to back, as a sparse file: chunks that are all
+/// zero (most of a guest's never-touched memory) become holes, which read back as zeros.
+fn write_memory(f: &File, mem: &GuestMemoryMmap) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    f.set_len(total)?;
+    let mut buf = vec![0u8; MEMORY_CHUNK];
+    let mut file_offset = 0u64;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        let mut at = 0usize;
+        while at < len {
+            let n = MEMORY_CHUNK.min(len - at);
+            let chunk = &mut buf[..n];
+            region
+                .read_slice(chunk, vm_memory::MemoryRegionAddress(at as u64))
+                .map_err(std::io::Error::other)?;
+            if chunk.iter().any(|b| *b != 0) {
+                f.write_all_at(chunk, file_offset + at as u64)?;
+            }
+            at += n;
+        }
+        file_offset += len as u64;
+    }
+    Ok(())
+}
+
 /// Writes the state file and the memory file into `dir` (created if needed).
 pub fn write(dir: &Path, state: &VmState, mem: &GuestMemoryMmap) -> Result<(), SnapshotError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mem_path = dir.join(MEMORY_FILE);
-    let mut f = File::create(&mem_path).map_err(io_err(&mem_path))?;
-    for region in mem.iter() {
-        let slice = region
-            .get_slice(vm_memory::MemoryRegionAddress(0), region.len() as usize)
-            .map_err(|e| SnapshotError::Map {
-                path: mem_path.clone(),
-                reason: e.to_string(),
-            })?;
-        f.write_all_volatile(&slice)
-            .map_err(|e| SnapshotError::Io {
-                path: mem_path.clone(),
-                source: std::io::Error::other(e),
-            })?;
-    }
+    let f = File::create(&mem_path).map_err(io_err(&mem_path))?;
+    write_memory(&f, mem).map_err(|source| SnapshotError::Io {
+        path: mem_path.clone(),
+        source,
+    })?;
     f.sync_all().map_err(io_err(&mem_path))?;
 
     // The state file goes last, through a rename: a directory with a state file always
