@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::Muxer;
@@ -91,6 +91,9 @@ pub struct Vsock {
     /// TX processing stopped with packets left because the guest owes itself too many
     /// resets: it resumes when the guest takes RX buffers, without a TX notification.
     tx_stalled: bool,
+    /// Restored from a snapshot: the guest's connections are gone, so it must be told
+    /// with a TRANSPORT_RESET event as soon as it has an event buffer posted.
+    transport_reset_owed: bool,
 }
 
 impl Vsock {
@@ -113,7 +116,54 @@ impl Vsock {
             active: None,
             queue_evts_registered: false,
             tx_stalled: false,
+            transport_reset_owed: false,
         })
+    }
+
+    /// Owes the driver a TRANSPORT_RESET event (after a restore: its connections are gone).
+    pub fn owe_transport_reset(&mut self) {
+        self.transport_reset_owed = true;
+    }
+
+    /// Whether a TRANSPORT_RESET event is still to be delivered.
+    pub fn transport_reset_owed(&self) -> bool {
+        self.transport_reset_owed
+    }
+
+    /// Delivers an owed TRANSPORT_RESET event into the next event-queue buffer, if the
+    /// driver posted one (otherwise it waits for the event queue's notification).
+    pub(super) fn deliver_transport_reset(&mut self) {
+        const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
+        if !self.transport_reset_owed {
+            return;
+        }
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queues[EVQ];
+        if !queue.ready() {
+            return;
+        }
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            return;
+        };
+        let head = chain.head_index();
+        let written = chain
+            .clone()
+            .find(|d| d.is_write_only() && d.len() >= 4)
+            .and_then(|d| {
+                mem.write_obj(VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le(), d.addr())
+                    .ok()
+            })
+            .map_or(0, |_| 4);
+        // A chain with no room is returned empty; the event then waits for another one.
+        let _ = queue.add_used(mem, head, written);
+        if written > 0 {
+            self.transport_reset_owed = false;
+        }
+        // Fails only when the irqfd counter is saturated, i.e. an interrupt is pending.
+        let _ = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING);
     }
 
     /// What the device was built from.

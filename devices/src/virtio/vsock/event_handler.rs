@@ -92,6 +92,7 @@ impl MutEventSubscriber for Vsock {
                     // Serve what the driver queued, and what host processes asked for,
                     // before the queues were watched.
                     self.process_queues(true);
+                    self.deliver_transport_reset();
                 }
             }
             LISTENER => {
@@ -108,7 +109,7 @@ impl MutEventSubscriber for Vsock {
                 match index {
                     TXQ => self.process_queues(true),
                     RXQ => self.process_queues(false),
-                    _ => {}
+                    _ => self.deliver_transport_reset(),
                 }
             }
         }
@@ -135,7 +136,7 @@ mod tests {
     use crate::virtio::block::test_utils::desc;
     use crate::virtio::vsock::packet::{op, Header, HEADER_SIZE, TYPE_STREAM};
     use crate::virtio::vsock::tests::add_chain;
-    use crate::virtio::vsock::{VsockConfig, FIRST_LOCAL_PORT, HOST_CID, MAX_STRAY_RST};
+    use crate::virtio::vsock::{VsockConfig, EVQ, FIRST_LOCAL_PORT, HOST_CID, MAX_STRAY_RST};
     use crate::virtio::{Interrupt, VIRTIO_MMIO_INT_VRING};
 
     const Q: u16 = 256;
@@ -148,6 +149,50 @@ mod tests {
             manager.run_with_timeout(10).unwrap();
         }
         panic!("the event loop did not get there");
+    }
+
+    #[test]
+    fn a_restored_device_sends_transport_reset_once_an_event_buffer_is_posted() {
+        let dir = TempDir::new().unwrap();
+        let mut device = Vsock::new(VsockConfig {
+            cid: 3,
+            socket: dir.as_path().join("v.sock"),
+        })
+        .unwrap();
+        device.owe_transport_reset();
+        let vsock = Arc::new(Mutex::new(device));
+        let mut manager = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
+        manager.add_subscriber(vsock.clone());
+
+        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
+        ));
+        let rxvq = MockSplitQueue::create(mem, GuestAddress(0), Q);
+        let txvq = MockSplitQueue::create(mem, GuestAddress(0x4000), Q);
+        let evq = MockSplitQueue::create(mem, GuestAddress(0x8000), Q);
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let queues = vec![
+            rxvq.create_queue().unwrap(),
+            txvq.create_queue().unwrap(),
+            evq.create_queue().unwrap(),
+        ];
+        lock(&vsock)
+            .activate(mem.clone(), queues, interrupt.clone())
+            .unwrap();
+        // No event buffer yet: the event waits.
+        manager.run_with_timeout(50).unwrap();
+        assert!(lock(&vsock).transport_reset_owed());
+        assert_eq!(evq.used().idx().load(), 0);
+
+        mem.write_obj(0xffff_ffffu32, GuestAddress(0x30_0000))
+            .unwrap();
+        add_chain(&evq, 0, &[desc(0x30_0000, 4, VRING_DESC_F_WRITE)]);
+        lock(&vsock).queue_events()[EVQ].write(1).unwrap();
+        run_until(&mut manager, || evq.used().idx().load() == 1);
+        let event: u32 = mem.read_obj(GuestAddress(0x30_0000)).unwrap();
+        assert_eq!(event, 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
+        assert!(!lock(&vsock).transport_reset_owed(), "sent once");
+        assert_eq!(interrupt.status(), VIRTIO_MMIO_INT_VRING);
     }
 
     #[test]

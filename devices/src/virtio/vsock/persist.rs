@@ -1,7 +1,8 @@
 //! Snapshot state of virtio-vsock: the CID and socket path. Host-side streams belong to
 //! the process that took the snapshot and cannot follow the VM; after a restore the
-//! device starts with no connections, so a guest packet for an old one is answered with
-//! RST, as from a peer that reset. Queue and feature state travel with the transport.
+//! device starts with no connections and sends the driver a TRANSPORT_RESET event (as
+//! Firecracker does), so that it drops them; a packet for an old one gets RST. Queue and
+//! feature state travel with the transport.
 
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
@@ -42,6 +43,8 @@ impl Persist for Vsock {
 
     fn restore(_: (), state: &VsockState) -> Result<Vsock, VsockError> {
         remove_stale_socket(&state.config.socket);
-        Vsock::new(state.config.clone())
+        let mut vsock = Vsock::new(state.config.clone())?;
+        vsock.owe_transport_reset();
+        Ok(vsock)
     }
 }
