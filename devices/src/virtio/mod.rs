@@ -100,6 +100,28 @@ pub enum ActivateError {
     Notify(#[source] std::io::Error),
 }
 
+/// Has the event loop watch each queue eventfd, queue `i` with data `first_data + i`.
+/// Returns whether all are watched; on failure says which device stops working (`what`).
+pub fn watch_queue_events(
+    ops: &mut event_manager::EventOps,
+    evts: &[EventFd],
+    first_data: u32,
+    what: &str,
+) -> bool {
+    for (i, evt) in (0u32..).zip(evts) {
+        let events = event_manager::Events::with_data(
+            evt,
+            first_data + i,
+            vmm_sys_util::epoll::EventSet::IN,
+        );
+        if let Err(e) = ops.add(events) {
+            eprintln!("{what}: cannot watch queue {i}: {e}; the device will not work");
+            return false;
+        }
+    }
+    true
+}
+
 /// Copies `data.len()` bytes of a device's configuration space from `offset`; bytes past
 /// its end read as zero (the spec leaves them undefined; zero is what drivers expect).
 pub fn read_config_space(space: &[u8], offset: u64, data: &mut [u8]) {

@@ -13,16 +13,10 @@ const QUEUE: u32 = 1;
 
 impl Block {
     fn register_queue_events(&mut self, ops: &mut EventOps) {
-        if self.queue_evts_registered {
-            return;
+        if !self.queue_evts_registered {
+            self.queue_evts_registered =
+                crate::virtio::watch_queue_events(ops, &self.queue_evts, QUEUE, "virtio-blk");
         }
-        for (i, evt) in (0u32..).zip(self.queue_evts.iter()) {
-            if let Err(e) = ops.add(Events::with_data(evt, QUEUE + i, EventSet::IN)) {
-                eprintln!("virtio-blk: cannot watch queue {i}: {e}; the disk will not serve I/O");
-                return;
-            }
-        }
-        self.queue_evts_registered = true;
     }
 }
 

@@ -23,19 +23,14 @@ const TAP: u32 = 3;
 
 impl Net {
     fn register_queue_events(&mut self, ops: &mut EventOps) {
-        if self.queue_evts_registered {
-            return;
+        if !self.queue_evts_registered {
+            self.queue_evts_registered = crate::virtio::watch_queue_events(
+                ops,
+                &self.queue_evts,
+                QUEUE,
+                &format!("virtio-net {}", self.tap.name()),
+            );
         }
-        for (i, evt) in (0u32..).zip(self.queue_evts.iter()) {
-            if let Err(e) = ops.add(Events::with_data(evt, QUEUE + i, EventSet::IN)) {
-                eprintln!(
-                    "virtio-net {}: cannot watch queue {i}: {e}; the network device will not work",
-                    self.tap.name()
-                );
-                return;
-            }
-        }
-        self.queue_evts_registered = true;
     }
 
     /// Starts or stops watching the tap.

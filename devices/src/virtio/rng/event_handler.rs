@@ -12,14 +12,9 @@ const QUEUE: u32 = 1;
 
 impl Rng {
     fn register_queue_event(&mut self, ops: &mut EventOps) {
-        if self.queue_evts_registered {
-            return;
-        }
-        match ops.add(Events::with_data(&self.queue_evts[0], QUEUE, EventSet::IN)) {
-            Ok(()) => self.queue_evts_registered = true,
-            Err(e) => eprintln!(
-                "virtio-rng: cannot watch its queue: {e}; the guest gets no entropy from it"
-            ),
+        if !self.queue_evts_registered {
+            self.queue_evts_registered =
+                crate::virtio::watch_queue_events(ops, &self.queue_evts, QUEUE, "virtio-rng");
         }
     }
 }

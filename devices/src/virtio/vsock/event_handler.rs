@@ -20,16 +20,10 @@ const STREAM: u32 = 5;
 
 impl Vsock {
     fn register_queue_events(&mut self, ops: &mut EventOps) {
-        if self.queue_evts_registered {
-            return;
+        if !self.queue_evts_registered {
+            self.queue_evts_registered =
+                crate::virtio::watch_queue_events(ops, &self.queue_evts, QUEUE, "virtio-vsock");
         }
-        for (i, evt) in (0u32..).zip(self.queue_evts.iter()) {
-            if let Err(e) = ops.add(Events::with_data(evt, QUEUE + i, EventSet::IN)) {
-                eprintln!("virtio-vsock: cannot watch queue {i}: {e}; vsock will not work");
-                return;
-            }
-        }
-        self.queue_evts_registered = true;
     }
 
     /// Applies what the muxer wants watched. A failure leaves that one socket unwatched:
