@@ -23,7 +23,6 @@ pub mod kvm;
 pub mod memory;
 pub mod snapshot;
 pub mod vcpu;
-pub mod virtio;
 pub mod vm;
 
 pub use config::VmConfig;

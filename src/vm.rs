@@ -37,7 +37,7 @@ use crate::snapshot::{self, VmState};
 use crate::vcpu::{self, ExitReason, ExitSignal, Vcpu, VcpuShared};
 use crate::{debug, info};
 use hearth_devices::bus::lock;
-use hearth_devices::virtio::persist::Persist;
+use hearth_devices::persist::Persist;
 
 /// What a Linux guest needs on its command line where KVM emulates kernel mode
 /// (../shared/linux-guest.md): no XSAVE, and no POPCNT or SMAP, whose instructions the
@@ -67,7 +67,7 @@ pub enum VmError {
     Device(#[from] DeviceError),
     /// virtio devices.
     #[error(transparent)]
-    Virtio(#[from] crate::virtio::VirtioError),
+    Virtio(#[from] crate::device_manager::virtio::VirtioError),
     /// Too many vCPUs.
     #[error("--cpus {asked} is more than this host's KVM allows ({max})")]
     TooManyCpus {
@@ -354,7 +354,7 @@ fn build_parts(
         stdin_for_guest(),
         saved.map(|s| &s.serial),
     )?;
-    crate::virtio::add_all(
+    crate::device_manager::virtio::add_all(
         &mut devices,
         &vm_fd,
         &mem,

@@ -11,21 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use super::mmio::{MmioState, MmioTransport};
 use super::{ActivateError, Interrupt, VirtioDevice};
 use crate::bus::lock;
-
-/// Save a device's state, or rebuild it from saved state plus what cannot be saved
-/// (files, sockets, guest memory), in the manner of Firecracker's `Persist`.
-pub trait Persist: Sized {
-    /// The serializable state.
-    type State;
-    /// What restoring needs besides the state.
-    type Args;
-    /// The error restoring can fail with.
-    type Error;
-    /// Captures the state (the VM is paused).
-    fn save(&self) -> Self::State;
-    /// Rebuilds the device.
-    fn restore(args: Self::Args, state: &Self::State) -> Result<Self, Self::Error>;
-}
+use crate::persist::Persist;
 
 /// A virtqueue's registers and ring positions (`virtio_queue::QueueState`, serializable).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

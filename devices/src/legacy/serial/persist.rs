@@ -7,7 +7,7 @@ use vm_superio::serial::SerialState;
 
 use super::{InputSpace, Serial, SerialError};
 use crate::legacy::EventFdTrigger;
-use crate::virtio::persist::Persist;
+use crate::persist::Persist;
 
 /// vm-superio's `SerialState`, serializable.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

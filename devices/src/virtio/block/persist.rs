@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Block, BlockConfig, BlockError};
-use crate::virtio::persist::Persist;
+use crate::persist::Persist;
 
 /// What a restored disk must match.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

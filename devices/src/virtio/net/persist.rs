@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Net, NetConfig, NetError};
-use crate::virtio::persist::Persist;
+use crate::persist::Persist;
 
 /// What a restored network device needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

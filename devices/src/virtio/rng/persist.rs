@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Rng, RngError};
-use crate::virtio::persist::Persist;
+use crate::persist::Persist;
 
 /// What a restored entropy device carries over.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

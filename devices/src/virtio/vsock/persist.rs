@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{Vsock, VsockConfig, VsockError};
-use crate::virtio::persist::Persist;
+use crate::persist::Persist;
 
 /// What a restored vsock device needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

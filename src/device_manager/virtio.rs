@@ -5,10 +5,11 @@
 use std::sync::{Arc, Mutex};
 
 use hearth_devices::bus::lock;
+use hearth_devices::persist::Persist;
 use hearth_devices::virtio::block::Block;
 use hearth_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use hearth_devices::virtio::net::{Net, NetError};
-use hearth_devices::virtio::persist::{Persist, PersistError, TransportArgs, TransportState};
+use hearth_devices::virtio::persist::{PersistError, TransportArgs, TransportState};
 use hearth_devices::virtio::rng::{Rng, RngError};
 use hearth_devices::virtio::vsock::Vsock;
 use hearth_devices::virtio::{Interrupt, VirtioDevice};

@@ -2,6 +2,8 @@
 //! lines to virtio devices (and tells the guest kernel about them on its command line),
 //! and collects what must run on the event loop.
 
+pub mod virtio;
+
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -13,7 +15,7 @@ use hearth_devices::legacy::i8042::{I8042_PORT_BASE, I8042_PORT_LEN};
 use hearth_devices::legacy::serial::persist::{SavedSerial, SerialArgs};
 use hearth_devices::legacy::serial::{COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
 use hearth_devices::legacy::{EventFdTrigger, Serial, SerialInput, I8042};
-use hearth_devices::virtio::persist::Persist;
+use hearth_devices::persist::Persist;
 use kvm_ioctls::VmFd;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -123,7 +125,7 @@ pub struct DeviceManager {
     /// `virtio_mmio.device=` entries for the kernel command line: (base, irq).
     pub virtio_slots: Vec<(u64, u32)>,
     /// The virtio devices, in slot order, for snapshots.
-    pub virtio: Vec<crate::virtio::VirtioSlot>,
+    pub virtio: Vec<virtio::VirtioSlot>,
     next_irq: u32,
 }
 
