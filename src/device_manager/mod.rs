@@ -132,6 +132,15 @@ pub struct DeviceManager {
     next_irq: u32,
 }
 
+impl std::fmt::Debug for DeviceManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceManager")
+            .field("virtio_slots", &self.virtio_slots)
+            .field("subscribers", &self.subscribers.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl DeviceManager {
     /// An empty device set.
     pub fn new() -> Self {

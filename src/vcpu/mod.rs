@@ -66,6 +66,7 @@ impl std::fmt::Display for ExitReason {
 }
 
 /// Where the first reason for the VM to end is recorded, and who is woken by it.
+#[derive(Debug)]
 pub struct ExitSignal {
     reason: Mutex<Option<ExitReason>>,
     evt: EventFd,
@@ -118,7 +119,7 @@ enum RunState {
 }
 
 /// Where paused vCPUs wait and leave their state.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct PauseControl {
     /// vCPUs must park.
     pub requested: bool,
@@ -129,6 +130,7 @@ pub struct PauseControl {
 }
 
 /// State shared by all vCPU threads and the thread that controls them.
+#[derive(Debug)]
 pub struct VcpuShared {
     /// Set to make every vCPU thread return.
     pub stop: AtomicBool,
@@ -242,6 +244,14 @@ pub struct Vcpu {
     pub mem: GuestMemoryMmap,
     /// Shared with the other vCPUs and the controller.
     pub shared: Arc<VcpuShared>,
+}
+
+impl std::fmt::Debug for Vcpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vcpu")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Vcpu {

@@ -136,6 +136,12 @@ fn disable_pit_reinjection(vm_fd: &VmFd) {
     }
 }
 
+/// Where KVM puts the TSS it needs for real mode: a fixed address below 4 GiB.
+#[allow(clippy::cast_possible_truncation)]
+fn tss_addr() -> usize {
+    KVM_TSS_ADDR as usize
+}
+
 fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
     for (slot, region) in (0u32..).zip(mem.iter()) {
         let host = region
@@ -168,7 +174,6 @@ pub(super) struct Parts {
     pub(super) devices: DeviceManager,
     pub(super) vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
     shared: Arc<VcpuShared>,
-    started: Instant,
 }
 
 impl Parts {
@@ -183,7 +188,7 @@ impl Parts {
     ) -> Result<Parts, VmError> {
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?);
         vm_fd
-            .set_tss_address(KVM_TSS_ADDR as usize)
+            .set_tss_address(tss_addr())
             .map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
         vm_fd
             .set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
@@ -254,7 +259,6 @@ impl Parts {
             devices,
             vcpu_fds,
             shared,
-            started,
         })
     }
 
@@ -283,7 +287,6 @@ impl Parts {
             devices,
             vcpu_fds,
             shared,
-            started,
         } = self;
         let vcpus = vcpu_fds
             .into_iter()
@@ -307,7 +310,6 @@ impl Parts {
                 execution,
                 cmdline,
                 config,
-                started,
             },
             vcpus,
             start_paused,

@@ -18,10 +18,8 @@ mod event_loop;
 mod persist;
 mod running;
 
-use std::sync::Arc;
-use std::time::Instant;
-
 use kvm_ioctls::VmFd;
+use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use crate::arch::mptable;
@@ -161,8 +159,16 @@ struct VmCore {
     execution: Execution,
     cmdline: String,
     config: VmConfig,
-    /// When building this VM began: its timings (boot marker) count from here.
-    started: Instant,
+}
+
+impl std::fmt::Debug for VmCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmCore")
+            .field("memory_mib", &(self.config.memory >> 20))
+            .field("cpus", &self.config.cpus)
+            .field("execution", &self.execution)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A built VM, ready to run.

@@ -83,16 +83,6 @@ pub struct RunningVm {
     api: Option<UnixListener>,
 }
 
-impl std::fmt::Debug for VmCore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VmCore")
-            .field("memory_mib", &(self.config.memory >> 20))
-            .field("cpus", &self.config.cpus)
-            .field("execution", &self.execution)
-            .finish_non_exhaustive()
-    }
-}
-
 impl RunningVm {
     /// Whether the VM is paused.
     pub fn is_paused(&self) -> bool {
