@@ -3,19 +3,18 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::VmFd;
 use linux_loader::cmdline::Cmdline;
 use log::{debug, info};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::pit::{Pit, PIT_PORT_BASE, PIT_PORT_LEN};
 use super::{kvm_call, Vm, VmCore, VmError};
 use crate::arch::layout::*;
 use crate::arch::mptable;
@@ -97,45 +96,6 @@ pub fn build_cmdline(
     Ok(cmdline)
 }
 
-fn create_pit(vm_fd: &VmFd) -> Result<(), VmError> {
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm_fd
-        .create_pit2(pit)
-        .map_err(kvm_call("KVM_CREATE_PIT2"))?;
-    disable_pit_reinjection(vm_fd);
-    Ok(())
-}
-
-/// Turns off the PIT's catch-up of missed ticks. Guests keep time with kvmclock and the
-/// LAPIC timer, and KVM turns reinjection off while destroying the PIT anyway, waiting
-/// for an SRCU grace period to do it: done here, on the setup thread, that wait no longer
-/// delays hearth's exit.
-fn disable_pit_reinjection(vm_fd: &VmFd) {
-    // KVM_REINJECT_CONTROL = _IO(KVMIO, 0x71), struct kvm_reinject_control.
-    const KVM_REINJECT_CONTROL: libc::c_ulong = 0xae71;
-    #[repr(C)]
-    struct ReinjectControl {
-        pit_reinject: u8,
-        reserved: [u8; 31],
-    }
-    let arg = ReinjectControl {
-        pit_reinject: 0,
-        reserved: [0; 31],
-    };
-    // SAFETY: the ioctl reads a kvm_reinject_control, which `arg` is (same layout), only
-    // for the duration of the call.
-    let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vm_fd, KVM_REINJECT_CONTROL, &arg) };
-    if ret < 0 {
-        debug!(
-            "KVM_REINJECT_CONTROL failed: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 /// Where KVM puts the TSS it needs for real mode: a fixed address below 4 GiB.
 #[allow(clippy::cast_possible_truncation)]
 fn tss_addr() -> usize {
@@ -167,7 +127,7 @@ fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
 
 /// The parts every VM has, fresh or restored, before the vCPUs get their state.
 pub(super) struct Parts {
-    kvm_setup: Option<JoinHandle<Result<(), VmError>>>,
+    pub(super) pit: Arc<Mutex<Pit>>,
     pub(super) vm_fd: Arc<VmFd>,
     mem: GuestMemoryMmap,
     exit: Arc<ExitSignal>,
@@ -177,7 +137,7 @@ pub(super) struct Parts {
 }
 
 impl Parts {
-    /// Creates the VM, its irqchip/PIT, registers `mem`, adds the devices (from saved
+    /// Creates the VM and its irqchip, registers `mem`, adds the devices (from saved
     /// state when given) and creates the vCPUs.
     pub(super) fn build(
         kvm: &kvm_ioctls::Kvm,
@@ -200,23 +160,17 @@ impl Parts {
         vm_fd
             .create_irq_chip()
             .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
-        // Starting the PIT's thread mostly waits on KVM (kthread start-up): do it beside
-        // the rest of the setup.
-        let kvm_setup = {
-            let vm_fd = vm_fd.clone();
-            std::thread::Builder::new()
-                .name("kvm-setup".into())
-                .spawn(move || create_pit(&vm_fd))
-                .map_err(|source| VmError::Thread {
-                    what: "KVM setup".into(),
-                    source,
-                })?
-        };
-
         let exit = Arc::new(ExitSignal::new(
             EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?,
         ));
         let mut devices = DeviceManager::new();
+        // No PIT in KVM yet: see pit.rs. Its ports come to hearth until the guest starts
+        // its timer, so nothing on the way to the first KVM_RUN waits for it.
+        let pit = Arc::new(Mutex::new(Pit::new(vm_fd.clone(), exit.clone())));
+        devices
+            .pio
+            .insert(PIT_PORT_BASE, PIT_PORT_LEN, pit.clone())
+            .map_err(DeviceError::from)?;
         devices.add_legacy(
             &vm_fd,
             &exit,
@@ -252,7 +206,7 @@ impl Parts {
             .collect::<Result<Vec<_>, _>>()
             .map_err(kvm_call("KVM_CREATE_VCPU"))?;
         Ok(Parts {
-            kvm_setup: Some(kvm_setup),
+            pit,
             vm_fd,
             mem,
             exit,
@@ -260,15 +214,6 @@ impl Parts {
             vcpu_fds,
             shared,
         })
-    }
-
-    /// Waits for the PIT.
-    pub(super) fn finish_kvm_setup(&mut self) -> Result<(), VmError> {
-        match self.kvm_setup.take().map(|h| h.join()) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(VmError::ThreadPanicked("KVM setup")),
-            None => Ok(()),
-        }
     }
 
     /// The VM, its vCPUs ready to run.
@@ -280,7 +225,7 @@ impl Parts {
         start_paused: bool,
     ) -> Vm {
         let Parts {
-            kvm_setup: _,
+            pit,
             vm_fd,
             mem,
             exit,
@@ -303,6 +248,7 @@ impl Parts {
         Vm {
             core: VmCore {
                 vm_fd,
+                pit,
                 mem,
                 shared,
                 exit,
@@ -375,7 +321,6 @@ impl Vm {
             .as_cstring()
             .map(|c| c.to_string_lossy().into_owned())
             .unwrap_or_default();
-        parts.finish_kvm_setup()?;
         debug!(
             "KVM {execution}; {} vCPU(s), {} MiB, {} entry at {:#x}; cmdline: {cmdline_text}",
             cpus,

@@ -1,0 +1,56 @@
+//! The PIT: hearth keeps it out of KVM until the guest starts its timer (src/vm/pit.rs).
+//! A guest that programs it with its very first instructions must find a working i8254,
+//! and a guest that never touches it must not get one in KVM.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::{hearth, root};
+
+/// Builds resources/reset-guest once per test binary; returns the ELF called `name`.
+fn tiny_guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let out = BUILT.get_or_init(|| {
+        let out = root().join("target").join("tiny-guests");
+        let status = Command::new("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(root().join("resources/reset-guest"))
+            .arg(format!("O={}", out.display()))
+            .status()
+            .expect("cannot run make: install make and gcc (see .ci/run)");
+        assert!(status.success(), "building resources/reset-guest failed");
+        out
+    });
+    out.join(name)
+}
+
+#[test]
+fn guest_programming_the_pit_at_once_finds_a_working_timer() {
+    let guest = tiny_guest("pit-guest.elf");
+    let run = hearth(["run", "--kernel", guest.to_str().unwrap(), "-v"]);
+    // The guest checks the read-back status of its control word, a count that goes down
+    // once loaded, and OUT rising at terminal count; it exits with the failed check.
+    assert_eq!(run.code(), 0, "the PIT guest failed a check: {run:#?}");
+    assert!(run.stdout.contains("pit: ok"), "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("PIT created in KVM: the guest started channel 0's timer"),
+        "the timer must run in KVM: {run:#?}"
+    );
+}
+
+#[test]
+fn guest_that_never_uses_the_pit_gets_none_in_kvm() {
+    let guest = tiny_guest("reset-guest.elf");
+    let run = hearth(["run", "--kernel", guest.to_str().unwrap(), "-v"]);
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(
+        run.stderr.contains("VM ended: guest reset the machine"),
+        "{run:#?}"
+    );
+    assert!(!run.stderr.contains("PIT created in KVM"), "{run:#?}");
+}
