@@ -223,7 +223,11 @@ fn wait_child(pid: libc::pid_t, traced: bool) -> Result<Waited, std::io::Error> 
     let mut hwm_kib = None;
     if traced {
         let options = libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_EXITKILL;
-        if let Err(e) = ptrace(libc::PTRACE_SEIZE, pid, options as usize) {
+        if let Err(e) = ptrace(
+            libc::PTRACE_SEIZE,
+            pid,
+            usize::try_from(options).unwrap_or(0),
+        ) {
             // Not fatal: that run just has no VmHWM (n/a in the table).
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| eprintln!("boot bench: cannot ptrace the VMM ({e}): no VmHWM"));
@@ -242,7 +246,7 @@ fn wait_child(pid: libc::pid_t, traced: bool) -> Result<Waited, std::io::Error> 
         let mut deliver = 0;
         match status >> 16 {
             libc::PTRACE_EVENT_EXIT => hwm_kib = vm_hwm_kib(pid),
-            0 => deliver = libc::WSTOPSIG(status) as usize,
+            0 => deliver = usize::try_from(libc::WSTOPSIG(status)).unwrap_or(0),
             _ => {}
         }
         ptrace(libc::PTRACE_CONT, pid, deliver)?;
@@ -299,7 +303,9 @@ fn run_once(v: &Variant, traced: bool) -> Sample {
         Ok(c) => c,
         Err(e) => fail(format!("cannot start {}: {e}", v.program.display())),
     };
-    let pid = child.id() as libc::pid_t;
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        fail("the child's pid does not fit a pid_t");
+    };
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         fail("the child's stdout and stderr pipes are missing");
     };
@@ -420,7 +426,7 @@ fn stats(values: impl Iterator<Item = Option<f64>>) -> Option<(f64, f64, f64)> {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     };
-    let p90 = v[((n as f64 * 0.9).ceil() as usize).clamp(1, n) - 1];
+    let p90 = v[(n * 9).div_ceil(10).clamp(1, n) - 1];
     Some((median, v[0], p90))
 }
 
@@ -428,7 +434,7 @@ fn stats(values: impl Iterator<Item = Option<f64>>) -> Option<(f64, f64, f64)> {
 fn utc_now() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
         .unwrap_or(0);
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
@@ -696,7 +702,9 @@ fn main() {
     );
     println!(
         "peak this process had when it spawned the child (it ends at {}).",
-        vm_hwm_kib(std::process::id() as libc::pid_t)
+        libc::pid_t::try_from(std::process::id())
+            .ok()
+            .and_then(vm_hwm_kib)
             .map(|k| format!("{:.2} MiB", k / 1024.0))
             .unwrap_or_else(|| "unknown".into())
     );

@@ -323,7 +323,7 @@ impl Vm {
             Some(path) => Some(boot::load_initrd(&mem, path, &kernel)?),
             None => None,
         };
-        let mut parts = Parts::build(&kvm, config, mem, None, started)?;
+        let parts = Parts::build(&kvm, config, mem, None, started)?;
         let mem = &parts.mem.clone();
 
         let execution = match (config.execution, calibration) {

@@ -33,8 +33,8 @@ pub(super) const PIT_PORT_LEN: u64 = 4;
 
 /// The PIT's input clock (KVM_PIT_FREQ).
 const PIT_FREQ_HZ: u128 = 1_193_182;
-/// Read/write states of a channel (KVM's RW_STATE_*).
-const RW_STATE_LSB: u8 = 1;
+/// Read/write states of a channel (KVM's RW_STATE_*; 1, the low byte only, is the default
+/// case).
 const RW_STATE_MSB: u8 = 2;
 const RW_STATE_WORD0: u8 = 3;
 const RW_STATE_WORD1: u8 = 4;
