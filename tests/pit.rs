@@ -7,6 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use common::{hearth, root};
 
@@ -53,4 +54,61 @@ fn guest_that_never_uses_the_pit_gets_none_in_kvm() {
         "{run:#?}"
     );
     assert!(!run.stderr.contains("PIT created in KVM"), "{run:#?}");
+}
+
+/// A snapshot of a guest whose PIT is counting brings the counting PIT back: the
+/// restored guest keeps seeing its channel reload (one "tick" line per period) and
+/// ends after its 200th, with no tick lost or repeated across the two processes.
+#[test]
+fn restored_guest_keeps_its_counting_pit() {
+    let guest = tiny_guest("ticks-guest.elf");
+    let dir = common::scratch();
+    let dir = dir.as_path();
+    let sock = dir.join("api.sock");
+    let serial1 = dir.join("serial-1.txt");
+    let serial2 = dir.join("serial-2.txt");
+    let snap = dir.join("snap");
+    let mut first = common::spawn_hearth(&[
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--api-sock",
+        sock.to_str().unwrap(),
+        "--serial-out",
+        serial1.to_str().unwrap(),
+    ]);
+    common::wait_for_text(&serial1, "tick\ntick\ntick\n", Duration::from_secs(60));
+    let r = common::ctl(&sock, &["snapshot", "--dir", snap.to_str().unwrap()]);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(r.code(), 0, "snapshot: {r:#?}");
+
+    let run = common::hearth_with_timeout(
+        [
+            "restore",
+            "--dir",
+            snap.to_str().unwrap(),
+            "--resume",
+            "-v",
+            "--serial-out",
+            serial2.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        run.code(),
+        0,
+        "the restored guest ends after its ticks: {run:#?}"
+    );
+    let before = std::fs::read_to_string(&serial1).unwrap();
+    let after = std::fs::read_to_string(&serial2).unwrap();
+    assert!(after.contains("tick"), "ticks after the restore: {after:?}");
+    let all = format!("{before}{after}");
+    assert_eq!(
+        all.matches("tick\n").count(),
+        200,
+        "before the snapshot:\n{before}\nafter the restore:\n{after}"
+    );
 }
