@@ -38,17 +38,24 @@ fn pvm_only() -> bool {
     loaded("kvm_pvm") && !loaded("kvm_intel") && !loaded("kvm_amd")
 }
 
-/// Decides native or emulated, measuring it when asked to.
-fn resolve_execution(choice: ExecutionChoice) -> Option<JoinHandle<Execution>> {
+/// Native or emulated: known at once, or being measured on a thread.
+enum Resolved {
+    Known(Execution),
+    Measuring(JoinHandle<Execution>),
+}
+
+/// Decides native or emulated, measuring it when asked to (on a thread, beside the rest
+/// of the set-up).
+fn resolve_execution(choice: ExecutionChoice) -> Resolved {
     match choice {
         // PVM (README, "The platform note") runs every guest that is not PVM-aware
         // through the instruction emulator: no calibration guest is needed to know it.
         ExecutionChoice::Auto if pvm_only() => {
             debug!("KVM executes guest kernel code emulated (kvm_pvm is loaded: no calibration)");
-            Some(std::thread::spawn(|| Execution::Emulated))
+            Resolved::Known(Execution::Emulated)
         }
         ExecutionChoice::Auto => {
-            Some(std::thread::spawn(|| {
+            Resolved::Measuring(std::thread::spawn(|| {
                 match kvm::open()
                     .map_err(|e| e.to_string())
                     .and_then(|k| kvm::calibrate(&k).map_err(|e| e.to_string()))
@@ -67,7 +74,8 @@ fn resolve_execution(choice: ExecutionChoice) -> Option<JoinHandle<Execution>> {
                 }
             }))
         }
-        _ => None,
+        ExecutionChoice::Native => Resolved::Known(Execution::Native),
+        ExecutionChoice::Emulated => Resolved::Known(Execution::Emulated),
     }
 }
 
@@ -326,11 +334,11 @@ impl Vm {
         let parts = Parts::build(&kvm, config, mem, None, started)?;
         let mem = &parts.mem.clone();
 
-        let execution = match (config.execution, calibration) {
-            (ExecutionChoice::Native, _) => Execution::Native,
-            (ExecutionChoice::Emulated, _) => Execution::Emulated,
-            (ExecutionChoice::Auto, Some(handle)) => handle.join().unwrap_or(Execution::Native),
-            (ExecutionChoice::Auto, None) => Execution::Native,
+        // A thread that is only being joined would have to wait for a CPU to return a
+        // value known at once: only a real calibration runs on one.
+        let execution = match calibration {
+            Resolved::Known(e) => e,
+            Resolved::Measuring(handle) => handle.join().unwrap_or(Execution::Native),
         };
         let cmdline = build_cmdline(config, &parts.devices.virtio_slots, execution)?;
         boot::write_boot_info(mem, &kernel, &cmdline, initrd)?;
