@@ -151,6 +151,7 @@ impl Vm {
         for (index, (fd, s)) in parts.vcpu_fds.iter().zip(&state.vcpus).enumerate() {
             vcpu::restore_state(fd, s).map_err(|source| VmError::VcpuState { index, source })?;
         }
+        super::build::expedite_grace_period(&parts.vm_fd);
         debug!(
             "restored {} vCPU(s), {} MiB from {}",
             config.cpus,

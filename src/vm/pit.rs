@@ -294,29 +294,36 @@ impl Pit {
 
     /// Creates the PIT in KVM with `state` and lets KVM answer its ports from now on.
     fn move_to_kvm(&mut self, state: &kvm_pit_state2) -> Result<(), VmError> {
-        if self.shadow.is_some() {
-            let config = kvm_pit_config {
-                flags: KVM_PIT_SPEAKER_DUMMY,
-                ..Default::default()
-            };
-            self.vm_fd
-                .create_pit2(config)
-                .map_err(kvm_call("KVM_CREATE_PIT2"))?;
-            self.shadow = None;
-            // Reinjection off can run beside the guest: it only stops KVM from catching
-            // up on missed ticks. Nothing waits for this thread; if the VM ends first,
-            // its tear-down waits for the ioctl, as it would have in KVM's own teardown.
-            let vm_fd = self.vm_fd.clone();
-            let spawned = std::thread::Builder::new()
-                .name("pit-reinject".into())
-                .spawn(move || disable_reinjection(&vm_fd));
-            if let Err(e) = spawned {
-                debug!("cannot start the PIT reinjection thread ({e}): turning it off here");
-                disable_reinjection(&self.vm_fd);
-            }
-            debug!("PIT created in KVM: the guest started channel 0's timer");
+        if self.shadow.is_none() {
+            return self.vm_fd.set_pit2(state).map_err(kvm_call("KVM_SET_PIT2"));
         }
-        self.vm_fd.set_pit2(state).map_err(kvm_call("KVM_SET_PIT2"))
+        let config = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.vm_fd
+            .create_pit2(config)
+            .map_err(kvm_call("KVM_CREATE_PIT2"))?;
+        self.shadow = None;
+        // Before reinjection is turned off: KVM_REINJECT_CONTROL holds the PIT's lock for
+        // its two grace periods, and KVM_SET_PIT2 would wait for it.
+        self.vm_fd
+            .set_pit2(state)
+            .map_err(kvm_call("KVM_SET_PIT2"))?;
+        // Reinjection off can run beside the guest: it only stops KVM from catching up on
+        // missed ticks. The guest's own PIT port accesses wait for it meanwhile (the same
+        // lock), once; nothing else does. If the VM ends first, its tear-down waits for
+        // the ioctl, as it would have in KVM's own teardown of the PIT.
+        let vm_fd = self.vm_fd.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pit-reinject".into())
+            .spawn(move || disable_reinjection(&vm_fd));
+        if let Err(e) = spawned {
+            debug!("cannot start the PIT reinjection thread ({e}): turning it off here");
+            disable_reinjection(&self.vm_fd);
+        }
+        debug!("PIT created in KVM: channel 0 is counting");
+        Ok(())
     }
 
     fn fail(&self, e: &VmError) {
