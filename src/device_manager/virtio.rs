@@ -104,11 +104,11 @@ where
     let (base, irq) = devices.allocate_virtio_slot()?;
     let irq_evt = DeviceManager::irqfd(vm, irq)?;
     let interrupt = Arc::new(Interrupt::new(irq_evt));
-    for (index, evt) in lock(&device).queue_events().iter().enumerate() {
+    for (index, evt) in (0u32..).zip(lock(&device).queue_events()) {
         vm.register_ioevent(
             evt,
             &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
-            index as u32,
+            index,
         )
         .map_err(|source| DeviceError::Register {
             what: format!("ioeventfd for queue {index} at {base:#x}"),
@@ -192,7 +192,7 @@ pub fn add_all(
     for disk in &config.disks {
         let s = slot(devices.virtio.len())?;
         let block = match s.map(|s| &s.device) {
-            None => Block::new(disk.clone())?,
+            None => Block::new(disk.into())?,
             Some(VirtioDeviceState::Block(state)) => Block::restore((), state)?,
             Some(_) => return Err(mismatch("a disk")),
         };

@@ -48,7 +48,7 @@ impl BusDevice for I8042 {
             // A failed eventfd write leaves the guest spinning on its reset; nothing
             // better to do than say so.
             if let Err(e) = self.inner.write(offset as u8, b) {
-                eprintln!("hearth: i8042: cannot signal the guest's reset: {e}");
+                log::error!("i8042: cannot signal the guest's reset: {e}");
             }
         }
     }

@@ -10,10 +10,11 @@
 use std::io;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryError, Permissions};
 
 use super::{ETH_HDR_LEN, MAX_FRAME_LEN, NET_HDR_LEN, QUEUE_SIZE};
+use crate::virtio::queue::{drain_queue, DrainError};
 
 /// The longest chain looked at. Without VIRTIO_RING_F_INDIRECT_DESC a chain cannot be
 /// longer than the queue, but virtio-queue follows indirect tables anyway (up to 65535
@@ -115,12 +116,6 @@ pub enum FrameError {
     /// The sink (the tap) refused the frame.
     #[error("the tap refused the frame: {0}")]
     Sink(#[source] io::Error),
-    /// The driver broke the queue itself (e.g. an available index too far ahead).
-    #[error("the virtio queue is unusable: {0}")]
-    Queue(#[source] virtio_queue::Error),
-    /// The available ring announces buffers that cannot be popped.
-    #[error("the available ring announces buffers that cannot be read")]
-    StuckRing,
 }
 
 /// Walks `chain` (bounded) and checks every descriptor's direction and memory range;
@@ -244,46 +239,21 @@ pub fn transmit<M: GuestMemory, S: FrameSink + ?Sized>(
     sink: &mut S,
     buf: &mut Vec<u8>,
     counters: &mut NetCounters,
-) -> Result<bool, FrameError> {
-    let mut used_any = false;
-    let mut idle_rounds = 0;
-    loop {
-        queue.disable_notification(mem).map_err(FrameError::Queue)?;
-        let mut progressed = false;
-        while let Some(chain) = queue.iter(mem).map_err(FrameError::Queue)?.next() {
-            progressed = true;
-            let head = chain.head_index();
-            let sent = read_tx_frame(mem, chain, buf)
-                .and_then(|()| sink.write_frame(buf).map_err(FrameError::Sink));
-            match sent {
-                Ok(()) => {
-                    counters.tx_frames += 1;
-                    counters.tx_bytes += (buf.len() - NET_HDR_LEN) as u64;
-                }
-                // Not logged: a guest must not be able to flood the host's log.
-                Err(_) => counters.tx_dropped += 1,
+) -> Result<bool, DrainError> {
+    drain_queue(mem, queue, |chain| {
+        let sent = read_tx_frame(mem, chain, buf)
+            .and_then(|()| sink.write_frame(buf).map_err(FrameError::Sink));
+        match sent {
+            Ok(()) => {
+                counters.tx_frames += 1;
+                counters.tx_bytes += (buf.len() - NET_HDR_LEN) as u64;
             }
-            // Fails only for a head index past the queue, which the driver cannot be
-            // told about anyway; the following chains may still be fine.
-            if queue.add_used(mem, head, 0).is_ok() {
-                used_any = true;
-            }
+            // Not logged: a guest must not be able to flood the host's log.
+            Err(_) => counters.tx_dropped += 1,
         }
-        if !queue.enable_notification(mem).map_err(FrameError::Queue)? {
-            break;
-        }
-        // More is available: normally the driver added it while notifications were off.
-        // Twice in a row without popping anything means the ring cannot be read, and
-        // looping on would hang the event loop.
-        idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
-        if idle_rounds > 1 {
-            return Err(FrameError::StuckRing);
-        }
-    }
-    if !used_any {
-        return Ok(false);
-    }
-    queue.needs_notification(mem).map_err(FrameError::Queue)
+        // The device wrote nothing.
+        0
+    })
 }
 
 #[cfg(test)]
@@ -293,6 +263,7 @@ pub(crate) mod tests {
     };
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::QueueOwnedT;
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     use super::*;
@@ -645,7 +616,7 @@ pub(crate) mod tests {
                 &mut Vec::new(),
                 &mut NetCounters::default()
             ),
-            Err(FrameError::Queue(_))
+            Err(DrainError::Queue(_))
         ));
     }
 

@@ -4,10 +4,11 @@
 use std::io;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryError, Permissions};
 
 use super::{MAX_REQUEST_LEN, QUEUE_SIZE};
+use crate::virtio::queue::{drain_queue, DrainError};
 
 /// The longest chain looked at (see the virtio-blk request engine for why a bound).
 const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
@@ -43,12 +44,6 @@ pub enum EntropyError {
     /// Writing into guest memory failed.
     #[error("writing the bytes into guest memory failed: {0}")]
     Memory(#[source] GuestMemoryError),
-    /// The driver broke the queue itself.
-    #[error("the virtio queue is unusable: {0}")]
-    Queue(#[source] virtio_queue::Error),
-    /// The available ring announces buffers that cannot be popped.
-    #[error("the available ring announces buffers that cannot be read")]
-    StuckRing,
 }
 
 /// Fills `buf` from getrandom(2) (the urandom pool: it does not block once the kernel's
@@ -123,46 +118,19 @@ pub fn fill_chain<M: GuestMemory>(
 }
 
 /// Serves every request the driver made available and returns whether to interrupt it.
-/// Uses the standard virtio-queue loop (see the virtio-blk engine). Errs only when the
-/// queue itself is broken.
+/// Errs only when the queue itself is broken.
 pub fn process_queue<M: GuestMemory>(
     mem: &M,
     queue: &mut Queue,
     scratch: &mut Vec<u8>,
     bytes_served: &mut u64,
-) -> Result<bool, EntropyError> {
-    let mut used_any = false;
-    let mut idle_rounds = 0;
-    loop {
-        queue
-            .disable_notification(mem)
-            .map_err(EntropyError::Queue)?;
-        let mut progressed = false;
-        while let Some(chain) = queue.iter(mem).map_err(EntropyError::Queue)?.next() {
-            progressed = true;
-            let head = chain.head_index();
-            // Not logged: a guest must not be able to flood the host's log.
-            let len = fill_chain(mem, chain, scratch).unwrap_or(0);
-            *bytes_served += u64::from(len);
-            if queue.add_used(mem, head, len).is_ok() {
-                used_any = true;
-            }
-        }
-        if !queue
-            .enable_notification(mem)
-            .map_err(EntropyError::Queue)?
-        {
-            break;
-        }
-        idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
-        if idle_rounds > 1 {
-            return Err(EntropyError::StuckRing);
-        }
-    }
-    if !used_any {
-        return Ok(false);
-    }
-    queue.needs_notification(mem).map_err(EntropyError::Queue)
+) -> Result<bool, DrainError> {
+    drain_queue(mem, queue, |chain| {
+        // Not logged: a guest must not be able to flood the host's log.
+        let len = fill_chain(mem, chain, scratch).unwrap_or(0);
+        *bytes_served += u64::from(len);
+        len
+    })
 }
 
 #[cfg(test)]
@@ -323,7 +291,7 @@ mod tests {
         vq.avail().idx().store(QUEUE_SIZE + 1);
         assert!(matches!(
             process_queue(&m, &mut q, &mut Vec::new(), &mut 0),
-            Err(EntropyError::Queue(_))
+            Err(DrainError::Queue(_))
         ));
     }
 
