@@ -308,6 +308,24 @@ pub fn process_events<D: VirtioEvents + ?Sized>(
     device.after_event(ops);
 }
 
+/// Implements [`VirtioDevice`] for a device whose [`VirtioCommon`] is its field `common`,
+/// with the hook methods given in braces, if any:
+/// `virtio_device!(Vsock { fn reset_device(&mut self) { ... } })`.
+#[macro_export]
+macro_rules! virtio_device {
+    ($device:ty $({ $($hooks:tt)* })?) => {
+        impl $crate::virtio::VirtioDevice for $device {
+            fn common(&self) -> &$crate::virtio::VirtioCommon {
+                &self.common
+            }
+            fn common_mut(&mut self) -> &mut $crate::virtio::VirtioCommon {
+                &mut self.common
+            }
+            $($($hooks)*)?
+        }
+    };
+}
+
 /// Implements `event_manager::MutEventSubscriber` for a [`VirtioEvents`] device.
 #[macro_export]
 macro_rules! virtio_event_subscriber {

@@ -14,6 +14,8 @@ pub mod net;
 pub mod persist;
 pub mod queue;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod test_utils;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};

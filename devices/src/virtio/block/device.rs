@@ -12,7 +12,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use super::disk::{Disk, DiskError};
 use super::request::process_queue;
 use super::{CONFIG_SPACE_SIZE, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX};
-use crate::virtio::{VirtioCommon, VirtioDevice};
+use crate::virtio::VirtioCommon;
 
 /// What a block device is built from (the VMM's disk configuration maps onto it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,15 +107,7 @@ impl Block {
     }
 }
 
-impl VirtioDevice for Block {
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
-}
+crate::virtio_device!(Block);
 
 #[cfg(test)]
 mod tests {
@@ -127,6 +119,7 @@ mod tests {
     use vmm_sys_util::tempfile::TempFile;
 
     use super::*;
+    use crate::virtio::VirtioDevice;
 
     fn config(path: &Path, read_only: bool) -> BlockConfig {
         BlockConfig {

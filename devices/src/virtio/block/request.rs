@@ -20,7 +20,7 @@ use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions};
 
 use super::{Disk, QUEUE_SIZE, SECTOR_SHIFT, SECTOR_SIZE};
-use crate::virtio::queue::{drain_queue, DrainError};
+use crate::virtio::queue::{drain_queue, write_to_buffers, DrainError};
 
 /// The size of `struct virtio_blk_outhdr` (type, ioprio, sector).
 const HEADER_LEN: u32 = 16;
@@ -243,18 +243,10 @@ impl Request {
                 Ok(0)
             }
             RequestType::GetId => {
-                let mut id = &disk.id()[..];
-                let mut written = 0u32;
-                for d in &self.data {
-                    let n = id.len().min(d.len() as usize);
-                    let (now, rest) = id.split_at(n);
-                    mem.write_slice(now, d.addr())
-                        .map_err(RequestError::Transfer)?;
-                    id = rest;
-                    // At most DISK_ID_LEN in all.
-                    written += u32::try_from(n).unwrap_or(u32::MAX);
-                }
-                Ok(written)
+                let written =
+                    write_to_buffers(mem, &self.data, disk.id()).map_err(RequestError::Transfer)?;
+                // At most DISK_ID_LEN.
+                Ok(u32::try_from(written).unwrap_or(u32::MAX))
             }
         }
     }
@@ -362,41 +354,13 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::virtio::block::BlockConfig;
+    pub(crate) use crate::virtio::test_utils::{add_chain, desc, guest_memory, MEM_SIZE};
 
-    pub(crate) const MEM_SIZE: usize = 0x10_0000;
     const HDR: u64 = 0x2_0000;
     const DATA: u64 = 0x3_0000;
     const STATUS: u64 = 0x4_0000;
     const R: u32 = 0;
     const W: u32 = VRING_DESC_F_WRITE;
-
-    pub(crate) fn desc(addr: u64, len: u32, flags: u32) -> RawDescriptor {
-        RawDescriptor::from(Descriptor::new(addr, len, flags as u16, 0))
-    }
-
-    /// Puts one chain made of `descs` at index `at` of the descriptor table (linking them
-    /// with NEXT) and makes it available.
-    pub(crate) fn add_chain(
-        vq: &MockSplitQueue<GuestMemoryMmap>,
-        at: u16,
-        descs: &[RawDescriptor],
-    ) {
-        let linked: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let d = Descriptor::from(*d);
-                let last = i == descs.len() - 1;
-                let (flags, next) = if last {
-                    (d.flags() & !(VRING_DESC_F_NEXT as u16), 0)
-                } else {
-                    (d.flags() | VRING_DESC_F_NEXT as u16, at + i as u16 + 1)
-                };
-                RawDescriptor::from(Descriptor::new(d.addr().0, d.len(), flags, next))
-            })
-            .collect();
-        vq.add_desc_chains(&linked, at).unwrap();
-    }
 
     pub(crate) fn write_header(mem: &GuestMemoryMmap, addr: u64, request_type: u32, sector: u64) {
         mem.write_obj(request_type.to_le(), GuestAddress(addr))
@@ -404,10 +368,6 @@ pub(crate) mod tests {
         mem.write_obj(0u32, GuestAddress(addr + 4)).unwrap();
         mem.write_obj(sector.to_le(), GuestAddress(addr + 8))
             .unwrap();
-    }
-
-    pub(crate) fn guest_memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
     }
 
     struct Setup {

@@ -17,7 +17,7 @@ use super::tap::{Tap, TapError};
 use super::{
     CONFIG_SPACE_SIZE, ETH_HDR_LEN, MAX_FRAME_LEN, NET_HDR_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
 };
-use crate::virtio::{VirtioCommon, VirtioDevice, VIRTIO_MMIO_INT_VRING};
+use crate::virtio::{VirtioCommon, VIRTIO_MMIO_INT_VRING};
 
 /// Frames moved from the tap per event-loop turn at most, so that a busy tap cannot
 /// starve the other devices; the tap stays readable and the loop comes back.
@@ -353,18 +353,9 @@ impl Net {
     }
 }
 
-impl VirtioDevice for Net {
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
-
-    // A frame waiting in `rx_pending` is kept for the next driver rather than lost; the
-    // event loop stops watching the tap the next time it fires.
-}
+// A frame waiting in `rx_pending` across a reset is kept for the next driver rather
+// than lost; the event loop stops watching the tap the next time it fires.
+crate::virtio_device!(Net);
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -377,6 +368,7 @@ pub(crate) mod tests {
     use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
+    use crate::virtio::VirtioDevice;
     use crate::virtio::{ActivateError, Interrupt};
 
     /// A connected pair of non-blocking SOCK_SEQPACKET sockets: one message per read and

@@ -7,7 +7,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 
 use super::{process_queue, QUEUE_SIZE};
-use crate::virtio::{VirtioCommon, VirtioDevice};
+use crate::virtio::VirtioCommon;
 
 /// Why an entropy device could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -63,15 +63,7 @@ impl Rng {
     }
 }
 
-impl VirtioDevice for Rng {
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
-}
+crate::virtio_device!(Rng);
 
 #[cfg(test)]
 mod tests {
@@ -82,6 +74,7 @@ mod tests {
     use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
+    use crate::virtio::VirtioDevice;
     use crate::virtio::{ActivateError, Interrupt};
 
     #[test]

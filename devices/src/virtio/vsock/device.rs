@@ -12,7 +12,7 @@ use vm_memory::Bytes;
 
 use super::muxer::Muxer;
 use super::{EVQ, MAX_GUEST_CID, MIN_GUEST_CID, QUEUE_SIZE, RXQ, TXQ};
-use crate::virtio::{VirtioCommon, VirtioDevice, VIRTIO_MMIO_INT_VRING};
+use crate::virtio::{VirtioCommon, VIRTIO_MMIO_INT_VRING};
 
 /// What the user asked for on the command line (`--vsock cid=3,socket=/tmp/vm.sock`) or in
 /// the config file (`"vsock": {"cid": 3, "socket": "/tmp/vm.sock"}`).
@@ -193,15 +193,7 @@ impl Vsock {
     }
 }
 
-impl VirtioDevice for Vsock {
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
-
+crate::virtio_device!(Vsock {
     fn reset_device(&mut self) {
         self.tx_stalled = false;
         self.muxer.reset();
@@ -210,13 +202,14 @@ impl VirtioDevice for Vsock {
         // saturated, i.e. the event loop will wake up anyway.
         let _ = self.queue_events()[EVQ].write(1);
     }
-}
+});
 
 #[cfg(test)]
 mod tests {
     use vmm_sys_util::tempdir::TempDir;
 
     use super::*;
+    use crate::virtio::VirtioDevice;
 
     fn config(dir: &TempDir, cid: u64) -> VsockConfig {
         VsockConfig {
