@@ -17,7 +17,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::{Mutex, OnceLock};
 
-use hearth_devices::virtio::block::{BlockConfig, Disk};
+use hearth_devices::virtio::block::{process_queue, BlockConfig, Disk};
 use hearth_fuzz::{take, write_queue, QueueLayout};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
@@ -101,7 +101,7 @@ fuzz_target!(|input: &[u8]| {
 
     let mut t = target().lock().unwrap_or_else(|e| e.into_inner());
     let disk = if read_only { &mut t.ro } else { &mut t.rw };
-    let _ = disk.process_queue(&mem, &mut queue);
+    let _ = process_queue(disk, &mem, &mut queue);
 
     let used_idx: u16 = mem.read_obj(GuestAddress(USED_RING + 2)).expect("used idx");
     assert!(used_idx <= u16::from(navail), "more used than available");
