@@ -47,7 +47,7 @@ pub enum VirtioError {
 }
 
 /// A device model behind a virtio-mmio slot.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub enum VirtioKind {
     /// virtio-blk.
     Block(Arc<Mutex<Block>>),
@@ -60,6 +60,7 @@ pub enum VirtioKind {
 }
 
 /// One virtio-mmio slot of the VM.
+#[derive(Debug)]
 pub struct VirtioSlot {
     /// MMIO window.
     pub base: u64,

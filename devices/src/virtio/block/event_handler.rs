@@ -16,6 +16,8 @@ impl VirtioEvents for Block {
 crate::virtio_event_subscriber!(Block);
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use std::io::Write;
     use std::sync::{Arc, Mutex};

@@ -339,6 +339,8 @@ fn status_address<M: GuestMemory>(mem: &M, desc: &Descriptor) -> Option<GuestAdd
 }
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 pub(crate) mod tests {
     use std::fs::File;
     use std::io::{Read, Write};

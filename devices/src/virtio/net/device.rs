@@ -35,7 +35,7 @@ impl MacAddr {
         // SAFETY: getrandom writes at most `len` bytes into the buffer, which is valid
         // and writable for that long.
         let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-        if n != bytes.len() as isize {
+        if usize::try_from(n).ok() != Some(bytes.len()) {
             // Practically unreachable (6 bytes never block or fall short once the pool is
             // up); the process id still keeps two VMs on one host apart.
             bytes[2..].copy_from_slice(&std::process::id().to_be_bytes());

@@ -67,6 +67,8 @@ impl VirtioEvents for Net {
 crate::virtio_event_subscriber!(Net);
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use std::fs::File;
     use std::io::{Read, Write};

@@ -186,6 +186,8 @@ pub fn transmit<M: GuestMemory, S: FrameSink + ?Sized>(
 }
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 pub(crate) mod tests {
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,

@@ -14,6 +14,8 @@ impl VirtioEvents for Rng {
 crate::virtio_event_subscriber!(Rng);
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use std::sync::{Arc, Mutex};
 

@@ -45,7 +45,7 @@ pub fn host_random(buf: &mut [u8]) -> io::Result<()> {
             return Err(e);
         }
         // Large requests may come back short (at most 32 MiB per call, or a signal).
-        filled += n as usize;
+        filled += usize::try_from(n).unwrap_or(0);
     }
     Ok(())
 }
@@ -88,6 +88,8 @@ pub fn process_queue<M: GuestMemory>(
 }
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,

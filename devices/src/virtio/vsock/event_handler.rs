@@ -77,6 +77,8 @@ impl VirtioEvents for Vsock {
 crate::virtio_event_subscriber!(Vsock);
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
