@@ -181,6 +181,7 @@ impl Net {
         if mac.is_multicast() || mac.0 == [0; 6] {
             return Err(NetError::NotUnicast(mac));
         }
+        log::debug!("virtio-net on tap {} with MAC {mac}", config.tap);
         // struct virtio_net_config: mac, then status (VIRTIO_NET_F_STATUS is not offered,
         // so the link is always up and the field reads 0).
         // The MAC is read-only without VIRTIO_NET_F_CTRL_MAC_ADDR (not offered), and legacy
