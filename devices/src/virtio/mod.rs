@@ -1,9 +1,10 @@
 //! virtio devices over the virtio-mmio transport (virtio 1.x, "modern").
 //!
 //! A device embeds a [`VirtioCommon`] (features, queues, their eventfds, activation) and
-//! implements [`VirtioDevice`] (what the transport needs; mostly provided over the common
-//! part) and [`VirtioEvents`] (what the event loop calls; its `MutEventSubscriber` is one
-//! line, [`virtio_event_subscriber!`](crate::virtio_event_subscriber)). The transport
+//! implements [`VirtioDevice`] (what the transport needs, provided over the common part:
+//! one line, [`virtio_device!`](crate::virtio_device)) and [`VirtioEvents`] (what the
+//! event loop calls; its `MutEventSubscriber` is one line too,
+//! [`virtio_event_subscriber!`](crate::virtio_event_subscriber)). The transport
 //! runs on vCPU threads and writes the driver's queue registers into the device's queues;
 //! the event loop thread serves them once the driver set DRIVER_OK.
 
