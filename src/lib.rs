@@ -26,5 +26,5 @@ pub mod vcpu;
 pub mod vm;
 
 pub use config::VmConfig;
-pub use vcpu::ExitReason;
+pub use vcpu::{exit_status, ExitReason};
 pub use vm::{RestoreOptions, RunningVm, Vm, VmError};

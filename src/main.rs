@@ -6,7 +6,27 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use hearth::boot::BootProtocol;
 use hearth::config::{parse_size, ConfigError, DiskConfig, ExecutionChoice, NetConfig, VmConfig};
-use hearth::{Vm, VmError};
+use hearth::{exit_status, Vm, VmError};
+
+/// Why a hearth command failed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// Building, running or controlling the VM.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// A snapshot directory that cannot be used.
+    #[error(transparent)]
+    Snapshot(#[from] hearth::snapshot::SnapshotError),
+    /// A restore that nothing could ever resume.
+    #[error("restore without --resume waits, paused, for `hearth ctl resume`, which needs --api-sock: pass --resume or --api-sock PATH")]
+    RestoreNeverRuns,
+}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError::Vm(e.into())
+    }
+}
 
 /// hearth: a minimal KVM virtual machine monitor.
 #[derive(Parser)]
@@ -46,7 +66,7 @@ enum CtlAction {
     /// Write a snapshot (state + memory) to a directory; the VM stays paused unless
     /// --resume is given.
     Snapshot {
-        /// The snapshot directory (created if needed).
+        /// The snapshot directory (its last level is created if needed).
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
         /// Resume the VM once the snapshot is written.
@@ -194,54 +214,60 @@ impl RunArgs {
     }
 }
 
-fn run(args: RunArgs) -> Result<i32, VmError> {
+fn run(args: RunArgs) -> Result<i32, CliError> {
     hearth::logger::set_verbose(args.verbose);
     let config = args.into_config()?;
     let vm = Vm::try_from(config)?;
     finish(vm)
 }
 
-fn finish(vm: Vm) -> Result<i32, VmError> {
+fn finish(vm: Vm) -> Result<i32, CliError> {
     let _terminal = RawTerminal::enter();
     let reason = vm.run()?;
-    if let hearth::ExitReason::Error(_) = reason {
-        eprintln!("hearth: error: {reason}");
-    } else {
+    // Every end the guest did not choose is explained, with or without -v.
+    if reason.is_guest_choice() {
         hearth::debug!("{reason}");
+    } else {
+        eprintln!("hearth: {reason}");
     }
     Ok(reason.exit_code())
 }
 
-fn restore(args: RestoreArgs) -> Result<i32, VmError> {
+fn restore(args: RestoreArgs) -> Result<i32, CliError> {
     hearth::logger::set_verbose(args.verbose);
+    if !args.resume && args.api_sock.is_none() {
+        return Err(CliError::RestoreNeverRuns);
+    }
     let options = hearth::RestoreOptions {
         resume: args.resume,
         serial_out: args.serial_out,
         api_sock: args.api_sock,
     };
-    if !options.resume && options.api_sock.is_none() {
-        eprintln!("hearth: note: restoring paused without --api-sock: nothing can resume it; pass --resume or --api-sock");
-    }
     finish(Vm::restore(&args.dir, &options)?)
 }
 
-fn ctl(args: CtlArgs) -> Result<i32, VmError> {
+fn ctl(args: CtlArgs) -> Result<i32, CliError> {
     use hearth::api::Request;
     let request = match args.action {
         CtlAction::Pause => Request::Pause,
         CtlAction::Resume => Request::Resume,
-        CtlAction::Snapshot { dir, resume } => Request::Snapshot {
-            // The VM resolves relative paths from its own working directory.
-            dir: std::path::absolute(&dir).unwrap_or(dir),
-            resume,
-        },
+        CtlAction::Snapshot { dir, resume } => {
+            // The same rules as the VM's, checked here so that a bad path fails before
+            // the VM is paused.
+            hearth::snapshot::check_dir(&dir)?;
+            Request::Snapshot {
+                // The VM resolves relative paths from its own working directory.
+                dir: std::path::absolute(&dir).unwrap_or(dir),
+                resume,
+            }
+        }
     };
-    hearth::api::send(&args.api_sock, &request)?;
+    hearth::api::send(&args.api_sock, &request).map_err(VmError::from)?;
     Ok(0)
 }
 
-fn info() -> Result<i32, VmError> {
-    let kvm = hearth::kvm::open()?;
+fn info() -> Result<i32, CliError> {
+    let kvm = hearth::kvm::open().map_err(VmError::from)?;
     println!("hearth {}", env!("CARGO_PKG_VERSION"));
     println!("KVM API version: {}", kvm.get_api_version());
     println!("max vCPUs: {}", kvm.get_max_vcpus());
@@ -286,11 +312,12 @@ fn main() -> ExitCode {
         Command::Ctl(args) => ctl(args),
         Command::Restore(args) => restore(args),
     };
-    match result {
-        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("hearth: error: {e}");
-            ExitCode::from(1)
+            exit_status::HEARTH_ERROR
         }
-    }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
 }

@@ -262,7 +262,11 @@ fn bad_vsock_options_are_one_line_errors() {
         ),
     ] {
         let run = hearth(["run", "--kernel", &guest, "--vsock", &spec]);
-        assert_eq!(run.code(), 1, "{spec}: {run:#?}");
+        assert_eq!(
+            run.code(),
+            hearth::exit_status::HEARTH_ERROR,
+            "{spec}: {run:#?}"
+        );
         assert!(run.stdout.is_empty(), "nothing started: {run:#?}");
         assert_eq!(
             run.stderr.trim_end().lines().count(),

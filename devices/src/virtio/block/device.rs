@@ -27,7 +27,8 @@ pub struct BlockConfig {
     /// The raw disk image (or host block device).
     pub path: PathBuf,
     /// Attach it read-only: the file is opened read-only and the guest sees VIRTIO_BLK_F_RO.
-    #[serde(default)]
+    /// Spelled `readonly` as on the command line; `read_only` is accepted too.
+    #[serde(default, rename = "readonly", alias = "read_only")]
     pub read_only: bool,
     /// The serial number the guest reads with GET_ID (at most 20 bytes); derived from the
     /// file's device and inode numbers when absent.
@@ -95,6 +96,12 @@ pub enum BlockError {
         /// Its length in bytes.
         len: usize,
     },
+    /// A disk of 0 bytes: nothing a guest could use, most likely a mistake.
+    #[error("disk {}: is empty (0 bytes); give it a size, e.g. truncate -s 64M {}", .path.display(), .path.display())]
+    Empty {
+        /// The disk path.
+        path: PathBuf,
+    },
     /// Creating an eventfd failed.
     #[error("cannot create an eventfd for the block device: {0}")]
     EventFd(#[source] io::Error),
@@ -119,6 +126,10 @@ impl Disk {
                 path: path.clone(),
                 source,
             })?;
+        // Only files: a device without a size (/dev/null) stays an empty disk.
+        if size == 0 && metadata.is_file() {
+            return Err(BlockError::Empty { path: path.clone() });
+        }
         let id = match &config.id {
             Some(id) => {
                 let mut bytes = [0u8; DISK_ID_LEN];
