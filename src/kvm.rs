@@ -136,6 +136,7 @@ pub fn calibrate(kvm: &Kvm) -> Result<Calibration, CalibrationError> {
     };
     // SAFETY: the region is `page`'s live mapping; `page` is dropped only after the VM.
     unsafe { vm.set_user_memory_region(region) }.map_err(k("KVM_SET_USER_MEMORY_REGION"))?;
+    #[allow(clippy::cast_possible_truncation)] // a fixed address below 4 GiB
     vm.set_tss_address(crate::arch::layout::KVM_TSS_ADDR as usize)
         .map_err(k("KVM_SET_TSS_ADDR"))?;
     let mut vcpu = vm.create_vcpu(0).map_err(k("KVM_CREATE_VCPU"))?;

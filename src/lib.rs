@@ -12,8 +12,6 @@
 //! # }
 //! ```
 
-pub mod logger;
-
 pub mod api;
 pub mod arch;
 pub mod boot;

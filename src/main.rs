@@ -215,7 +215,7 @@ impl RunArgs {
 }
 
 fn run(args: RunArgs) -> Result<i32, CliError> {
-    hearth::logger::set_verbose(args.verbose);
+    init_logging(args.verbose);
     let config = args.into_config()?;
     let vm = Vm::try_from(config)?;
     finish(vm)
@@ -226,7 +226,7 @@ fn finish(vm: Vm) -> Result<i32, CliError> {
     let reason = vm.run()?;
     // Every end the guest did not choose is explained, with or without -v.
     if reason.is_guest_choice() {
-        hearth::debug!("{reason}");
+        log::debug!("{reason}");
     } else {
         eprintln!("hearth: {reason}");
     }
@@ -234,7 +234,7 @@ fn finish(vm: Vm) -> Result<i32, CliError> {
 }
 
 fn restore(args: RestoreArgs) -> Result<i32, CliError> {
-    hearth::logger::set_verbose(args.verbose);
+    init_logging(args.verbose);
     if !args.resume && args.api_sock.is_none() {
         return Err(CliError::RestoreNeverRuns);
     }
@@ -303,8 +303,33 @@ impl Drop for RawTerminal {
     }
 }
 
+/// When the process started: the reference for every logged time.
+static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// hearth's log lines on stderr: `hearth: [   12.345 ms] message`, times since the
+/// process started; debug lines only with `--verbose`.
+fn init_logging(verbose: bool) {
+    use std::io::Write;
+    let level = if verbose {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    };
+    let _ = env_logger::Builder::new()
+        .filter_level(level)
+        .format(|buf, record| {
+            let ms = START
+                .get_or_init(std::time::Instant::now)
+                .elapsed()
+                .as_secs_f64()
+                * 1000.0;
+            writeln!(buf, "hearth: [{ms:9.3} ms] {}", record.args())
+        })
+        .try_init();
+}
+
 fn main() -> ExitCode {
-    hearth::logger::mark_start();
+    START.get_or_init(std::time::Instant::now);
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),

@@ -54,10 +54,14 @@ pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
             host: host >> 20,
         });
     }
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+    let too_large = || MemoryError::TooLarge {
+        asked: size >> 20,
+        host: host >> 20,
+    };
+    let ranges = ram_ranges(size)
         .into_iter()
-        .map(|(a, s)| (a, s as usize))
-        .collect();
+        .map(|(a, s)| Ok((a, usize::try_from(s).map_err(|_| too_large())?)))
+        .collect::<Result<Vec<(GuestAddress, usize)>, MemoryError>>()?;
     GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Map(size >> 20, e))
 }
 

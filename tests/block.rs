@@ -1,6 +1,13 @@
 //! virtio-blk end to end: the test guest drives the disks as Linux's virtio-blk driver
 //! does (modern virtio-mmio, split queue) and the test checks the host files.
 
+// Test patterns and syscall plumbing narrow integers on purpose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,13 @@
 //! The test guest boots through the real Linux boot protocol (64-bit entry and PVH) and
 //! reports what it found; hearth ends as the guest asks.
 
+// Test patterns and syscall plumbing narrow integers on purpose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod common;
 
 use common::*;

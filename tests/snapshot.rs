@@ -1,6 +1,13 @@
 //! Snapshot and restore: a VM checkpointed mid-run comes back in a new process and
 //! carries on where it was, devices included; bad snapshots are refused.
 
+// Test patterns and syscall plumbing narrow integers on purpose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,13 @@
 //! `CONNECT <port>\n` / `OK <port>\n` on the main socket, `<socket>_<port>` listeners for
 //! guest connections).
 
+// Test patterns and syscall plumbing narrow integers on purpose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,7 +1,7 @@
 //! Per-vCPU CPUID, derived from what KVM supports on this host.
 //!
 //! On real hardware the guest sees the host's feature set with its own APIC id and
-//! topology. Where KVM emulates guest kernel mode (../shared/platform.md) a few more
+//! topology. Where KVM emulates guest kernel mode (README, "The platform note") a few more
 //! changes keep a Linux guest off the paths that cannot work there.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};

@@ -50,6 +50,9 @@ fn checksum(bytes: &[u8]) -> u8 {
 
 /// Builds the floating pointer and configuration table for `cpus` vCPUs as they sit at
 /// `base` in guest memory.
+// The tables hold fixed addresses below 4 GiB, at most 254 CPUs and 24 interrupt
+// entries: every narrowing below is exact.
+#[allow(clippy::cast_possible_truncation)]
 pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>, MptableError> {
     if cpus == 0 {
         return Err(MptableError::NoCpus);

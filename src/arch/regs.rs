@@ -45,6 +45,8 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 }
 
 /// The segment register KVM wants for a GDT entry at `index`.
+// Each field is masked to its width in the descriptor before it is narrowed.
+#[allow(clippy::cast_possible_truncation)]
 fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
@@ -111,7 +113,9 @@ pub fn setup_sregs(
     let data = segment_from_gdt(gdt[2], 2);
     let tss = segment_from_gdt(gdt[3], 3);
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    #[allow(clippy::cast_possible_truncation)] // four 8-byte entries
+    let gdt_limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    sregs.gdt.limit = gdt_limit;
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
     sregs.cs = code;
@@ -188,11 +192,14 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
+// KVM's LAPIC page is `c_char`s: the bytes are reinterpreted, not converted.
+#[allow(clippy::cast_sign_loss)]
 fn lapic_reg(lapic: &kvm_lapic_state, offset: usize) -> u32 {
     let b = &lapic.regs[offset..offset + 4];
     u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
 }
 
+#[allow(clippy::cast_possible_wrap)] // as in `lapic_reg`
 fn set_lapic_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
     for (dst, src) in lapic.regs[offset..offset + 4]
         .iter_mut()

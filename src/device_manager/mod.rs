@@ -22,7 +22,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::layout::*;
 use crate::vcpu::{ExitReason, ExitSignal};
-use crate::{debug, info};
+use log::{debug, info};
 
 /// Errors setting up devices.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +77,10 @@ impl BusDevice for ExitPort {
 }
 
 /// Firecracker's boot timer: the guest writes 123 when it has booted.
-struct BootMarker;
+struct BootMarker {
+    /// When this VM started being built: the boot time is the VM's own, not the process's.
+    started: std::time::Instant,
+}
 
 impl BusDevice for BootMarker {
     fn read(&mut self, _: u64, data: &mut [u8]) {
@@ -87,7 +90,7 @@ impl BusDevice for BootMarker {
         if offset == 0 && data.first() == Some(&BOOT_MARKER_VALUE) {
             info!(
                 "guest boot marker: booted {:.3} ms after start",
-                crate::logger::elapsed_ms()
+                self.started.elapsed().as_secs_f64() * 1000.0
             );
         }
     }
@@ -129,6 +132,15 @@ pub struct DeviceManager {
     next_irq: u32,
 }
 
+impl std::fmt::Debug for DeviceManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceManager")
+            .field("virtio_slots", &self.virtio_slots)
+            .field("subscribers", &self.subscribers.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl DeviceManager {
     /// An empty device set.
     pub fn new() -> Self {
@@ -162,6 +174,7 @@ impl DeviceManager {
         serial_out: Option<&std::path::Path>,
         serial_in: Option<File>,
         saved_serial: Option<&SavedSerial>,
+        started: std::time::Instant,
     ) -> Result<(), DeviceError> {
         let out: Box<dyn Write + Send> = match serial_out {
             Some(path) => {
@@ -201,8 +214,11 @@ impl DeviceManager {
 
         self.pio
             .insert(EXIT_PORT, 1, Arc::new(Mutex::new(ExitPort(exit.clone()))))?;
-        self.mmio
-            .insert(BOOT_MARKER_ADDR, 0x1000, Arc::new(Mutex::new(BootMarker)))?;
+        self.mmio.insert(
+            BOOT_MARKER_ADDR,
+            0x1000,
+            Arc::new(Mutex::new(BootMarker { started })),
+        )?;
         Ok(())
     }
 

@@ -206,7 +206,7 @@ pub fn add_all(
             Some(VirtioDeviceState::Net(state)) => Net::restore((), state)?,
             Some(_) => return Err(mismatch("a network device")),
         };
-        crate::debug!(
+        log::debug!(
             "virtio-net on tap {} with MAC {}",
             net.config().tap,
             net.mac()

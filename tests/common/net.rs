@@ -1,6 +1,13 @@
 //! Network test fixtures: a network namespace of the test's own with a tap in it, hearth
 //! started inside it, and a raw packet socket on the tap for the host side of the wire.
 //! Needs root (namespaces, taps, AF_PACKET) and iproute2's `ip`.
+
+// Test patterns and syscall plumbing narrow integers on purpose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 #![allow(dead_code)]
 
 use std::fs::File;
