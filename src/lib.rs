@@ -16,6 +16,7 @@ pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod config;
+pub mod console;
 pub mod device_manager;
 pub mod kvm;
 pub mod memory;
@@ -24,5 +25,6 @@ pub mod vcpu;
 pub mod vm;
 
 pub use config::VmConfig;
+pub use console::{Console, ConsoleInput};
 pub use vcpu::{exit_status, ExitReason};
-pub use vm::{RestoreOptions, RunningVm, Vm, VmError};
+pub use vm::{RestoreOptions, RunningVm, Vm, VmError, VmHandle};

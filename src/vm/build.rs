@@ -1,18 +1,17 @@
 //! Building a VM: KVM, guest memory, the kernel and its boot information, devices and
 //! vCPUs. Restore (`persist.rs`) shares everything here but the kernel loading.
 
-use std::fs::File;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::VmFd;
 use linux_loader::cmdline::Cmdline;
-use log::{debug, info};
+use log::{debug, info, warn};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -22,7 +21,8 @@ use crate::arch::mptable;
 use crate::arch::regs::EntryMode;
 use crate::boot;
 use crate::config::{ExecutionChoice, VmConfig};
-use crate::device_manager::{DeviceError, DeviceManager};
+use crate::console::Console;
+use crate::device_manager::{BootMarker, DeviceError, DeviceManager};
 use crate::kvm::{self, Execution};
 use crate::memory;
 use crate::snapshot::VmState;
@@ -174,6 +174,7 @@ pub(super) struct Parts {
     pub(super) devices: DeviceManager,
     pub(super) vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
     shared: Arc<VcpuShared>,
+    booted: Arc<OnceLock<Duration>>,
 }
 
 impl Parts {
@@ -185,6 +186,7 @@ impl Parts {
         mem: GuestMemoryMmap,
         saved: Option<&VmState>,
         started: Instant,
+        console: Console,
     ) -> Result<Parts, VmError> {
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?);
         vm_fd
@@ -217,14 +219,20 @@ impl Parts {
             EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?,
         ));
         let mut devices = DeviceManager::new();
+        let (serial_out, serial_in) = console.open(config.serial_out.as_deref())?;
+        let booted = Arc::new(OnceLock::new());
         devices.add_legacy(
             &vm_fd,
             &exit,
-            config.serial_out.as_deref(),
-            stdin_for_guest(),
+            serial_out,
+            serial_in,
             saved.map(|s| &s.serial),
-            started,
+            BootMarker {
+                started,
+                booted: booted.clone(),
+            },
         )?;
+        warn_about_disks(config);
         crate::device_manager::virtio::add_all(
             &mut devices,
             &vm_fd,
@@ -259,6 +267,7 @@ impl Parts {
             devices,
             vcpu_fds,
             shared,
+            booted,
         })
     }
 
@@ -287,6 +296,7 @@ impl Parts {
             devices,
             vcpu_fds,
             shared,
+            booted,
         } = self;
         let vcpus = vcpu_fds
             .into_iter()
@@ -310,6 +320,7 @@ impl Parts {
                 execution,
                 cmdline,
                 config,
+                booted,
             },
             vcpus,
             start_paused,
@@ -319,8 +330,13 @@ impl Parts {
 
 impl Vm {
     /// Builds a VM: KVM, memory, kernel, devices and vCPUs. Nothing runs yet, and any
-    /// error leaves nothing behind.
+    /// error leaves nothing behind. The console is the default one (see [`Console`]).
     pub fn new(config: &VmConfig) -> Result<Self, VmError> {
+        Self::with_console(config, Console::new())
+    }
+
+    /// Like [`Vm::new`], with the guest's console where `console` says.
+    pub fn with_console(config: &VmConfig, console: Console) -> Result<Self, VmError> {
         let started = Instant::now();
         config.validate()?;
         let kvm = kvm::open()?;
@@ -345,7 +361,7 @@ impl Vm {
             Some(path) => Some(boot::load_initrd(&mem, path, &kernel)?),
             None => None,
         };
-        let mut parts = Parts::build(&kvm, config, mem, None, started)?;
+        let mut parts = Parts::build(&kvm, config, mem, None, started, console)?;
         let mem = &parts.mem.clone();
 
         let execution = match (config.execution, calibration) {
@@ -390,9 +406,22 @@ impl Vm {
     }
 }
 
-/// The guest reads the host's stdin when it is something that can be waited on.
-fn stdin_for_guest() -> Option<File> {
-    use std::os::fd::{AsFd, OwnedFd};
-    let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
-    Some(File::from(fd))
+/// Warns, as Firecracker does, about a disk whose size is not a whole number of
+/// 512-byte sectors: the guest cannot see the partial sector at its end.
+fn warn_about_disks(config: &VmConfig) {
+    for disk in &config.disks {
+        if let Ok(m) = std::fs::metadata(&disk.path) {
+            let rest = m.len() % SECTOR_SIZE;
+            if m.is_file() && rest != 0 {
+                warn!(
+                    "disk {}: its size ({} bytes) is not a multiple of {SECTOR_SIZE}; the guest does not see the last {rest} bytes",
+                    disk.path.display(),
+                    m.len()
+                );
+            }
+        }
+    }
 }
+
+/// The sector size of virtio-blk.
+const SECTOR_SIZE: u64 = 512;
