@@ -118,11 +118,19 @@ pub fn console_input() -> ConsoleInput {
     // SAFETY: pipe2 just created both descriptors, and nothing else owns them.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let mut to_guest = std::fs::File::from(write);
+    // Its own descriptor: reading through std's Stdin would hold its lock, which raw
+    // mode needs too.
+    let mut stdin = match std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => {
+            log::warn!("cannot duplicate stdin: {e}; Ctrl-a x will not work");
+            return ConsoleInput::Stdin;
+        }
+    };
     let spawned = std::thread::Builder::new()
         .name("console".into())
         .spawn(move || {
             use std::io::Write;
-            let mut stdin = std::io::stdin();
             let mut buf = [0u8; 256];
             let mut after_escape = false;
             loop {
@@ -171,15 +179,20 @@ impl RawTerminal {
     /// Raw mode when stdin is a terminal (nothing otherwise).
     pub fn enter() -> Self {
         use std::io::IsTerminal;
-        use vmm_sys_util::terminal::Terminal;
-        let stdin = std::io::stdin();
-        if stdin.is_terminal() {
-            // SAFETY: tcgetattr fills the termios it is given; fd 0 is open.
-            let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-            if unsafe { libc::tcgetattr(0, &mut saved) } == 0 {
-                *lock(&SAVED) = Some(saved);
-                restore_on_panic();
-                let _ = stdin.lock().set_raw_mode();
+        if std::io::stdin().is_terminal() {
+            // SAFETY: tcgetattr fills the zeroed termios it is given (fd 0 is open);
+            // tcsetattr only reads the changed copy.
+            unsafe {
+                let mut saved: libc::termios = std::mem::zeroed();
+                if libc::tcgetattr(0, &mut saved) == 0 {
+                    *lock(&SAVED) = Some(saved);
+                    restore_on_panic();
+                    // Keys go to the guest as typed, unechoed, Ctrl-C included; output
+                    // processing stays as it was.
+                    let mut raw = saved;
+                    raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::ISIG);
+                    libc::tcsetattr(0, libc::TCSANOW, &raw);
+                }
             }
         }
         Self
