@@ -80,7 +80,11 @@ fn two_vms_at_once_each_with_its_own_console() {
         };
         // What the guest wrote last is in the channel too.
         text.extend(rx.try_iter().flatten());
-        (reason, String::from_utf8_lossy(&text).into_owned(), running.boot_time())
+        (
+            reason,
+            String::from_utf8_lossy(&text).into_owned(),
+            running.boot_time(),
+        )
     });
     let (ra, ta, boot_a) = a.join().unwrap();
     let (rb, tb, boot_b) = b.join().unwrap();
@@ -88,10 +92,16 @@ fn two_vms_at_once_each_with_its_own_console() {
     assert_eq!(rb, ExitReason::GuestExit(4), "{tb}");
     assert!(ta.contains("vm=a") && !ta.contains("vm=b"), "{ta}");
     assert!(tb.contains("vm=b") && !tb.contains("vm=a"), "{tb}");
-    assert!(ta.contains("count: 3\n") && !ta.contains("count: 4"), "{ta}");
+    assert!(
+        ta.contains("count: 3\n") && !ta.contains("count: 4"),
+        "{ta}"
+    );
     assert!(tb.contains("count: 5\n"), "{tb}");
     // Each VM times its own boot, from its own start.
-    assert!(boot_a.is_some() && boot_b.is_some(), "{boot_a:?} {boot_b:?}");
+    assert!(
+        boot_a.is_some() && boot_b.is_some(),
+        "{boot_a:?} {boot_b:?}"
+    );
 }
 
 #[test]
@@ -141,7 +151,11 @@ fn a_wait_times_out_and_another_thread_controls_the_vm() {
     let reason = wait(running, || out.text());
     let handle = controller.join().unwrap();
     assert_eq!(reason, ExitReason::Stopped);
-    assert_eq!(reason.exit_code(), exit_status::STOPPED, "a host stop is not 0");
+    assert_eq!(
+        reason.exit_code(),
+        exit_status::STOPPED,
+        "a host stop is not 0"
+    );
     assert!(snap.join("state").is_file() && snap.join("memory").is_file());
     assert!(!handle.is_running());
     assert!(matches!(handle.pause(), Err(VmError::NotRunning)));

@@ -69,7 +69,10 @@ fn a_killed_vms_stale_vsock_socket_does_not_block_its_restart() {
     wait_for_text(&serial, "count: 2\n", T);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(vsock.exists() && api.exists(), "SIGKILL leaves the socket files");
+    assert!(
+        vsock.exists() && api.exists(),
+        "SIGKILL leaves the socket files"
+    );
     std::fs::remove_file(&serial).unwrap();
     let (child, serial, _, _) = start(dir.as_path(), Stdio::null());
     wait_for_text(&serial, "count: 2\n", T);
@@ -82,10 +85,17 @@ fn a_killed_vms_stale_vsock_socket_does_not_block_its_restart() {
         &format!("cid=3,socket={}", vsock.display()),
     ]);
     assert_eq!(run.code(), exit_status::HEARTH_ERROR, "{run:#?}");
-    assert!(run.stderr.contains("already exists and is in use"), "{run:#?}");
+    assert!(
+        run.stderr.contains("already exists and is in use"),
+        "{run:#?}"
+    );
     signal(&child, libc::SIGTERM);
     let run = wait_bounded(child, T, "restarted");
-    assert_eq!(run.code(), exit_status::SIGNAL_BASE + libc::SIGTERM, "{run:#?}");
+    assert_eq!(
+        run.code(),
+        exit_status::SIGNAL_BASE + libc::SIGTERM,
+        "{run:#?}"
+    );
 }
 
 /// A pseudo-terminal: the master side, and the path of the slave.
@@ -134,12 +144,19 @@ fn start_on_pty(dir: &Path) -> (Child, Pty, std::fs::File, PathBuf) {
         .write(true)
         .open(&pty.slave)
         .unwrap();
-    assert_eq!(termios(&slave).c_lflag & COOKED, COOKED, "a fresh pty is cooked");
+    assert_eq!(
+        termios(&slave).c_lflag & COOKED,
+        COOKED,
+        "a fresh pty is cooked"
+    );
     let (child, serial, _, _) = start(dir, Stdio::from(slave.try_clone().unwrap()));
     wait_for_text(&serial, "count: 2\n", T);
     let start = std::time::Instant::now();
     while termios(&slave).c_lflag & libc::ECHO != 0 {
-        assert!(start.elapsed() < T, "hearth never put the terminal in raw mode");
+        assert!(
+            start.elapsed() < T,
+            "hearth never put the terminal in raw mode"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     (child, pty, slave, serial)
@@ -157,7 +174,11 @@ fn ctrl_a_x_stops_the_vm_and_restores_the_terminal() {
         run.stderr.contains("stopped from the console (Ctrl-a x)"),
         "{run:#?}"
     );
-    assert_eq!(termios(&slave).c_lflag & COOKED, COOKED, "terminal restored");
+    assert_eq!(
+        termios(&slave).c_lflag & COOKED,
+        COOKED,
+        "terminal restored"
+    );
 }
 
 #[test]
@@ -166,8 +187,16 @@ fn sigterm_restores_the_terminal() {
     let (child, _pty, slave, _) = start_on_pty(dir.as_path());
     signal(&child, libc::SIGTERM);
     let run = wait_bounded(child, T, "SIGTERM on a terminal");
-    assert_eq!(run.code(), exit_status::SIGNAL_BASE + libc::SIGTERM, "{run:#?}");
-    assert_eq!(termios(&slave).c_lflag & COOKED, COOKED, "terminal restored");
+    assert_eq!(
+        run.code(),
+        exit_status::SIGNAL_BASE + libc::SIGTERM,
+        "{run:#?}"
+    );
+    assert_eq!(
+        termios(&slave).c_lflag & COOKED,
+        COOKED,
+        "terminal restored"
+    );
 }
 
 #[test]
@@ -189,6 +218,45 @@ fn a_triple_fault_restores_the_terminal() {
         .unwrap();
     let run = wait_bounded(child, T, "triple fault on a terminal");
     assert_eq!(run.code(), exit_status::TRIPLE_FAULT, "{run:#?}");
-    assert_eq!(termios(&slave).c_lflag & COOKED, COOKED, "terminal restored");
+    assert_eq!(
+        termios(&slave).c_lflag & COOKED,
+        COOKED,
+        "terminal restored"
+    );
     drop(pty);
+}
+
+/// The progress bound the Linux tests use: a guest that stops writing is killed and the
+/// test fails with its last console lines, long before the total bound.
+#[test]
+#[should_panic(expected = "wrote nothing on its console")]
+fn a_silent_guest_fails_the_progress_bound_with_its_last_lines() {
+    let child = Command::new(hearth_bin())
+        .args(["run", "--kernel"])
+        .arg(test_guest())
+        // count: 1, then a delay loop far longer than the stall bound.
+        .args(["--cmdline", "console=ttyS0 delay=100000000000 count=2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_with_progress(child, Duration::from_secs(3), T, "silent guest")
+    }));
+    let message = result
+        .err()
+        .and_then(|e| e.downcast::<String>().ok())
+        .map(|s| *s)
+        .unwrap_or_default();
+    assert!(
+        started.elapsed() < T,
+        "the stall bound fired before the total"
+    );
+    assert!(
+        message.contains("count: 1"),
+        "the last lines are shown: {message}"
+    );
+    panic!("{message}");
 }
