@@ -79,18 +79,26 @@ pub fn build_cmdline(
     virtio_slots: &[(u64, u32)],
     execution: Execution,
 ) -> Result<Cmdline, VmError> {
-    let mut cmdline =
-        Cmdline::try_from(&config.cmdline, CMDLINE_MAX_SIZE).map_err(VmError::Cmdline)?;
+    // Over the limit only once hearth's additions are in: say so, with the limit.
+    let err = |e| match e {
+        linux_loader::cmdline::Error::TooLarge | linux_loader::cmdline::Error::InvalidCapacity => {
+            VmError::Config(crate::config::ConfigError::CmdlineTooLong {
+                len: config.cmdline.len(),
+            })
+        }
+        e => VmError::Cmdline(e),
+    };
+    let mut cmdline = Cmdline::try_from(&config.cmdline, CMDLINE_MAX_SIZE).map_err(err)?;
     for (base, irq) in virtio_slots {
         cmdline
             .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, vm_memory::GuestAddress(*base), *irq, None)
-            .map_err(VmError::Cmdline)?;
+            .map_err(err)?;
     }
     if execution == Execution::Emulated && config.cmdline_workarounds {
         let present: Vec<&str> = config.cmdline.split_whitespace().collect();
         for arg in EMULATION_CMDLINE {
             if !present.contains(arg) {
-                cmdline.insert_str(arg).map_err(VmError::Cmdline)?;
+                cmdline.insert_str(arg).map_err(err)?;
             }
         }
     }
