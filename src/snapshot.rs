@@ -187,9 +187,9 @@ pub fn decode_state(bytes: &[u8], path: &Path) -> Result<VmState, SnapshotError>
     if bytes.len() < HEADER_LEN {
         return Err(SnapshotError::Truncated(p()));
     }
-    let field = |at: usize, n: usize| {
+    let field = |at: usize| {
         let mut b = [0u8; 8];
-        b[..n].copy_from_slice(&bytes[at..at + n]);
+        b.copy_from_slice(&bytes[at..at + 8]);
         u64::from_le_bytes(b)
     };
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
@@ -202,13 +202,12 @@ pub fn decode_state(bytes: &[u8], path: &Path) -> Result<VmState, SnapshotError>
             found: version,
         });
     }
-    let len = field(12, 8);
-    let crc = field(20, 8);
+    let crc = field(20);
     let payload = &bytes[HEADER_LEN..];
-    if (payload.len() as u64) < len {
-        return Err(SnapshotError::Truncated(p()));
-    }
-    let payload = &payload[..len as usize];
+    let payload = usize::try_from(field(12))
+        .ok()
+        .and_then(|len| payload.get(..len))
+        .ok_or_else(|| SnapshotError::Truncated(p()))?;
     if CRC64.checksum(payload) != crc {
         return Err(SnapshotError::BadChecksum(p()));
     }
@@ -237,7 +236,7 @@ fn write_memory(f: &File, mem: &GuestMemoryMmap) -> std::io::Result<()> {
     let mut buf = vec![0u8; MEMORY_CHUNK];
     let mut file_offset = 0u64;
     for region in mem.iter() {
-        let len = region.len() as usize;
+        let len = usize::try_from(region.len()).map_err(std::io::Error::other)?;
         let mut at = 0usize;
         while at < len {
             let n = MEMORY_CHUNK.min(len - at);
@@ -333,7 +332,8 @@ pub fn read_state(dir: &Path) -> Result<VmState, SnapshotError> {
             reason: format!("{len} bytes is too large for a state file"),
         });
     }
-    let mut bytes = Vec::with_capacity(len as usize);
+    // At most MAX_STATE_LEN (256 MiB), checked above.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     f.read_to_end(&mut bytes).map_err(io_err(&path))?;
     decode_state(&bytes, &path)
 }
@@ -359,7 +359,8 @@ pub fn map_memory(dir: &Path, size: u64) -> Result<GuestMemoryMmap, SnapshotErro
     let mut regions = Vec::new();
     let mut offset = 0u64;
     for (addr, len) in ram_ranges(size) {
-        let region = MmapRegionBuilder::new(len as usize)
+        let size = usize::try_from(len).map_err(|e| map_err(e.to_string()))?;
+        let region = MmapRegionBuilder::new(size)
             .with_file_offset(FileOffset::from_arc(file.clone(), offset))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
