@@ -237,8 +237,9 @@ fn finish(vm: Vm) -> Result<i32, CliError> {
         eprintln!("hearth: {line}");
         return Ok(code);
     }
-    // Every end the guest did not choose is explained, with or without -v.
-    if reason.is_guest_choice() {
+    // Every non-zero exit, and every end the guest did not choose, is explained, with or
+    // without -v.
+    if reason.is_guest_choice() && reason.exit_code() == 0 {
         log::debug!("{reason}");
     } else {
         eprintln!("hearth: {reason}");
