@@ -17,6 +17,8 @@ fn the_guests_status_is_the_guests() {
     );
     let run = boot_test_guest("console=ttyS0 end=reset", &[]);
     assert_eq!(run.code(), 0, "{run:#?}");
+    // A clean run says nothing without -v (the boot-marker time is a -v line).
+    assert_eq!(run.stderr, "", "{run:#?}");
 }
 
 #[test]
