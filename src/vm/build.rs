@@ -1,16 +1,15 @@
 //! Building a VM: KVM, guest memory, the kernel and its boot information, devices and
 //! vCPUs. Restore (`persist.rs`) shares everything here but the kernel loading.
 
-use std::fs::File;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::VmFd;
 use linux_loader::cmdline::Cmdline;
-use log::{debug, info};
+use log::{debug, info, warn};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -21,7 +20,8 @@ use crate::arch::mptable;
 use crate::arch::regs::EntryMode;
 use crate::boot;
 use crate::config::{ExecutionChoice, VmConfig};
-use crate::device_manager::{DeviceError, DeviceManager};
+use crate::console::Console;
+use crate::device_manager::{BootMarker, DeviceError, DeviceManager};
 use crate::kvm::{self, Execution};
 use crate::memory;
 use crate::snapshot::VmState;
@@ -86,18 +86,26 @@ pub fn build_cmdline(
     virtio_slots: &[(u64, u32)],
     execution: Execution,
 ) -> Result<Cmdline, VmError> {
-    let mut cmdline =
-        Cmdline::try_from(&config.cmdline, CMDLINE_MAX_SIZE).map_err(VmError::Cmdline)?;
+    // Over the limit only once hearth's additions are in: say so, with the limit.
+    let err = |e| match e {
+        linux_loader::cmdline::Error::TooLarge | linux_loader::cmdline::Error::InvalidCapacity => {
+            VmError::Config(crate::config::ConfigError::CmdlineTooLong {
+                len: config.cmdline.len(),
+            })
+        }
+        e => VmError::Cmdline(e),
+    };
+    let mut cmdline = Cmdline::try_from(&config.cmdline, CMDLINE_MAX_SIZE).map_err(err)?;
     for (base, irq) in virtio_slots {
         cmdline
             .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, vm_memory::GuestAddress(*base), *irq, None)
-            .map_err(VmError::Cmdline)?;
+            .map_err(err)?;
     }
     if execution == Execution::Emulated && config.cmdline_workarounds {
         let present: Vec<&str> = config.cmdline.split_whitespace().collect();
         for arg in EMULATION_CMDLINE {
             if !present.contains(arg) {
-                cmdline.insert_str(arg).map_err(VmError::Cmdline)?;
+                cmdline.insert_str(arg).map_err(err)?;
             }
         }
     }
@@ -177,6 +185,7 @@ pub(super) struct Parts {
     pub(super) devices: DeviceManager,
     pub(super) vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
     shared: Arc<VcpuShared>,
+    booted: Arc<OnceLock<Duration>>,
 }
 
 impl Parts {
@@ -188,6 +197,7 @@ impl Parts {
         mem: GuestMemoryMmap,
         saved: Option<&VmState>,
         started: Instant,
+        console: Console,
     ) -> Result<Parts, VmError> {
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?);
         vm_fd
@@ -214,13 +224,18 @@ impl Parts {
             .pio
             .insert(PIT_PORT_BASE, PIT_PORT_LEN, pit.clone())
             .map_err(DeviceError::from)?;
+        let (serial_out, serial_in) = console.open(config.serial_out.as_deref())?;
+        let booted = Arc::new(OnceLock::new());
         devices.add_legacy(
             &vm_fd,
             &exit,
-            config.serial_out.as_deref(),
-            stdin_for_guest(),
+            serial_out,
+            serial_in,
             saved.map(|s| &s.serial),
-            started,
+            BootMarker {
+                started,
+                booted: booted.clone(),
+            },
         )?;
         crate::device_manager::virtio::add_all(
             &mut devices,
@@ -229,6 +244,8 @@ impl Parts {
             config,
             saved.map(|s| s.virtio.as_slice()),
         )?;
+        // Once every disk opened: a refused one is the only line then.
+        warn_about_disks(config);
         if let Some(s) = saved {
             if s.virtio.len() != devices.virtio.len() {
                 return Err(VmError::VirtioCount {
@@ -256,6 +273,7 @@ impl Parts {
             devices,
             vcpu_fds,
             shared,
+            booted,
         })
     }
 
@@ -275,6 +293,7 @@ impl Parts {
             devices,
             vcpu_fds,
             shared,
+            booted,
         } = self;
         let vcpus = vcpu_fds
             .into_iter()
@@ -299,6 +318,7 @@ impl Parts {
                 execution,
                 cmdline,
                 config,
+                booted,
             },
             vcpus,
             start_paused,
@@ -308,8 +328,13 @@ impl Parts {
 
 impl Vm {
     /// Builds a VM: KVM, memory, kernel, devices and vCPUs. Nothing runs yet, and any
-    /// error leaves nothing behind.
+    /// error leaves nothing behind. The console is the default one (see [`Console`]).
     pub fn new(config: &VmConfig) -> Result<Self, VmError> {
+        Self::with_console(config, Console::new())
+    }
+
+    /// Like [`Vm::new`], with the guest's console where `console` says.
+    pub fn with_console(config: &VmConfig, console: Console) -> Result<Self, VmError> {
         let started = Instant::now();
         config.validate()?;
         let kvm = kvm::open()?;
@@ -334,7 +359,7 @@ impl Vm {
             Some(path) => Some(boot::load_initrd(&mem, path, &kernel)?),
             None => None,
         };
-        let parts = Parts::build(&kvm, config, mem, None, started)?;
+        let parts = Parts::build(&kvm, config, mem, None, started, console)?;
         let mem = &parts.mem.clone();
 
         // A thread that is only being joined would have to wait for a CPU to return a
@@ -379,9 +404,22 @@ impl Vm {
     }
 }
 
-/// The guest reads the host's stdin when it is something that can be waited on.
-fn stdin_for_guest() -> Option<File> {
-    use std::os::fd::{AsFd, OwnedFd};
-    let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
-    Some(File::from(fd))
+/// Warns, as Firecracker does, about a disk whose size is not a whole number of
+/// 512-byte sectors: the guest cannot see the partial sector at its end.
+fn warn_about_disks(config: &VmConfig) {
+    for disk in &config.disks {
+        if let Ok(m) = std::fs::metadata(&disk.path) {
+            let rest = m.len() % SECTOR_SIZE;
+            if m.is_file() && rest != 0 {
+                warn!(
+                    "disk {}: its size ({} bytes) is not a multiple of {SECTOR_SIZE}; the guest does not see the last {rest} bytes",
+                    disk.path.display(),
+                    m.len()
+                );
+            }
+        }
+    }
 }
+
+/// The sector size of virtio-blk.
+const SECTOR_SIZE: u64 = 512;

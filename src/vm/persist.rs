@@ -12,8 +12,9 @@ use log::debug;
 
 use super::build::Parts;
 use super::pit::Pit;
-use super::running::RunningVm;
+use super::running::Control;
 use super::{kvm_call, Vm, VmError};
+use crate::console::Console;
 use crate::kvm;
 use crate::snapshot::{self, VmState};
 use crate::vcpu;
@@ -73,10 +74,9 @@ impl KernelState {
     }
 }
 
-impl RunningVm {
-    /// Writes a snapshot of the VM to `dir`. The VM is paused for it and stays paused;
-    /// call [`RunningVm::resume`] to carry on.
-    pub fn snapshot(&mut self, dir: &Path) -> Result<(), VmError> {
+impl Control {
+    /// Writes a snapshot of the VM to `dir`. The VM is paused for it and stays paused.
+    pub(super) fn snapshot(&mut self, dir: &Path) -> Result<(), VmError> {
         self.pause()?;
         let started = Instant::now();
         let core = &self.core;
@@ -132,6 +132,15 @@ impl Vm {
     /// from the snapshot (which is never modified), disks are reopened, devices and
     /// vCPUs get their saved state. The VM starts paused unless `resume` is set.
     pub fn restore(dir: &Path, options: &RestoreOptions) -> Result<Self, VmError> {
+        Self::restore_with_console(dir, options, Console::new())
+    }
+
+    /// Like [`Vm::restore`], with the guest's console where `console` says.
+    pub fn restore_with_console(
+        dir: &Path,
+        options: &RestoreOptions,
+        console: Console,
+    ) -> Result<Self, VmError> {
         let started = Instant::now();
         let state = snapshot::read_state(dir)?;
         let mut config = state.config.clone();
@@ -146,7 +155,7 @@ impl Vm {
             });
         }
         let mem = snapshot::map_memory(dir, config.memory)?;
-        let parts = Parts::build(&kvm, &config, mem, Some(&state), started)?;
+        let parts = Parts::build(&kvm, &config, mem, Some(&state), started, console)?;
         KernelState::restore(&parts.vm_fd, &mut lock(&parts.pit), &state)?;
         for (index, (fd, s)) in parts.vcpu_fds.iter().zip(&state.vcpus).enumerate() {
             vcpu::restore_state(fd, s).map_err(|source| VmError::VcpuState { index, source })?;

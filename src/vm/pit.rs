@@ -109,7 +109,7 @@ fn output(c: &kvm_pit_channel_state, channel: usize, now: i64) -> bool {
     let count = u64::from(c.count).max(1);
     match c.mode {
         1 => d < count,
-        2 => d % count == 0 && d != 0,
+        2 => d.is_multiple_of(count) && d != 0,
         3 => d % count < (count + 1) >> 1,
         4 | 5 => d == count,
         _ => d >= count,
