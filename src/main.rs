@@ -8,6 +8,8 @@ use hearth::boot::BootProtocol;
 use hearth::config::{parse_size, ConfigError, DiskConfig, ExecutionChoice, NetConfig, VmConfig};
 use hearth::{Vm, VmError};
 
+mod firecracker;
+
 /// hearth: a minimal KVM virtual machine monitor.
 #[derive(Parser)]
 #[command(version, about, propagate_version = true)]
@@ -52,6 +54,15 @@ enum CtlAction {
         /// Resume the VM once the snapshot is written.
         #[arg(long)]
         resume: bool,
+    },
+    /// Send any Firecracker API request and print the answer's body.
+    Request {
+        /// GET, PUT or PATCH.
+        method: String,
+        /// The path, e.g. /machine-config.
+        path: String,
+        /// A JSON body.
+        body: Option<String>,
     },
 }
 
@@ -196,14 +207,30 @@ impl RunArgs {
 
 fn run(args: RunArgs) -> Result<i32, VmError> {
     init_logging(args.verbose);
-    let config = args.into_config()?;
+    let mut config = args.into_config()?;
+    let api_sock = config.api_sock.take();
     let vm = Vm::try_from(config)?;
-    finish(vm)
+    finish(vm, api_sock)
 }
 
-fn finish(vm: Vm) -> Result<i32, VmError> {
+fn finish(vm: Vm, api_sock: Option<PathBuf>) -> Result<i32, VmError> {
     let _terminal = RawTerminal::enter();
-    let reason = vm.run()?;
+    // The API socket is up before the vCPUs start, so no early request is refused.
+    let api = match &api_sock {
+        Some(path) => Some(hearth::api::ApiServer::bind(
+            path,
+            hearth::api::server::DEFAULT_MAX_PAYLOAD,
+        )?),
+        None => None,
+    };
+    let running = vm.start()?;
+    let reason = match api {
+        Some(mut server) => {
+            let mut controller = hearth::api::Controller::with_vm("hearth", running);
+            server.serve(&mut controller)
+        }
+        None => running.wait()?,
+    };
     if let hearth::ExitReason::Error(_) = reason {
         eprintln!("hearth: error: {reason}");
     } else {
@@ -214,29 +241,59 @@ fn finish(vm: Vm) -> Result<i32, VmError> {
 
 fn restore(args: RestoreArgs) -> Result<i32, VmError> {
     init_logging(args.verbose);
-    let options = hearth::RestoreOptions {
+    let mut options = hearth::RestoreOptions {
         resume: args.resume,
         serial_out: args.serial_out,
         api_sock: args.api_sock,
+        ..Default::default()
     };
     if !options.resume && options.api_sock.is_none() {
         eprintln!("hearth: note: restoring paused without --api-sock: nothing can resume it; pass --resume or --api-sock");
     }
-    finish(Vm::restore(&args.dir, &options)?)
+    let api_sock = options.api_sock.take();
+    finish(Vm::restore(&args.dir, &options)?, api_sock)
 }
 
 fn ctl(args: CtlArgs) -> Result<i32, VmError> {
-    use hearth::api::Request;
-    let request = match args.action {
-        CtlAction::Pause => Request::Pause,
-        CtlAction::Resume => Request::Resume,
-        CtlAction::Snapshot { dir, resume } => Request::Snapshot {
+    use hearth::api::client::call;
+    let sock = &args.api_sock;
+    let vm_state = |state: &str| format!("{{\"state\": \"{state}\"}}");
+    match args.action {
+        CtlAction::Pause => call(sock, "PATCH", "/vm", Some(&vm_state("Paused")))?,
+        CtlAction::Resume => call(sock, "PATCH", "/vm", Some(&vm_state("Resumed")))?,
+        CtlAction::Snapshot { dir, resume } => {
             // The VM resolves relative paths from its own working directory.
-            dir: std::path::absolute(&dir).unwrap_or(dir),
-            resume,
-        },
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            std::fs::create_dir_all(&dir).map_err(|source| {
+                VmError::Snapshot(hearth::snapshot::SnapshotError::Io {
+                    path: dir.clone(),
+                    source,
+                })
+            })?;
+            let body = serde_json::json!({
+                "snapshot_type": "Full",
+                "snapshot_path": dir.join(hearth::snapshot::STATE_FILE),
+                "mem_file_path": dir.join(hearth::snapshot::MEMORY_FILE),
+            });
+            call(sock, "PATCH", "/vm", Some(&vm_state("Paused")))?;
+            let made = call(sock, "PUT", "/snapshot/create", Some(&body.to_string()));
+            if resume || made.is_err() {
+                call(sock, "PATCH", "/vm", Some(&vm_state("Resumed")))?;
+            }
+            made?
+        }
+        CtlAction::Request { method, path, body } => {
+            let answer = hearth::api::client::send(sock, &method, &path, body.as_deref())?;
+            if !answer.body.is_empty() {
+                println!("{}", answer.body);
+            }
+            return Ok(if (200..300).contains(&answer.status) {
+                0
+            } else {
+                1
+            });
+        }
     };
-    hearth::api::send(&args.api_sock, &request)?;
     Ok(0)
 }
 
@@ -304,6 +361,17 @@ fn init_logging(verbose: bool) {
 
 fn main() -> ExitCode {
     START.get_or_init(std::time::Instant::now);
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if firecracker::is_firecracker_invocation(&argv) {
+        let args = <firecracker::FirecrackerArgs as Parser>::parse_from(argv);
+        return match firecracker::run(args) {
+            Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("hearth: error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),

@@ -33,7 +33,7 @@ use crate::vcpu::{ExitSignal, SetupError, Vcpu, VcpuShared, VcpuStateError};
 
 pub use build::{build_cmdline, EMULATION_CMDLINE};
 pub use persist::RestoreOptions;
-pub use running::RunningVm;
+pub use running::{RunningVm, WATCHDOG_INTERVAL};
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +143,9 @@ pub enum VmError {
     /// The control socket.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// A restore override that does not fit the snapshot.
+    #[error("cannot apply the restore override: {0}")]
+    Override(String),
 }
 
 fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {

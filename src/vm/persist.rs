@@ -26,6 +26,34 @@ pub struct RestoreOptions {
     pub serial_out: Option<PathBuf>,
     /// Serve the control socket here.
     pub api_sock: Option<PathBuf>,
+    /// The vsock device listens here instead of on the snapshot's socket.
+    pub vsock_socket: Option<PathBuf>,
+    /// (interface id, tap): network interfaces to attach to another tap than the
+    /// snapshot's (Firecracker's `network_overrides`).
+    pub taps: Vec<(String, String)>,
+}
+
+impl RestoreOptions {
+    fn apply_overrides(&self, config: &mut crate::VmConfig) -> Result<(), VmError> {
+        if let Some(socket) = &self.vsock_socket {
+            let vsock = config
+                .vsock
+                .as_mut()
+                .ok_or(VmError::Override("the snapshot has no vsock device".into()))?;
+            vsock.socket.clone_from(socket);
+        }
+        for (id, tap) in &self.taps {
+            let net = config
+                .net
+                .iter_mut()
+                .find(|n| n.id.as_deref() == Some(id.as_str()))
+                .ok_or_else(|| {
+                    VmError::Override(format!("the snapshot has no network interface '{id}'"))
+                })?;
+            net.tap.clone_from(tap);
+        }
+        Ok(())
+    }
 }
 
 /// The VM-wide state KVM keeps in the kernel: PIC/IOAPIC, PIT, kvmclock.
@@ -139,6 +167,7 @@ impl Vm {
         // Output and control go where this process is told, not where the first one's went.
         config.serial_out = options.serial_out.clone();
         config.api_sock = options.api_sock.clone();
+        options.apply_overrides(&mut config)?;
         let kvm = kvm::open()?;
         if state.vcpus.len() != config.cpus as usize {
             return Err(VmError::VcpuCount {

@@ -1,7 +1,6 @@
-//! A running VM: its vCPU threads and event loop started, paused and resumed, served
-//! over the control socket, and stopped.
+//! A running VM: its vCPU threads and event loop started, paused and resumed, and
+//! stopped. The API (src/api/) drives it from its own thread.
 
-use std::os::unix::net::UnixListener;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use crate::kvm::Execution;
 use crate::vcpu::{self, ExitReason};
 
 /// How often an idle vCPU is checked for a halt it cannot leave.
-const WATCHDOG_INTERVAL: Duration = Duration::from_millis(500);
+pub const WATCHDOG_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Vm {
     /// Starts the vCPU threads and the event loop and returns a handle to control them.
@@ -24,10 +23,6 @@ impl Vm {
             what: "vCPU kick signal handler".into(),
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
-        let api = match &self.core.config.api_sock {
-            Some(path) => Some(crate::api::bind(path)?),
-            None => None,
-        };
         let Vm {
             core,
             vcpus,
@@ -64,7 +59,6 @@ impl Vm {
             handles,
             event_loop,
             paused: false,
-            api,
         };
         if start_paused {
             running.pause()?;
@@ -80,7 +74,6 @@ pub struct RunningVm {
     handles: Vec<JoinHandle<()>>,
     event_loop: EventLoop,
     pub(super) paused: bool,
-    api: Option<UnixListener>,
 }
 
 impl RunningVm {
@@ -137,63 +130,48 @@ impl RunningVm {
         }
     }
 
-    /// Waits for the VM to end (serving the API socket meanwhile), then stops every
-    /// thread and returns why it ended.
-    pub fn wait(mut self) -> Result<ExitReason, VmError> {
-        while !self.core.exit.is_set() {
-            let mut fds = vec![libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(self.core.exit.event()),
+    /// Waits for the VM to end, then stops every thread and returns why it ended.
+    pub fn wait(self) -> Result<ExitReason, VmError> {
+        while !self.has_ended() {
+            let mut fds = [libc::pollfd {
+                fd: self.exit_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             }];
-            if let Some(l) = &self.api {
-                fds.push(libc::pollfd {
-                    fd: std::os::fd::AsRawFd::as_raw_fd(l),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
             #[allow(clippy::cast_possible_truncation)] // 500 ms fits an i32
             let timeout = WATCHDOG_INTERVAL.as_millis() as i32;
-            // SAFETY: `fds` is a valid array of pollfds for the duration of the call.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-            if n == 0 && !self.paused {
-                kick_all(&self.handles);
-            }
-            if fds.len() > 1 && fds[1].revents & libc::POLLIN != 0 {
-                self.serve_api();
+            // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, timeout) };
+            if n == 0 {
+                self.watchdog();
             }
         }
         Ok(self.stop())
     }
 
-    fn serve_api(&mut self) {
-        let Some(listener) = &self.api else {
-            return;
-        };
-        let Ok((stream, _)) = listener.accept() else {
-            return;
-        };
-        crate::api::serve(stream, |request| self.handle(request));
+    /// A descriptor that becomes readable when the VM ends, for callers that wait on
+    /// other things too (the API server): they call [`RunningVm::watchdog`] every
+    /// [`WATCHDOG_INTERVAL`] and [`RunningVm::finish`] once the VM has ended.
+    pub fn exit_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self.core.exit.event())
     }
 
-    fn handle(&mut self, request: crate::api::Request) -> Result<(), VmError> {
-        use crate::api::Request;
-        match request {
-            Request::Pause => self.pause(),
-            Request::Resume => {
-                self.resume();
-                Ok(())
-            }
-            Request::Snapshot { dir, resume } => {
-                let was_paused = self.paused;
-                let r = self.snapshot(&dir);
-                if resume || (r.is_err() && !was_paused) {
-                    self.resume();
-                }
-                r
-            }
+    /// Whether the VM has ended.
+    pub fn has_ended(&self) -> bool {
+        self.core.exit.is_set()
+    }
+
+    /// Checks running vCPUs for a halt they cannot leave on their own.
+    pub fn watchdog(&self) {
+        if !self.paused {
+            kick_all(&self.handles);
         }
+    }
+
+    /// Stops every thread and returns why the VM ended ([`ExitReason::Stopped`] if it
+    /// had not).
+    pub fn finish(self) -> ExitReason {
+        self.stop()
     }
 
     fn stop(mut self) -> ExitReason {
@@ -211,9 +189,6 @@ impl RunningVm {
         }
         self.event_loop.stop();
         self.core.devices.flush();
-        if let Some(path) = &self.core.config.api_sock {
-            let _ = std::fs::remove_file(path);
-        }
         let reason = self.core.exit.reason().unwrap_or(ExitReason::Stopped);
         debug!("VM ended: {reason}");
         reason
