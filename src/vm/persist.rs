@@ -34,23 +34,41 @@ pub struct RestoreOptions {
 }
 
 impl RestoreOptions {
-    fn apply_overrides(&self, config: &mut crate::VmConfig) -> Result<(), VmError> {
+    /// Points the saved devices (and their description) at the sockets and taps given
+    /// for this process.
+    fn apply_overrides(&self, state: &mut snapshot::VmState) -> Result<(), VmError> {
+        use snapshot::VirtioDeviceState;
         if let Some(socket) = &self.vsock_socket {
-            let vsock = config
+            let vsock = state
+                .config
                 .vsock
                 .as_mut()
                 .ok_or(VmError::Override("the snapshot has no vsock device".into()))?;
             vsock.socket.clone_from(socket);
+            for slot in &mut state.virtio {
+                if let VirtioDeviceState::Vsock(v) = &mut slot.device {
+                    v.config.socket.clone_from(socket);
+                }
+            }
         }
         for (id, tap) in &self.taps {
-            let net = config
+            let matches = |n: &crate::config::NetConfig| n.id.as_deref() == Some(id.as_str());
+            let net = state
+                .config
                 .net
                 .iter_mut()
-                .find(|n| n.id.as_deref() == Some(id.as_str()))
+                .find(|n| matches(n))
                 .ok_or_else(|| {
                     VmError::Override(format!("the snapshot has no network interface '{id}'"))
                 })?;
             net.tap.clone_from(tap);
+            for slot in &mut state.virtio {
+                if let VirtioDeviceState::Net(n) = &mut slot.device {
+                    if matches(&n.config) {
+                        n.config.tap.clone_from(tap);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -162,12 +180,12 @@ impl Vm {
     /// vCPUs get their saved state. The VM starts paused unless `resume` is set.
     pub fn restore(dir: &Path, options: &RestoreOptions) -> Result<Self, VmError> {
         let started = Instant::now();
-        let state = snapshot::read_state(dir)?;
+        let mut state = snapshot::read_state(dir)?;
+        options.apply_overrides(&mut state)?;
         let mut config = state.config.clone();
         // Output and control go where this process is told, not where the first one's went.
         config.serial_out = options.serial_out.clone();
         config.api_sock = options.api_sock.clone();
-        options.apply_overrides(&mut config)?;
         let kvm = kvm::open()?;
         if state.vcpus.len() != config.cpus as usize {
             return Err(VmError::VcpuCount {
