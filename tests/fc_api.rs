@@ -124,7 +124,9 @@ fn counts(text: &str) -> Vec<u64> {
 }
 
 fn patterned(len: usize) -> Vec<u8> {
-    (0..len).map(|i| u8::try_from(i * 7 % 251).unwrap_or(0)).collect()
+    (0..len)
+        .map(|i| u8::try_from(i * 7 % 251).unwrap_or(0))
+        .collect()
 }
 
 fn boot_source(args: &str) -> Value {
@@ -590,4 +592,56 @@ fn a_third_party_python_client_drives_hearth() {
     assert_eq!(two.wait().code(), Some(4), "{}", two.output());
     let after = counts(&std::fs::read_to_string(&two.serial).unwrap());
     assert_eq!(after.first(), Some(&(last + 1)), "{}", two.output());
+}
+
+#[test]
+fn flushed_metrics_count_the_guests_disk_requests() {
+    let dir = scratch();
+    let d = dir.as_path();
+    let disk = d.join("disk.img");
+    std::fs::write(&disk, patterned(256 * 512)).unwrap();
+    let metrics = d.join("metrics.json");
+    let fc = Fc::spawn(d, "vm", &[]);
+    fc.wait_socket();
+    fc.ok("PUT", "/metrics", json!({"metrics_path": metrics}));
+    fc.refused(
+        "PUT",
+        "/metrics",
+        Some(&json!({"metrics_path": metrics}).to_string()),
+        "Reinitialization",
+    );
+    fc.ok(
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    fc.ok(
+        "PUT",
+        "/boot-source",
+        boot_source("blk.read=0:0:8 blk.read=0:100:2 blk.write=0:20:2:7 blk.flush=0 count=200 delay=20000 exit=0"),
+    );
+    fc.ok(
+        "PUT",
+        "/drives/data",
+        json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false}),
+    );
+    fc.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    let serial = wait_for_text(&fc.serial, "count: 2\n", T);
+    assert!(serial.contains("blk 0 flush status=0"), "{serial}");
+    fc.ok("PUT", "/actions", json!({"action_type": "FlushMetrics"}));
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let line: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let block = &line["block"];
+    assert_eq!(block["read_count"], 2, "{line}");
+    assert_eq!(block["read_bytes"], 10 * 512);
+    assert_eq!(block["write_count"], 1);
+    assert_eq!(block["write_bytes"], 2 * 512);
+    assert_eq!(block["flush_count"], 1);
+    assert_eq!(line["put_api_requests"]["drive_count"], 1);
+    assert!(line["utc_timestamp_ms"].as_u64().unwrap() > 1_600_000_000_000);
+    // Counters restart with each line.
+    fc.ok("PUT", "/actions", json!({"action_type": "FlushMetrics"}));
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let line: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(line["block"]["read_count"], 0, "{line}");
 }

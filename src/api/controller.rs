@@ -267,8 +267,27 @@ impl Controller {
         self.metrics.set("latencies_us", name, us);
     }
 
-    fn update_device_metrics(&mut self) {
-        // Device counters join here as the device models grow them.
+    /// Brings the devices' running totals into the metrics.
+    pub fn update_device_metrics(&mut self) {
+        let Some(vm) = &self.vm else {
+            return;
+        };
+        let c = vm.device_counters();
+        let m = &mut self.metrics;
+        m.total("block", "read_count", c.block.read_count);
+        m.total("block", "read_bytes", c.block.read_bytes);
+        m.total("block", "write_count", c.block.write_count);
+        m.total("block", "write_bytes", c.block.write_bytes);
+        m.total("block", "flush_count", c.block.flush_count);
+        m.total("block", "invalid_reqs_count", c.block.invalid_reqs_count);
+        m.total("block", "execute_fails", c.block.execute_fails);
+        m.total("net", "tx_packets_count", c.net.tx_frames);
+        m.total("net", "tx_bytes_count", c.net.tx_bytes);
+        m.total("net", "tx_fails", c.net.tx_dropped);
+        m.total("net", "rx_packets_count", c.net.rx_frames);
+        m.total("net", "rx_bytes_count", c.net.rx_bytes);
+        m.total("net", "rx_fails", c.net.rx_dropped + c.net.rx_bad_buffers);
+        m.total("entropy", "entropy_bytes", c.entropy_bytes);
     }
 
     fn patch_drive(&mut self, d: &PartialDrive) -> Result<Reply, Fault> {

@@ -37,6 +37,8 @@ pub struct Metrics {
     file: Option<File>,
     counters: BTreeMap<(&'static str, &'static str), u64>,
     values: BTreeMap<(&'static str, &'static str), u64>,
+    /// Running totals kept elsewhere (the devices'): (latest, at the last flush).
+    totals: BTreeMap<(&'static str, &'static str), (u64, u64)>,
 }
 
 impl Metrics {
@@ -75,6 +77,12 @@ impl Metrics {
         self.values.insert((group, name), value);
     }
 
+    /// Records a running total kept elsewhere; lines show what it grew by since the
+    /// previous line, as Firecracker's counters do.
+    pub fn total(&mut self, group: &'static str, name: &'static str, total: u64) {
+        self.totals.entry((group, name)).or_default().0 = total;
+    }
+
     /// The line that the next flush writes.
     pub fn line(&self) -> Value {
         let mut root = Map::new();
@@ -86,9 +94,18 @@ impl Metrics {
         for group in GROUPS {
             root.insert((*group).into(), Value::Object(Map::new()));
         }
-        for ((group, name), v) in self.counters.iter().chain(&self.values) {
+        let totals = self
+            .totals
+            .iter()
+            .map(|(k, (now, then))| (k, now.saturating_sub(*then)));
+        let plain = self
+            .counters
+            .iter()
+            .chain(&self.values)
+            .map(|(k, v)| (k, *v));
+        for ((group, name), v) in plain.chain(totals) {
             if let Some(Value::Object(g)) = root.get_mut(*group) {
-                g.insert((*name).into(), (*v).into());
+                g.insert((*name).into(), v.into());
             }
         }
         Value::Object(root)
@@ -105,6 +122,9 @@ impl Metrics {
         file.write_all(text.as_bytes())
             .map_err(|e| Fault(format!("Cannot write metrics: {e}")))?;
         self.counters.clear();
+        for (now, then) in self.totals.values_mut() {
+            *then = *now;
+        }
         Ok(())
     }
 }
@@ -123,7 +143,9 @@ mod tests {
         m.inc("put_api_requests", "actions_count");
         m.inc("put_api_requests", "actions_count");
         m.set("latencies_us", "load_snapshot", 42);
+        m.total("block", "read_count", 5);
         m.flush().unwrap();
+        m.total("block", "read_count", 7);
         m.flush().unwrap();
         let text = std::fs::read_to_string(&dir).unwrap();
         let lines: Vec<Value> = text
@@ -133,6 +155,8 @@ mod tests {
         assert_eq!(lines[0]["put_api_requests"]["actions_count"], 2);
         assert!(lines[1]["put_api_requests"]["actions_count"].is_null());
         assert_eq!(lines[1]["latencies_us"]["load_snapshot"], 42);
+        assert_eq!(lines[0]["block"]["read_count"], 5);
+        assert_eq!(lines[1]["block"]["read_count"], 2);
         assert!(lines[1]["block"].is_object());
         let _ = std::fs::remove_file(&dir);
     }

@@ -110,8 +110,12 @@ impl ApiServer {
             if n > 0 && fds[0].revents & libc::POLLIN != 0 {
                 self.answer(controller);
             }
-            if let Some(reason) = controller.reap() {
+            if controller.vm().is_some_and(crate::RunningVm::has_ended) {
+                // The last line, with the devices' final counts.
+                controller.update_device_metrics();
                 let _ = controller.metrics.flush();
+            }
+            if let Some(reason) = controller.reap() {
                 return reason;
             }
             if last_watchdog.elapsed() >= WATCHDOG_INTERVAL {
@@ -121,6 +125,7 @@ impl ApiServer {
                 last_watchdog = Instant::now();
             }
             if Instant::now() >= next_flush {
+                controller.update_device_metrics();
                 if let Err(e) = controller.metrics.flush() {
                     log::warn!("{e}");
                 }

@@ -33,7 +33,7 @@ use crate::vcpu::{ExitSignal, SetupError, Vcpu, VcpuShared, VcpuStateError};
 
 pub use build::{build_cmdline, EMULATION_CMDLINE};
 pub use persist::RestoreOptions;
-pub use running::{RunningVm, WATCHDOG_INTERVAL};
+pub use running::{DeviceCounters, RunningVm, WATCHDOG_INTERVAL};
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]

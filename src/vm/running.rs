@@ -67,6 +67,17 @@ impl Vm {
     }
 }
 
+/// Totals of the device models' counters (for Firecracker-style metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceCounters {
+    /// All disks.
+    pub block: hearth_devices::virtio::block::BlockCounters,
+    /// All network devices.
+    pub net: hearth_devices::virtio::net::NetCounters,
+    /// Bytes the entropy device gave the guest.
+    pub entropy_bytes: u64,
+}
+
 /// A VM whose threads are running: pause, resume, snapshot, or wait for its end.
 #[derive(Debug)]
 pub struct RunningVm {
@@ -128,6 +139,41 @@ impl RunningVm {
             self.paused = false;
             debug!("resumed");
         }
+    }
+
+    /// What the device models counted so far, summed over devices of a kind.
+    pub fn device_counters(&self) -> DeviceCounters {
+        use crate::device_manager::virtio::VirtioKind;
+        let mut c = DeviceCounters::default();
+        for slot in &self.core.devices.virtio {
+            match &slot.kind {
+                VirtioKind::Block(b) => {
+                    let d = lock(b).disk().counters();
+                    let t = &mut c.block;
+                    t.read_count += d.read_count;
+                    t.read_bytes += d.read_bytes;
+                    t.write_count += d.write_count;
+                    t.write_bytes += d.write_bytes;
+                    t.flush_count += d.flush_count;
+                    t.invalid_reqs_count += d.invalid_reqs_count;
+                    t.execute_fails += d.execute_fails;
+                }
+                VirtioKind::Net(n) => {
+                    let d = lock(n).counters();
+                    let t = &mut c.net;
+                    t.tx_frames += d.tx_frames;
+                    t.tx_bytes += d.tx_bytes;
+                    t.tx_dropped += d.tx_dropped;
+                    t.rx_frames += d.rx_frames;
+                    t.rx_bytes += d.rx_bytes;
+                    t.rx_dropped += d.rx_dropped;
+                    t.rx_bad_buffers += d.rx_bad_buffers;
+                }
+                VirtioKind::Rng(r) => c.entropy_bytes += lock(r).bytes_served(),
+                VirtioKind::Vsock(_) => {}
+            }
+        }
+        c
     }
 
     /// Waits for the VM to end, then stops every thread and returns why it ended.

@@ -138,6 +138,7 @@ impl Disk {
             nsectors: size >> SECTOR_SHIFT,
             read_only: config.read_only,
             id,
+            counters: Default::default(),
         })
     }
 }

@@ -11,7 +11,7 @@ pub mod persist;
 mod request;
 
 pub use device::{Block, BlockConfig, BlockError};
-pub use request::{Disk, RequestError};
+pub use request::{BlockCounters, Disk, RequestError};
 
 /// Helpers other modules' tests use to build requests.
 #[cfg(test)]

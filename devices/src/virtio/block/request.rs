@@ -96,6 +96,25 @@ pub enum RequestError {
     StuckRing,
 }
 
+/// What the request engine counted (Firecracker's block metric names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockCounters {
+    /// Reads served.
+    pub read_count: u64,
+    /// Their bytes.
+    pub read_bytes: u64,
+    /// Writes served.
+    pub write_count: u64,
+    /// Their bytes.
+    pub write_bytes: u64,
+    /// Flushes served.
+    pub flush_count: u64,
+    /// Requests refused for their shape (completed with IOERR or UNSUPP).
+    pub invalid_reqs_count: u64,
+    /// Requests whose file I/O or guest-memory transfer failed.
+    pub execute_fails: u64,
+}
+
 /// The backing file of a virtio-blk device and the engine that serves its requests.
 #[derive(Debug)]
 pub struct Disk {
@@ -105,6 +124,8 @@ pub struct Disk {
     pub(super) read_only: bool,
     /// The GET_ID serial, zero-padded.
     pub(super) id: [u8; DISK_ID_LEN],
+    /// Requests served so far.
+    pub(super) counters: BlockCounters,
 }
 
 impl Disk {
@@ -116,6 +137,11 @@ impl Disk {
     /// Whether writes are refused.
     pub fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// What the request engine counted so far.
+    pub fn counters(&self) -> BlockCounters {
+        self.counters
     }
 
     /// The serial number GET_ID returns (zero-padded, not NUL-terminated when 20 bytes long).
@@ -201,6 +227,13 @@ impl Disk {
             descs.pop();
             self.handle(mem, &descs)
         };
+        match &result {
+            Ok(_) => {}
+            Err(RequestError::Io(_) | RequestError::Transfer(_)) => {
+                self.counters.execute_fails += 1;
+            }
+            Err(_) => self.counters.invalid_reqs_count += 1,
+        }
         let (status, written) = match result {
             Ok(written) => (VIRTIO_BLK_S_OK, written),
             Err(RequestError::Unsupported(_)) => (VIRTIO_BLK_S_UNSUPP, 0),
@@ -250,6 +283,8 @@ impl Disk {
                     mem.read_exact_volatile_from(d.addr(), &mut self.file, d.len() as usize)
                         .map_err(RequestError::Transfer)?;
                 }
+                self.counters.read_count += 1;
+                self.counters.read_bytes += len;
                 // A chain carries less than 4 GiB (virtio-queue stops it there).
                 Ok(u32::try_from(len).unwrap_or(u32::MAX))
             }
@@ -257,16 +292,19 @@ impl Disk {
                 if self.read_only {
                     return Err(RequestError::ReadOnly);
                 }
-                self.check_data(mem, data, sector, false)?;
+                let len = self.check_data(mem, data, sector, false)?;
                 self.seek(sector)?;
                 for d in data {
                     mem.write_all_volatile_to(d.addr(), &mut self.file, d.len() as usize)
                         .map_err(RequestError::Transfer)?;
                 }
+                self.counters.write_count += 1;
+                self.counters.write_bytes += len;
                 Ok(0)
             }
             VIRTIO_BLK_T_FLUSH => {
                 self.file.sync_data().map_err(RequestError::Io)?;
+                self.counters.flush_count += 1;
                 Ok(0)
             }
             VIRTIO_BLK_T_GET_ID => {
