@@ -90,9 +90,7 @@ pub struct FirecrackerArgs {
 }
 
 fn parse_level(s: &str) -> Result<LogLevel, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-        format!("'{s}' is not a log level: give Error, Warning, Info, Debug, Trace or Off")
-    })
+    s.parse()
 }
 
 /// Whether this invocation is Firecracker's: the program is called `firecracker...`, or

@@ -153,6 +153,12 @@ fn boots_through_the_api_alone() {
         .unwrap()
         .starts_with("1."));
 
+    let log = dir.as_path().join("fc.log");
+    fc.ok(
+        "PUT",
+        "/logger",
+        json!({"log_path": log, "level": "debug", "show_level": true, "show_log_origin": true}),
+    );
     fc.ok(
         "PUT",
         "/machine-config",
@@ -202,6 +208,19 @@ fn boots_through_the_api_alone() {
     );
     assert!(run_line("rng read 256").contains("distinct="), "{out}");
     assert!(!fc.sock.exists(), "the socket goes with the process");
+    // Firecracker's line shape: time, [id:thread:LEVEL:file:line], message.
+    let log = std::fs::read_to_string(&log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Patch request on \"/machine-config\""))
+        .unwrap_or_else(|| panic!("no request line in the log:\n{log}"));
+    let (time, rest) = line.split_once(' ').unwrap();
+    assert_eq!(time.len(), 29, "{line}");
+    assert!(
+        rest.starts_with("[api-boot:main:INFO:src/api/server.rs:"),
+        "{line}"
+    );
+    assert!(log.contains(":DEBUG:"), "debug lines too:\n{log}");
 }
 
 fn config_file(dir: &Path, args: &str) -> PathBuf {

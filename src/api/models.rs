@@ -262,15 +262,15 @@ pub struct Entropy {
     pub rate_limiter: Option<RateLimiter>,
 }
 
-/// Log levels, as Firecracker spells them.
+/// Log levels, as Firecracker spells them (read in any case, `Warn` too).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String")]
 pub enum LogLevel {
     /// Nothing.
     Off,
     /// Errors.
     Error,
     /// Warnings and errors.
-    #[serde(alias = "Warn")]
     Warning,
     /// Informational.
     #[default]
@@ -279,6 +279,34 @@ pub enum LogLevel {
     Debug,
     /// Everything.
     Trace,
+}
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "off" => LogLevel::Off,
+            "error" => LogLevel::Error,
+            "warning" | "warn" => LogLevel::Warning,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            _ => {
+                return Err(format!(
+                    "'{s}' is not a log level: give Error, Warning, Info, Debug, Trace or Off"
+                ))
+            }
+        })
+    }
 }
 
 /// `PUT /logger`.
