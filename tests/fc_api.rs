@@ -664,3 +664,68 @@ fn flushed_metrics_count_the_guests_disk_requests() {
     let line: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(line["block"]["read_count"], 0, "{line}");
 }
+
+#[test]
+fn drive_patch_after_boot_swaps_the_backing_file() {
+    let dir = scratch();
+    let d = dir.as_path();
+    let (a, b) = (d.join("a.img"), d.join("b.img"));
+    std::fs::write(&a, patterned(2048 * 512)).unwrap();
+    let b_data: Vec<u8> = patterned(1024 * 512).iter().map(|x| x ^ 0x5a).collect();
+    std::fs::write(&b, &b_data).unwrap();
+    let mut fc = Fc::spawn(d, "vm", &[]);
+    fc.wait_socket();
+    fc.ok(
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    fc.ok(
+        "PUT",
+        "/boot-source",
+        boot_source("count=10 delay=20000 blk.info blk.read=0:0:8 exit=0"),
+    );
+    fc.ok(
+        "PUT",
+        "/drives/rootfs",
+        json!({"drive_id": "rootfs", "path_on_host": a, "is_root_device": true, "is_read_only": true}),
+    );
+    fc.refused(
+        "PATCH",
+        "/drives/rootfs",
+        Some(&json!({"drive_id": "rootfs", "path_on_host": b}).to_string()),
+        "before starting",
+    );
+    fc.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    wait_for_text(&fc.serial, "count: 1\n", T);
+    fc.refused(
+        "PATCH",
+        "/drives/other",
+        Some(r#"{"drive_id": "other", "path_on_host": "/x"}"#),
+        "Invalid block device ID",
+    );
+    fc.refused(
+        "PATCH",
+        "/drives/rootfs",
+        Some(&json!({"drive_id": "rootfs", "path_on_host": d.join("missing.img")}).to_string()),
+        "Unable to patch",
+    );
+    fc.ok(
+        "PATCH",
+        "/drives/rootfs",
+        json!({"drive_id": "rootfs", "path_on_host": b}),
+    );
+    assert_eq!(fc.wait().code(), Some(0), "{}", fc.output());
+    let serial = std::fs::read_to_string(&fc.serial).unwrap();
+    assert!(
+        serial.contains("blk 0: capacity=1024 ro=1"),
+        "the guest sees the new disk's size\n{serial}"
+    );
+    assert!(
+        serial.contains(&format!(
+            "blk 0 read 0 8 fnv={:016x}",
+            fnv1a(&b_data[..8 * 512])
+        )),
+        "and its data\n{serial}"
+    );
+}

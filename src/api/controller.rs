@@ -290,25 +290,31 @@ impl Controller {
         m.total("entropy", "entropy_bytes", c.entropy_bytes);
     }
 
+    /// `PATCH /drives/{id}` after boot: a new backing file (Kata's disk hot-swap), the
+    /// guest told through a configuration-change interrupt.
     fn patch_drive(&mut self, d: &PartialDrive) -> Result<Reply, Fault> {
         self.post_boot()?;
         if RateLimiter::limits(&d.rate_limiter) {
             return Err(Fault("hearth does not support rate limiters.".into()));
         }
-        let Some(drive) = self
+        let index = self
             .pending
-            .drives
-            .iter()
-            .find(|o| o.drive_id == d.drive_id)
-        else {
-            return Err(Fault(format!("Invalid block device ID: {}", d.drive_id)));
-        };
-        match &d.path_on_host {
-            Some(p) if Some(p) != drive.path_on_host.as_ref() => Err(Fault(
-                "Changing a drive's backing file after boot is not supported by hearth yet.".into(),
-            )),
-            _ => Ok(Reply::NoContent),
+            .disk_index(&d.drive_id)
+            .ok_or_else(|| Fault(format!("Invalid block device ID: {}", d.drive_id)))?;
+        if let Some(path) = &d.path_on_host {
+            self.post_boot()?
+                .set_disk_path(index, Path::new(path))
+                .map_err(|e| Fault(format!("Unable to patch the block device: {e}")))?;
+            if let Some(drive) = self
+                .pending
+                .drives
+                .iter_mut()
+                .find(|o| o.drive_id == d.drive_id)
+            {
+                drive.path_on_host = Some(path.clone());
+            }
         }
+        Ok(Reply::NoContent)
     }
 
     /// Boots the described VM.

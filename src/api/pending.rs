@@ -229,6 +229,18 @@ impl PendingVm {
         Ok(())
     }
 
+    /// The drives in the guest's order: the root drive first (`/dev/vda`).
+    fn ordered_drives(&self) -> Vec<&Drive> {
+        let mut drives: Vec<&Drive> = self.drives.iter().filter(|d| d.is_root_device).collect();
+        drives.extend(self.drives.iter().filter(|d| !d.is_root_device));
+        drives
+    }
+
+    /// Where drive `id` is in the guest's order.
+    pub fn disk_index(&self, id: &str) -> Option<usize> {
+        self.ordered_drives().iter().position(|d| d.drive_id == id)
+    }
+
     /// What `GET /vm/config` answers.
     pub fn full(&self) -> FullVmConfig {
         FullVmConfig {
@@ -261,8 +273,7 @@ impl PendingVm {
             .ok()
             .and_then(|m| m.checked_mul(1 << 20))
             .ok_or_else(|| Fault("The memory size is too large.".into()))?;
-        let mut drives: Vec<&Drive> = self.drives.iter().filter(|d| d.is_root_device).collect();
-        drives.extend(self.drives.iter().filter(|d| !d.is_root_device));
+        let drives = self.ordered_drives();
         if let Some(root) = drives.first().filter(|d| d.is_root_device) {
             let mode = if root.is_read_only == Some(true) {
                 "ro"

@@ -143,6 +143,9 @@ pub enum VmError {
     /// The control socket.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// A disk index past the VM's disks.
+    #[error("the VM has no disk number {0}")]
+    NoSuchDisk(usize),
     /// A restore override that does not fit the snapshot.
     #[error("cannot apply the restore override: {0}")]
     Override(String),

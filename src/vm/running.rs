@@ -141,6 +141,30 @@ impl RunningVm {
         }
     }
 
+    /// Puts another file behind disk `index` (in the guest's order) and tells the guest;
+    /// later snapshots record the new file.
+    pub fn set_disk_path(&mut self, index: usize, path: &std::path::Path) -> Result<(), VmError> {
+        use crate::device_manager::virtio::VirtioKind;
+        let block = self
+            .core
+            .devices
+            .virtio
+            .iter()
+            .filter_map(|slot| match &slot.kind {
+                VirtioKind::Block(b) => Some(b),
+                _ => None,
+            })
+            .nth(index)
+            .ok_or(VmError::NoSuchDisk(index))?;
+        lock(block)
+            .set_path(path.to_owned())
+            .map_err(crate::device_manager::virtio::VirtioError::from)?;
+        if let Some(disk) = self.core.config.disks.get_mut(index) {
+            disk.path = path.to_owned();
+        }
+        Ok(())
+    }
+
     /// What the device models counted so far, summed over devices of a kind.
     pub fn device_counters(&self) -> DeviceCounters {
         use crate::device_manager::virtio::VirtioKind;

@@ -239,6 +239,28 @@ impl Block {
         &self.config
     }
 
+    /// Puts another file behind the disk (Firecracker's drive PATCH), with the same
+    /// read-only setting, and tells an active driver that its configuration (the
+    /// capacity) changed. On error the old file stays.
+    pub fn set_path(&mut self, path: PathBuf) -> Result<(), BlockError> {
+        let config = BlockConfig {
+            path,
+            ..self.config.clone()
+        };
+        let mut disk = Disk::open(&config)?;
+        disk.counters = self.disk.counters;
+        self.config_space[0..8].copy_from_slice(&disk.capacity().to_le_bytes());
+        self.disk = disk;
+        self.config = config;
+        if let Some(active) = &self.active {
+            // Fails only when an interrupt is already pending, which the driver will see.
+            let _ = active
+                .interrupt
+                .trigger(crate::virtio::VIRTIO_MMIO_INT_CONFIG);
+        }
+        Ok(())
+    }
+
     /// The backing disk.
     pub fn disk(&self) -> &Disk {
         &self.disk
