@@ -42,7 +42,26 @@ impl Fc {
     }
 
     fn spawn_raw(args: &[String], sock: PathBuf, serial: PathBuf, stderr: PathBuf) -> Fc {
-        let child = Command::new(hearth_bin())
+        Self::spawn_in(None, args, sock, serial, stderr)
+    }
+
+    /// Starts hearth, inside network namespace `netns` when given.
+    fn spawn_in(
+        netns: Option<&str>,
+        args: &[String],
+        sock: PathBuf,
+        serial: PathBuf,
+        stderr: PathBuf,
+    ) -> Fc {
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, hearth_bin()]);
+                c
+            }
+            None => Command::new(hearth_bin()),
+        };
+        let child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&serial).unwrap())
@@ -728,4 +747,70 @@ fn drive_patch_after_boot_swaps_the_backing_file() {
         )),
         "and its data\n{serial}"
     );
+}
+
+#[test]
+fn network_overrides_move_a_loaded_vm_to_another_tap() {
+    use common::net::{add_tap, can_run_net_tests, frame, parse_mac, Netns, PacketSocket};
+    if !can_run_net_tests("network_overrides_move_a_loaded_vm_to_another_tap") {
+        return;
+    }
+    const MAC: &str = "06:00:ac:10:00:07";
+    let ns = Netns::new();
+    add_tap(&ns, "tap1");
+    let dir = scratch();
+    let d = dir.as_path();
+    let spawn = |name: &str| {
+        let sock = d.join(format!("{name}.sock"));
+        let args = vec!["--api-sock".to_string(), sock.display().to_string()];
+        let fc = Fc::spawn_in(
+            Some(&ns.name),
+            &args,
+            sock,
+            d.join(format!("{name}.serial")),
+            d.join(format!("{name}.stderr")),
+        );
+        fc.wait_socket();
+        fc
+    };
+    let one = spawn("one");
+    one.ok(
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    one.ok(
+        "PUT",
+        "/boot-source",
+        boot_source("count=25 delay=20000 net.tx=0:after-restore exit=4"),
+    );
+    one.ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        json!({"iface_id": "eth0", "host_dev_name": common::net::TAP, "guest_mac": MAC}),
+    );
+    one.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    wait_for_text(&one.serial, "count: 3\n", T);
+    let (state, mem) = (d.join("vm.snap"), d.join("vm.mem"));
+    one.ok("PATCH", "/vm", json!({"state": "Paused"}));
+    one.ok(
+        "PUT",
+        "/snapshot/create",
+        json!({"snapshot_path": state, "mem_file_path": mem}),
+    );
+    drop(one);
+
+    let tap1 = PacketSocket::open(&ns.name, "tap1", common::net::ETHERTYPE);
+    let mut two = spawn("two");
+    two.ok(
+        "PUT",
+        "/snapshot/load",
+        json!({"snapshot_path": state, "mem_file_path": mem, "resume_vm": true,
+               "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}]}),
+    );
+    let got = tap1
+        .recv(T)
+        .unwrap_or_else(|| panic!("no frame on tap1\n{}", two.output()));
+    assert_eq!(got, frame([0xff; 6], parse_mac(MAC), b"after-restore"));
+    assert_eq!(two.wait().code(), Some(4), "{}", two.output());
 }
