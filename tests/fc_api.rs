@@ -475,6 +475,18 @@ fn bad_requests_get_400_and_leave_the_vm_unharmed() {
         "/machine-config",
         json!({"vcpu_count": 1, "mem_size_mib": 64}),
     );
+    // A start that fails leaves the VM configurable and startable.
+    fc.ok(
+        "PUT",
+        "/boot-source",
+        json!({"kernel_image_path": d.join("no-such-kernel")}),
+    );
+    fc.refused(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+        "Cannot start the microVM",
+    );
     fc.ok(
         "PUT",
         "/boot-source",
@@ -539,7 +551,7 @@ fn bad_requests_get_400_and_leave_the_vm_unharmed() {
     )
     .unwrap();
     assert_eq!(line["get_api_requests"]["instance_info_count"], 80);
-    assert!(line["put_api_requests"]["actions_fails"].as_u64().unwrap() >= 2);
+    assert!(line["put_api_requests"]["actions_fails"].as_u64().unwrap() >= 3);
     assert_eq!(line["put_api_requests"]["machine_cfg_count"], 2);
     assert_eq!(line["put_api_requests"]["machine_cfg_fails"], 1);
     assert!(line["block"].is_object() && line["latencies_us"].is_object());
