@@ -241,13 +241,7 @@ pub fn run(args: FirecrackerArgs) -> Result<i32, FirecrackerError> {
         controller.configure(full)?;
         controller.handle(Action::InstanceStart)?;
     }
-    let reason = match &mut server {
-        Some(server) => server.serve(&mut controller),
-        None => match controller.take_vm() {
-            Some(vm) => vm.wait()?,
-            None => ExitReason::Stopped,
-        },
-    };
+    let reason = hearth::api::server::run(server.as_mut(), &mut controller);
     if let ExitReason::Error(_) = reason {
         log::error!("{reason}");
         eprintln!("hearth: error: {reason}");

@@ -5,8 +5,12 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use super::server::CLIENT_TIMEOUT;
+use std::time::Duration;
+
 use super::ApiError;
+
+/// How long a client waits for an answer (a snapshot of a large VM takes a while).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// An answer: the status code and the body.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use micro_http::{Body, HttpServer, MediaType, Request, Response, StatusCode, Version};
 
@@ -87,51 +87,7 @@ impl ApiServer {
     /// Answers requests until the VM ends, then returns why it ended. Without a VM,
     /// serves until one is started (or loaded) and ends.
     pub fn serve(&mut self, controller: &mut Controller) -> ExitReason {
-        let mut next_flush = Instant::now() + FLUSH_INTERVAL;
-        let mut last_watchdog = Instant::now();
-        loop {
-            let mut fds = vec![libc::pollfd {
-                fd: self.http.epoll().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            if let Some(vm) = controller.vm() {
-                fds.push(libc::pollfd {
-                    fd: vm.exit_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
-            let wait = WATCHDOG_INTERVAL.min(next_flush.saturating_duration_since(Instant::now()));
-            let timeout = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
-            let nfds = libc::nfds_t::try_from(fds.len()).unwrap_or(1);
-            // SAFETY: `fds` is a valid array of `nfds` pollfds for the duration of the call.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), nfds, timeout) };
-            if n > 0 && fds[0].revents & libc::POLLIN != 0 {
-                self.answer(controller);
-            }
-            if controller.vm().is_some_and(crate::RunningVm::has_ended) {
-                // The last line, with the devices' final counts.
-                controller.update_device_metrics();
-                let _ = controller.metrics.flush();
-            }
-            if let Some(reason) = controller.reap() {
-                return reason;
-            }
-            if last_watchdog.elapsed() >= WATCHDOG_INTERVAL {
-                if let Some(vm) = controller.vm() {
-                    vm.watchdog();
-                }
-                last_watchdog = Instant::now();
-            }
-            if Instant::now() >= next_flush {
-                controller.update_device_metrics();
-                if let Err(e) = controller.metrics.flush() {
-                    log::warn!("{e}");
-                }
-                next_flush = Instant::now() + FLUSH_INTERVAL;
-            }
-        }
+        run(Some(self), controller)
     }
 
     fn answer(&mut self, controller: &mut Controller) {
@@ -158,6 +114,64 @@ impl ApiServer {
     }
 }
 
+/// Owns the VM until it ends: answers API requests (when there is a server), runs the
+/// vCPU watchdog and writes metrics every [`FLUSH_INTERVAL`] and at the end. Returns why
+/// the VM ended ([`ExitReason::Stopped`] at once without a server or a VM).
+pub fn run(mut server: Option<&mut ApiServer>, controller: &mut Controller) -> ExitReason {
+    let mut next_flush = Instant::now() + FLUSH_INTERVAL;
+    let mut last_watchdog = Instant::now();
+    loop {
+        let mut fds = Vec::with_capacity(2);
+        if let Some(vm) = controller.vm() {
+            fds.push(libc::pollfd {
+                fd: vm.exit_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if let Some(s) = &server {
+            fds.push(libc::pollfd {
+                fd: s.http.epoll().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if fds.is_empty() {
+            return ExitReason::Stopped;
+        }
+        let wait = WATCHDOG_INTERVAL.min(next_flush.saturating_duration_since(Instant::now()));
+        let timeout = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+        let nfds = libc::nfds_t::try_from(fds.len()).unwrap_or(1);
+        // SAFETY: `fds` is a valid array of `nfds` pollfds for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), nfds, timeout) };
+        let http_ready = fds.last().is_some_and(|f| f.revents & libc::POLLIN != 0);
+        if let (true, Some(s)) = (n > 0 && http_ready, server.as_deref_mut()) {
+            s.answer(controller);
+        }
+        if controller.vm().is_some_and(crate::RunningVm::has_ended) {
+            // The last line, with the devices' final counts.
+            controller.update_device_metrics();
+            let _ = controller.metrics.flush();
+        }
+        if let Some(reason) = controller.reap() {
+            return reason;
+        }
+        if last_watchdog.elapsed() >= WATCHDOG_INTERVAL {
+            if let Some(vm) = controller.vm() {
+                vm.watchdog();
+            }
+            last_watchdog = Instant::now();
+        }
+        if Instant::now() >= next_flush {
+            controller.update_device_metrics();
+            if let Err(e) = controller.metrics.flush() {
+                log::warn!("{e}");
+            }
+            next_flush = Instant::now() + FLUSH_INTERVAL;
+        }
+    }
+}
+
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.http.flush_outgoing_writes();
@@ -171,6 +185,3 @@ fn server_io(e: micro_http::ServerError) -> std::io::Error {
         other => std::io::Error::other(format!("{other:?}")),
     }
 }
-
-/// How long clients wait for an answer before giving up.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
