@@ -386,6 +386,13 @@ fn snapshot_through_the_api_loads_in_a_new_process() {
         "/snapshot/load",
         json!({"snapshot_path": state, "mem_file_path": mem, "vsock_override": {"uds_path": moved}}),
     );
+    let config: Value = serde_json::from_str(&three.call("GET", "/vm/config", None).body).unwrap();
+    assert_eq!(config["machine-config"]["mem_size_mib"], 64, "{config}");
+    assert_eq!(
+        config["vsock"]["uds_path"],
+        moved.to_str().unwrap(),
+        "{config}"
+    );
     assert!(
         UnixStream::connect(&moved).is_ok(),
         "vsock listens on the override"

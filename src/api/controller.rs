@@ -74,6 +74,7 @@ impl Controller {
     /// A controller for a VM already running (`hearth run --api-sock`).
     pub fn with_vm(id: impl Into<String>, vm: RunningVm) -> Self {
         let mut c = Self::new(id);
+        c.pending = PendingVm::from_config(vm.config());
         c.vm = Some(vm);
         c
     }
@@ -364,6 +365,13 @@ impl Controller {
             Vm::restore(dir, &options).and_then(Vm::start)
         })?
         .map_err(|e| Fault(format!("Cannot load the snapshot: {e}")))?;
+        let logger = self.pending.logger.take();
+        let metrics = self.pending.metrics.take();
+        self.pending = PendingVm {
+            logger,
+            metrics,
+            ..PendingVm::from_config(vm.config())
+        };
         self.vm = Some(vm);
         self.latency("load_snapshot", started);
         Ok(Reply::NoContent)

@@ -229,6 +229,64 @@ impl PendingVm {
         Ok(())
     }
 
+    /// The resources of a VM built another way (restored, or `hearth run`), so that
+    /// `GET /vm/config` reports it and drive/interface IDs can be used: drives are
+    /// `drive0`, `drive1`, ... in the guest's order (the first one the root), interfaces
+    /// keep their IDs or are `net0`, ....
+    pub fn from_config(c: &VmConfig) -> Self {
+        let machine = MachineConfig {
+            vcpu_count: u8::try_from(c.cpus).unwrap_or(u8::MAX),
+            mem_size_mib: usize::try_from(c.memory >> 20).unwrap_or(usize::MAX),
+            ..Default::default()
+        };
+        let path = |p: &std::path::Path| p.display().to_string();
+        Self {
+            boot_source: Some(BootSource {
+                kernel_image_path: path(&c.kernel),
+                boot_args: Some(c.cmdline.clone()),
+                initrd_path: c.initrd.as_deref().map(path),
+            }),
+            machine,
+            drives: c
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| Drive {
+                    drive_id: format!("drive{i}"),
+                    partuuid: None,
+                    is_root_device: false,
+                    cache_type: CacheType::Unsafe,
+                    is_read_only: Some(d.read_only),
+                    path_on_host: Some(path(&d.path)),
+                    rate_limiter: None,
+                    io_engine: None,
+                    socket: None,
+                })
+                .collect(),
+            nets: c
+                .net
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NetworkInterface {
+                    iface_id: n.id.clone().unwrap_or_else(|| format!("net{i}")),
+                    host_dev_name: n.tap.clone(),
+                    guest_mac: n.mac.map(|m| m.to_string()),
+                    mtu: None,
+                    rx_rate_limiter: None,
+                    tx_rate_limiter: None,
+                })
+                .collect(),
+            vsock: c.vsock.as_ref().map(|v| Vsock {
+                vsock_id: None,
+                guest_cid: u32::try_from(v.cid).unwrap_or(u32::MAX),
+                uds_path: path(&v.socket),
+            }),
+            entropy: c.rng.then(Entropy::default),
+            logger: None,
+            metrics: None,
+        }
+    }
+
     /// The drives in the guest's order: the root drive first (`/dev/vda`).
     fn ordered_drives(&self) -> Vec<&Drive> {
         let mut drives: Vec<&Drive> = self.drives.iter().filter(|d| d.is_root_device).collect();

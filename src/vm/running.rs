@@ -98,6 +98,11 @@ impl RunningVm {
         self.core.execution
     }
 
+    /// What the VM was built (or restored) from.
+    pub fn config(&self) -> &crate::VmConfig {
+        &self.core.config
+    }
+
     /// Stops every vCPU at a consistent point (out of KVM_RUN, its last exit handled)
     /// and parks the event loop between device events.
     pub fn pause(&mut self) -> Result<(), VmError> {
