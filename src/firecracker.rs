@@ -225,7 +225,8 @@ pub fn run(args: FirecrackerArgs) -> Result<i32, FirecrackerError> {
     if let Some(path) = &args.metrics_path {
         controller.metrics.open(path)?;
     }
-    // The socket comes first, so that clients can connect while a config file boots.
+    // The socket comes first: clients may connect while a config file boots (they are
+    // answered once it has).
     let mut server = match args.no_api {
         true => None,
         false => Some(ApiServer::bind(
