@@ -20,7 +20,9 @@ fuzz_target!(|data: &[u8]| {
                 let mut controller = Controller::new("fuzz");
                 let reply = controller.handle(action);
                 // The description stays one a GET can report.
-                let _ = controller.handle(Action::GetVmConfig).expect("GET /vm/config");
+                let _ = controller
+                    .handle(Action::GetVmConfig)
+                    .expect("GET /vm/config");
                 reply
             }
         }
