@@ -169,8 +169,24 @@ fn describe_snapshot(path: &Path) -> Result<u32, FirecrackerError> {
     Ok(u32::from_le_bytes(v))
 }
 
+/// CPU time this process has used, in microseconds.
+fn cpu_time_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs * 1_000_000 + nanos / 1000
+}
+
 /// Runs as Firecracker; returns the process exit status.
 pub fn run(args: FirecrackerArgs) -> Result<i32, FirecrackerError> {
+    let started = std::time::Instant::now();
     if args.version {
         println!(
             "Firecracker v{} (hearth {})",
@@ -234,6 +250,13 @@ pub fn run(args: FirecrackerArgs) -> Result<i32, FirecrackerError> {
             args.http_api_max_payload_size,
         )?),
     };
+    let startup_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    controller
+        .metrics
+        .set("api_server", "process_startup_time_us", startup_us);
+    controller
+        .metrics
+        .set("api_server", "process_startup_time_cpu_us", cpu_time_us());
     if let Some(path) = &args.config_file {
         let full = read_config(path)?;
         if let Some(l) = &full.logger {

@@ -696,6 +696,10 @@ fn flushed_metrics_count_the_guests_disk_requests() {
     assert_eq!(block["flush_count"], 1);
     assert_eq!(line["put_api_requests"]["drive_count"], 1);
     assert!(line["utc_timestamp_ms"].as_u64().unwrap() > 1_600_000_000_000);
+    assert!(
+        line["api_server"]["process_startup_time_us"].is_u64(),
+        "{line}"
+    );
     // Counters restart with each line.
     fc.ok("PUT", "/actions", json!({"action_type": "FlushMetrics"}));
     let text = std::fs::read_to_string(&metrics).unwrap();
