@@ -149,21 +149,19 @@ impl RunningVm {
     /// Puts another file behind disk `index` (in the guest's order) and tells the guest;
     /// later snapshots record the new file.
     pub fn set_disk_path(&mut self, index: usize, path: &std::path::Path) -> Result<(), VmError> {
-        use crate::device_manager::virtio::VirtioKind;
-        let block = self
+        let mut disks = self
             .core
             .devices
             .virtio
             .iter()
-            .filter_map(|slot| match &slot.kind {
-                VirtioKind::Block(b) => Some(b),
-                _ => None,
-            })
-            .nth(index)
-            .ok_or(VmError::NoSuchDisk(index))?;
-        lock(block)
+            .filter(|slot| lock(&slot.device).as_block_mut().is_some());
+        let slot = disks.nth(index).ok_or(VmError::NoSuchDisk(index))?;
+        let mut device = lock(&slot.device);
+        let block = device.as_block_mut().ok_or(VmError::NoSuchDisk(index))?;
+        block
             .set_path(path.to_owned())
             .map_err(crate::device_manager::virtio::VirtioError::from)?;
+        drop(device);
         if let Some(disk) = self.core.config.disks.get_mut(index) {
             disk.path = path.to_owned();
         }
@@ -172,35 +170,9 @@ impl RunningVm {
 
     /// What the device models counted so far, summed over devices of a kind.
     pub fn device_counters(&self) -> DeviceCounters {
-        use crate::device_manager::virtio::VirtioKind;
         let mut c = DeviceCounters::default();
         for slot in &self.core.devices.virtio {
-            match &slot.kind {
-                VirtioKind::Block(b) => {
-                    let d = lock(b).disk().counters();
-                    let t = &mut c.block;
-                    t.read_count += d.read_count;
-                    t.read_bytes += d.read_bytes;
-                    t.write_count += d.write_count;
-                    t.write_bytes += d.write_bytes;
-                    t.flush_count += d.flush_count;
-                    t.invalid_reqs_count += d.invalid_reqs_count;
-                    t.execute_fails += d.execute_fails;
-                }
-                VirtioKind::Net(n) => {
-                    let d = lock(n).counters();
-                    let t = &mut c.net;
-                    t.tx_frames += d.tx_frames;
-                    t.tx_bytes += d.tx_bytes;
-                    t.tx_dropped += d.tx_dropped;
-                    t.rx_frames += d.rx_frames;
-                    t.rx_bytes += d.rx_bytes;
-                    t.rx_dropped += d.rx_dropped;
-                    t.rx_bad_buffers += d.rx_bad_buffers;
-                }
-                VirtioKind::Rng(r) => c.entropy_bytes += lock(r).bytes_served(),
-                VirtioKind::Vsock(_) => {}
-            }
+            lock(&slot.device).add_counters(&mut c);
         }
         c
     }
