@@ -17,6 +17,8 @@ pub mod models;
 pub mod pending;
 pub mod router;
 pub mod server;
+#[cfg(test)]
+mod tests;
 
 pub use controller::{Controller, Reply};
 pub use router::{Action, Fault};
