@@ -265,6 +265,8 @@ pub fn run(args: FirecrackerArgs) -> Result<i32, FirecrackerError> {
         controller.configure(full)?;
         controller.handle(Action::InstanceStart)?;
     }
+    // The guest's console is this process's stdin and stdout, as with Firecracker.
+    let _terminal = crate::RawTerminal::enter();
     let reason = hearth::api::server::run(server.as_mut(), &mut controller);
     if let ExitReason::Error(_) = reason {
         log::error!("{reason}");
