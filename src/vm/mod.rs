@@ -16,6 +16,7 @@
 mod build;
 mod event_loop;
 mod persist;
+mod pit;
 mod running;
 
 use kvm_ioctls::VmFd;
@@ -158,6 +159,7 @@ fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// What a VM is made of in every phase, built or running.
 struct VmCore {
     vm_fd: Arc<VmFd>,
+    pit: Arc<std::sync::Mutex<pit::Pit>>,
     mem: GuestMemoryMmap,
     shared: Arc<VcpuShared>,
     exit: Arc<ExitSignal>,

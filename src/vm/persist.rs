@@ -11,6 +11,7 @@ use kvm_ioctls::VmFd;
 use log::debug;
 
 use super::build::Parts;
+use super::pit::Pit;
 use super::running::RunningVm;
 use super::{kvm_call, Vm, VmError};
 use crate::kvm;
@@ -82,7 +83,7 @@ struct KernelState {
 }
 
 impl KernelState {
-    fn save(vm_fd: &VmFd) -> Result<Self, VmError> {
+    fn save(vm_fd: &VmFd, pit: &Pit) -> Result<Self, VmError> {
         let mut irqchips = Vec::new();
         // The two PICs and the IOAPIC.
         for chip_id in 0..3 {
@@ -97,21 +98,19 @@ impl KernelState {
         }
         Ok(Self {
             irqchips,
-            pit: vm_fd.get_pit2().map_err(kvm_call("KVM_GET_PIT2"))?,
+            pit: pit.state()?,
             clock: vm_fd.get_clock().map_err(kvm_call("KVM_GET_CLOCK"))?,
         })
     }
 
-    /// Puts the state back (the PIT must exist).
-    fn restore(vm_fd: &VmFd, state: &VmState) -> Result<(), VmError> {
+    /// Puts the state back, the irqchip before the PIT, whose timer may tick into it.
+    fn restore(vm_fd: &VmFd, pit: &mut Pit, state: &VmState) -> Result<(), VmError> {
         for chip in &state.irqchips {
             vm_fd
                 .set_irqchip(chip)
                 .map_err(kvm_call("KVM_SET_IRQCHIP"))?;
         }
-        vm_fd
-            .set_pit2(&state.pit)
-            .map_err(kvm_call("KVM_SET_PIT2"))?;
+        pit.restore(&state.pit)?;
         let mut clock = state.clock;
         // Only KVM_CLOCK_REALTIME may be passed back; the rest are reports.
         clock.flags = 0;
@@ -127,7 +126,7 @@ impl RunningVm {
         self.pause()?;
         let started = Instant::now();
         let core = &self.core;
-        let kernel = KernelState::save(&core.vm_fd)?;
+        let kernel = KernelState::save(&core.vm_fd, &lock(&core.pit))?;
         let vcpus = {
             let mut p = lock(&core.shared.pause);
             let mut states = Vec::with_capacity(p.states.len());
@@ -194,13 +193,12 @@ impl Vm {
             });
         }
         let mem = snapshot::map_memory(dir, config.memory)?;
-        let mut parts = Parts::build(&kvm, &config, mem, Some(&state), started)?;
-        // The PIT must exist before its state is set.
-        parts.finish_kvm_setup()?;
-        KernelState::restore(&parts.vm_fd, &state)?;
+        let parts = Parts::build(&kvm, &config, mem, Some(&state), started)?;
+        KernelState::restore(&parts.vm_fd, &mut lock(&parts.pit), &state)?;
         for (index, (fd, s)) in parts.vcpu_fds.iter().zip(&state.vcpus).enumerate() {
             vcpu::restore_state(fd, s).map_err(|source| VmError::VcpuState { index, source })?;
         }
+        super::build::expedite_grace_period(&parts.vm_fd);
         debug!(
             "restored {} vCPU(s), {} MiB from {}",
             config.cpus,
