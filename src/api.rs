@@ -5,6 +5,7 @@
 //! resume           -> ok
 //! snapshot DIR     -> ok        (the VM stays paused)
 //! snapshot-resume DIR -> ok     (the VM runs on after the snapshot)
+//! snapshot-diff[-resume] DIR -> ok (only the pages changed since the previous snapshot)
 //! ```
 //! Errors come back as `error: <reason>`.
 
@@ -61,6 +62,8 @@ pub enum Request {
         dir: PathBuf,
         /// Resume afterwards.
         resume: bool,
+        /// Only the pages changed since the VM's previous snapshot.
+        diff: bool,
     },
 }
 
@@ -70,13 +73,10 @@ impl Request {
         match self {
             Request::Pause => "pause".into(),
             Request::Resume => "resume".into(),
-            Request::Snapshot { dir, resume } => format!(
-                "{} {}",
-                if *resume {
-                    "snapshot-resume"
-                } else {
-                    "snapshot"
-                },
+            Request::Snapshot { dir, resume, diff } => format!(
+                "snapshot{}{} {}",
+                if *diff { "-diff" } else { "" },
+                if *resume { "-resume" } else { "" },
                 dir.display()
             ),
         }
@@ -89,10 +89,15 @@ impl Request {
         match (verb, arg) {
             ("pause", "") => Ok(Request::Pause),
             ("resume", "") => Ok(Request::Resume),
-            ("snapshot" | "snapshot-resume", dir) if !dir.is_empty() => Ok(Request::Snapshot {
-                dir: PathBuf::from(dir),
-                resume: verb == "snapshot-resume",
-            }),
+            ("snapshot" | "snapshot-resume" | "snapshot-diff" | "snapshot-diff-resume", dir)
+                if !dir.is_empty() =>
+            {
+                Ok(Request::Snapshot {
+                    dir: PathBuf::from(dir),
+                    resume: verb.ends_with("-resume"),
+                    diff: verb.starts_with("snapshot-diff"),
+                })
+            }
             _ => Err(format!("unknown request '{line}'")),
         }
     }
@@ -181,10 +186,22 @@ mod tests {
             Request::Snapshot {
                 dir: "/snap/1".into(),
                 resume: false,
+                diff: false,
             },
             Request::Snapshot {
                 dir: "/snap/with space".into(),
                 resume: true,
+                diff: false,
+            },
+            Request::Snapshot {
+                dir: "/snap/d".into(),
+                resume: true,
+                diff: true,
+            },
+            Request::Snapshot {
+                dir: "/snap/e".into(),
+                resume: false,
+                diff: true,
             },
         ] {
             assert_eq!(Request::parse(&r.to_line()), Ok(r));

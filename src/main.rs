@@ -72,6 +72,10 @@ enum CtlAction {
         /// Resume the VM once the snapshot is written.
         #[arg(long)]
         resume: bool,
+        /// Write only the pages changed since the VM's previous snapshot (or its
+        /// restore); the new snapshot names that one as its parent.
+        #[arg(long)]
+        diff: bool,
     },
 }
 
@@ -251,7 +255,7 @@ fn ctl(args: CtlArgs) -> Result<i32, CliError> {
     let request = match args.action {
         CtlAction::Pause => Request::Pause,
         CtlAction::Resume => Request::Resume,
-        CtlAction::Snapshot { dir, resume } => {
+        CtlAction::Snapshot { dir, resume, diff } => {
             // The same rules as the VM's, checked here so that a bad path fails before
             // the VM is paused.
             hearth::snapshot::check_dir(&dir)?;
@@ -259,6 +263,7 @@ fn ctl(args: CtlArgs) -> Result<i32, CliError> {
                 // The VM resolves relative paths from its own working directory.
                 dir: std::path::absolute(&dir).unwrap_or(dir),
                 resume,
+                diff,
             }
         }
     };

@@ -21,7 +21,8 @@ use hearth_devices::virtio::net::{transmit, NetCounters, ETH_HDR_LEN, MAX_FRAME_
 use hearth_fuzz::{take, write_queue, QueueLayout};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use hearth_devices::GuestMemoryMmap;
 
 const MEM_SIZE: u64 = 0x2_0000;
 const DESC_TABLE: u64 = 0x0;

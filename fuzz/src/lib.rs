@@ -1,7 +1,8 @@
 //! What the fuzz targets share: cutting the input into fields and laying a fuzzed split
 //! virtqueue (descriptors, available ring, guest data) out in guest memory.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use hearth_devices::GuestMemoryMmap;
 
 /// Takes the next `n` bytes of the input, if there are that many.
 pub fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {

@@ -14,13 +14,14 @@
 //! share.
 
 mod build;
+mod dirty;
 mod event_loop;
 mod persist;
 mod running;
 
+use crate::memory::GuestMemoryMmap;
 use kvm_ioctls::VmFd;
 use std::sync::Arc;
-use vm_memory::GuestMemoryMmap;
 
 use crate::arch::mptable;
 use crate::boot::BootError;
@@ -32,7 +33,7 @@ use crate::memory::MemoryError;
 use crate::vcpu::{ExitSignal, SetupError, Vcpu, VcpuShared, VcpuStateError};
 
 pub use build::{build_cmdline, EMULATION_CMDLINE};
-pub use persist::RestoreOptions;
+pub use persist::{RestoreOptions, SnapshotInfo, SnapshotOptions};
 pub use running::RunningVm;
 
 /// Errors building or running a VM.
@@ -159,6 +160,10 @@ struct VmCore {
     execution: Execution,
     cmdline: String,
     config: VmConfig,
+    /// The VM's latest snapshot (or the one it was restored from): a diff's parent.
+    lineage: Option<crate::snapshot::Lineage>,
+    /// Whether KVM logs dirty pages (since the first snapshot or the restore).
+    dirty_logging: bool,
 }
 
 impl std::fmt::Debug for VmCore {

@@ -185,14 +185,9 @@ impl RunningVm {
                 self.resume();
                 Ok(())
             }
-            Request::Snapshot { dir, resume } => {
-                let was_paused = self.paused;
-                let r = self.snapshot(&dir);
-                if resume || (r.is_err() && !was_paused) {
-                    self.resume();
-                }
-                r
-            }
+            Request::Snapshot { dir, resume, diff } => self
+                .snapshot_with(&dir, &super::SnapshotOptions { diff, resume })
+                .map(|_| ()),
         }
     }
 

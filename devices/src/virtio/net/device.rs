@@ -7,12 +7,12 @@ use std::io;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::frame::{transmit, write_rx_frame, FrameError, NetCounters};

@@ -167,12 +167,13 @@ pub fn process_queue<M: GuestMemory>(
 
 #[cfg(test)]
 mod tests {
+    use crate::GuestMemoryMmap;
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vm_memory::GuestAddress;
 
     use super::*;
 

@@ -17,9 +17,9 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
-use vm_memory::{GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::epoll::EventSet;
 
 use super::connection::{Connection, State, Verdict};
@@ -337,7 +337,7 @@ impl Muxer {
     }
 
     /// Handles one packet from the guest. `data` is its payload (exactly `hdr.len` bytes).
-    pub fn handle_tx_packet(&mut self, hdr: &Header, data: Option<&VolatileSlice<'_, ()>>) {
+    pub fn handle_tx_packet(&mut self, hdr: &Header, data: Option<&crate::GuestSlice<'_>>) {
         // A guest claiming another CID gets nothing: answering would help it spoof.
         if hdr.src_cid != self.guest_cid {
             return;
@@ -400,8 +400,8 @@ impl Muxer {
     /// `data` for the payload) and returns its length, or None when there is none.
     pub fn fill_rx(
         &mut self,
-        hdr_slice: &VolatileSlice<'_, ()>,
-        data: &VolatileSlice<'_, ()>,
+        hdr_slice: &crate::GuestSlice<'_>,
+        data: &crate::GuestSlice<'_>,
     ) -> Option<u32> {
         let write_header = |h: &Header| hdr_slice.copy_from(&h.to_bytes()[..]);
         if let Some(h) = self.stray_rst.pop_front() {

@@ -1,9 +1,15 @@
 //! The snapshot directory: a state file (magic, format version, length, CRC-64, then the
-//! postcard-encoded [`VmState`]) and a memory file (guest RAM, regions back to back),
-//! which restore maps MAP_PRIVATE so that the snapshot is never modified.
+//! postcard-encoded [`VmState`]) and the memory layers it names by identifier and size
+//! ([`layers`]): a full one, which restore maps MAP_PRIVATE so that the snapshot is never
+//! modified, and the diffs of incremental snapshots. Every file is written beside the
+//! old ones and renamed into place ([`files`]): a crash leaves the old snapshot or the
+//! new one, and a VM mapping an older memory file keeps its pages.
+
+pub mod files;
+pub mod layers;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use hearth_devices::legacy::serial::persist::SavedSerial;
@@ -14,16 +20,14 @@ use hearth_devices::virtio::rng::persist::RngState;
 use hearth_devices::virtio::vsock::persist::VsockState;
 use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2};
 use serde::{Deserialize, Serialize};
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{
-    Address, Bytes, FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap,
-};
 
 use crate::config::VmConfig;
 use crate::kvm::Execution;
-use crate::memory::ram_ranges;
+use crate::memory::GuestMemoryMmap;
 use crate::vcpu::VcpuState;
+pub use files::SnapshotId;
+use files::{DirLock, TmpFile};
+pub use layers::{DirtyPages, Layer, LayerKind, MemoryChain};
 
 /// The state file's name in a snapshot directory.
 pub const STATE_FILE: &str = "state";
@@ -66,9 +70,19 @@ pub struct VirtioSlotState {
     pub device: VirtioDeviceState,
 }
 
-/// Everything about a paused VM but its memory.
+/// Everything about a paused VM, and the memory layers that hold its RAM.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VmState {
+    /// This snapshot's identifier.
+    pub id: SnapshotId,
+    /// The snapshot the VM took before this one, when this one is a diff of it.
+    pub parent: Option<SnapshotId>,
+    /// The hearth that wrote it (`hearth <version>`).
+    pub writer: String,
+    /// The host's wall clock (CLOCK_REALTIME, ns since the epoch) when it was taken.
+    pub taken_at_ns: u64,
+    /// Guest RAM: its size and layers.
+    pub memory: MemoryChain,
     /// How the VM was described (disks, memory size, ...).
     pub config: VmConfig,
     /// Whether the guest ran under KVM's emulator.
@@ -148,6 +162,40 @@ pub enum SnapshotError {
     /// The snapshot directory's parent is missing: only the last level is created.
     #[error("cannot create snapshot directory {0}: its parent directory does not exist (hearth creates only the last level)")]
     NoParent(PathBuf),
+    /// A memory layer the state names is not in the directory.
+    #[error("{path} is missing: the state file names it as its memory, so this snapshot is incomplete (its files do not belong together)")]
+    LayerMissing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A memory layer is not the one the state names.
+    #[error("memory layer {path} does not belong to this state file: {reason}")]
+    LayerMismatch {
+        /// The file.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
+    /// The state's list of memory layers is malformed.
+    #[error("snapshot in {dir} has a malformed memory chain: {reason}")]
+    BadChain {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A diff was asked for, but the layers of the snapshot it builds on are gone.
+    #[error("cannot take a diff snapshot: memory layer {path} of the previous snapshot is gone (replaced by a later snapshot into its directory); take a full snapshot")]
+    ParentGone {
+        /// The missing layer.
+        path: PathBuf,
+    },
+    /// A diff snapshot of a VM that has no earlier snapshot.
+    #[error("cannot take a diff snapshot: this VM has no earlier snapshot to build on (take a full one first, or restore it from one)")]
+    NoPrevious,
+    /// No random identifier could be made.
+    #[error("cannot make a snapshot identifier: getrandom failed: {0}")]
+    Random(#[source] std::io::Error),
     /// Mapping the memory file failed.
     #[error("cannot map memory file {path}: {reason}")]
     Map {
@@ -225,40 +273,10 @@ pub fn decode_state(bytes: &[u8], path: &Path) -> Result<VmState, SnapshotError>
     Ok(state)
 }
 
-/// Chunk of guest memory looked at (and written) at a time.
-const MEMORY_CHUNK: usize = 64 << 10;
-
-/// Writes guest RAM to `f`, regions back to back, as a sparse file: chunks that are all
-/// zero (most of a guest's never-touched memory) become holes, which read back as zeros.
-fn write_memory(f: &File, mem: &GuestMemoryMmap) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let total: u64 = mem.iter().map(|r| r.len()).sum();
-    f.set_len(total)?;
-    let mut buf = vec![0u8; MEMORY_CHUNK];
-    let mut file_offset = 0u64;
-    for region in mem.iter() {
-        let len = region.len() as usize;
-        let mut at = 0usize;
-        while at < len {
-            let n = MEMORY_CHUNK.min(len - at);
-            let chunk = &mut buf[..n];
-            region
-                .read_slice(chunk, vm_memory::MemoryRegionAddress(at as u64))
-                .map_err(std::io::Error::other)?;
-            if chunk.iter().any(|b| *b != 0) {
-                f.write_all_at(chunk, file_offset + at as u64)?;
-            }
-            at += n;
-        }
-        file_offset += len as u64;
-    }
-    Ok(())
-}
-
 /// Checks that `dir` can take a snapshot, changing nothing: it is a directory, or it does
 /// not exist and its parent is a directory (only the last level is ever created, so a
 /// typo in a parent is an error rather than a new tree). The CLI checks with this before
-/// asking the VM, which checks again with [`write`].
+/// asking the VM, which checks again with [`begin`].
 pub fn check_dir(dir: &Path) -> Result<(), SnapshotError> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
@@ -299,27 +317,139 @@ fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
     }
 }
 
-/// Writes the state file and the memory file into `dir` (see [`check_dir`]).
-pub fn write(dir: &Path, state: &VmState, mem: &GuestMemoryMmap) -> Result<(), SnapshotError> {
-    create_dir(dir)?;
-    let mem_path = dir.join(MEMORY_FILE);
-    let f = File::create(&mem_path).map_err(io_err(&mem_path))?;
-    write_memory(&f, mem).map_err(|source| SnapshotError::Io {
-        path: mem_path.clone(),
-        source,
-    })?;
-    f.sync_all().map_err(io_err(&mem_path))?;
+/// Where a VM's latest snapshot is: what its next diff snapshot builds on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lineage {
+    /// The snapshot directory (absolute).
+    pub dir: PathBuf,
+    /// The snapshot's identifier.
+    pub id: SnapshotId,
+    /// Its memory layers.
+    pub memory: MemoryChain,
+}
 
-    // The state file goes last, through a rename: a directory with a state file always
-    // has the memory that belongs to it.
-    let state_path = dir.join(STATE_FILE);
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let bytes = encode_state(state)?;
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(&bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &state_path).map_err(io_err(&state_path))?;
-    Ok(())
+/// How a snapshot's memory is written.
+#[derive(Clone, Copy, Debug)]
+pub enum MemoryMode<'a> {
+    /// All of guest RAM.
+    Full,
+    /// Only `dirty`, the pages changed since the snapshot `parent`.
+    Diff {
+        /// The VM's previous snapshot.
+        parent: &'a Lineage,
+        /// What changed since.
+        dirty: &'a DirtyPages,
+    },
+}
+
+/// A snapshot whose memory layer is written (not yet synced) and whose state waits:
+/// [`Pending::commit`] makes it the directory's snapshot. The VM need not stay paused
+/// for the commit. Dropped uncommitted, it leaves the directory's old snapshot as it was.
+#[derive(Debug)]
+pub struct Pending {
+    dir: PathBuf,
+    _lock: DirLock,
+    layer_file: TmpFile,
+    state_bytes: Vec<u8>,
+    lineage: Lineage,
+}
+
+/// The current wall clock in ns since the epoch (0 if the clock is before it).
+pub fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Starts a snapshot of `state` (its memory fields are filled in here) and `mem` in
+/// `dir` (see [`check_dir`]): takes the directory's lock, links the parent's layers in
+/// for a diff, writes the new memory layer beside the existing files and encodes the
+/// state, which it hands back.
+pub fn begin(
+    dir: &Path,
+    mut state: VmState,
+    mem: &GuestMemoryMmap,
+    mode: MemoryMode<'_>,
+) -> Result<(Pending, VmState), SnapshotError> {
+    create_dir(dir)?;
+    let dir = std::path::absolute(dir).map_err(io_err(dir))?;
+    let lock = DirLock::take(&dir)?;
+    let id = SnapshotId::new()?;
+    let size: u64 = vm_memory::GuestMemoryBackend::iter(mem)
+        .map(vm_memory::GuestMemoryRegion::len)
+        .sum();
+    let (mut layers, parent) = match mode {
+        MemoryMode::Full => (Vec::new(), None),
+        MemoryMode::Diff { parent, .. } => {
+            for l in &parent.memory.layers {
+                let name = l.file_name();
+                let from = parent.dir.join(&name);
+                if !from.exists() && !dir.join(&name).exists() {
+                    return Err(SnapshotError::ParentGone { path: from });
+                }
+                files::link_into(&from, &dir, &name)?;
+            }
+            (parent.memory.layers.clone(), Some(parent.id))
+        }
+    };
+    let layer = match mode {
+        MemoryMode::Full => {
+            let mut t = TmpFile::create(&dir, &format!("memory-{id}"))?;
+            let (len, crc64) = layers::write_full(&mut t, mem)?;
+            let layer = Layer {
+                id,
+                kind: LayerKind::Full,
+                len,
+                crc64,
+            };
+            (t, layer)
+        }
+        MemoryMode::Diff { dirty, .. } => {
+            let mut t = TmpFile::create(&dir, &format!("diff-{id}"))?;
+            let layer = layers::write_diff(&mut t, mem, id, dirty)?;
+            (t, layer)
+        }
+    };
+    layers.push(layer.1);
+    state.id = id;
+    state.parent = parent;
+    state.writer = format!("hearth {}", env!("CARGO_PKG_VERSION"));
+    state.memory = MemoryChain { size, layers };
+    let state_bytes = encode_state(&state)?;
+    let lineage = Lineage {
+        dir: dir.clone(),
+        id,
+        memory: state.memory.clone(),
+    };
+    Ok((
+        Pending {
+            dir,
+            _lock: lock,
+            layer_file: layer.0,
+            state_bytes,
+            lineage,
+        },
+        state,
+    ))
+}
+
+impl Pending {
+    /// The snapshot's identifier and memory layers.
+    pub fn lineage(&self) -> &Lineage {
+        &self.lineage
+    }
+
+    /// Syncs the memory layer and renames it into place, then does the same with the
+    /// state file (the rename that makes the snapshot the directory's), syncs the
+    /// directory, and removes the layers no longer named.
+    pub fn commit(self) -> Result<Lineage, SnapshotError> {
+        self.layer_file.persist()?;
+        files::write_atomic(&self.dir, STATE_FILE, &self.state_bytes)?;
+        files::sync_dir(&self.dir)?;
+        files::remove_unreferenced(&self.dir, &self.lineage.memory.file_names())?;
+        Ok(self.lineage)
+    }
 }
 
 /// Reads and checks the state file in `dir`.
@@ -333,53 +463,76 @@ pub fn read_state(dir: &Path) -> Result<VmState, SnapshotError> {
             reason: format!("{len} bytes is too large for a state file"),
         });
     }
-    let mut bytes = Vec::with_capacity(len as usize);
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     f.read_to_end(&mut bytes).map_err(io_err(&path))?;
     decode_state(&bytes, &path)
 }
 
-/// Maps the memory file in `dir` copy-on-write as guest memory of `size` bytes: pages are
-/// read from the file on first touch and the guest's writes stay private to this process.
-pub fn map_memory(dir: &Path, size: u64) -> Result<GuestMemoryMmap, SnapshotError> {
-    let path = dir.join(MEMORY_FILE);
-    let file = File::open(&path).map_err(io_err(&path))?;
-    let found = file.metadata().map_err(io_err(&path))?.len();
-    if found != size {
-        return Err(SnapshotError::MemorySize {
-            path,
-            found,
-            expected: size,
+/// Maps the memory `state` names (in `dir`) as guest memory of its VM's size: the full
+/// layer copy-on-write, the diffs copied over it ([`layers::map_chain`]).
+pub fn map_memory(dir: &Path, state: &VmState) -> Result<GuestMemoryMmap, SnapshotError> {
+    if state.memory.size != state.config.memory {
+        return Err(SnapshotError::BadChain {
+            dir: dir.to_owned(),
+            reason: format!(
+                "its memory is {} bytes, its configuration says {}",
+                state.memory.size, state.config.memory
+            ),
         });
     }
-    let map_err = |reason: String| SnapshotError::Map {
-        path: path.clone(),
-        reason,
-    };
-    let file = std::sync::Arc::new(file);
-    let mut regions = Vec::new();
-    let mut offset = 0u64;
-    for (addr, len) in ram_ranges(size) {
-        let region = MmapRegionBuilder::new(len as usize)
-            .with_file_offset(FileOffset::from_arc(file.clone(), offset))
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-            .build()
-            .map_err(|e| map_err(e.to_string()))?;
-        regions.push(
-            GuestRegionMmap::new(region, addr)
-                .ok_or_else(|| map_err(format!("region at {:#x} overflows", addr.raw_value())))?,
-        );
-        offset += len;
-    }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))
+    layers::map_chain(dir, &state.memory)
 }
 
+/// The lineage of the snapshot in `dir` (for a VM restored from it).
+pub fn lineage(dir: &Path, state: &VmState) -> Result<Lineage, SnapshotError> {
+    Ok(Lineage {
+        dir: std::path::absolute(dir).map_err(io_err(dir))?,
+        id: state.id,
+        memory: state.memory.clone(),
+    })
+}
+
+/// Folds the chain of the snapshot in `dir` into one full memory layer, in `out` (a new
+/// snapshot directory) or in `dir` itself, crash-safely either way. Returns the number of
+/// layers folded.
+pub fn merge(dir: &Path, out: Option<&Path>) -> Result<usize, SnapshotError> {
+    let target = out.unwrap_or(dir);
+    create_dir(target)?;
+    let _src_lock = DirLock::take(dir)?;
+    let same =
+        out.is_none() || std::fs::canonicalize(dir).ok() == std::fs::canonicalize(target).ok();
+    let _out_lock = if same {
+        None
+    } else {
+        Some(DirLock::take(target)?)
+    };
+    let mut state = read_state(dir)?;
+    let folded = state.memory.layers.len();
+    let id = SnapshotId::new()?;
+    let mut t = TmpFile::create(target, &format!("memory-{id}"))?;
+    let layer = layers::merge(dir, &state.memory, &mut t, id)?;
+    t.persist()?;
+    state.parent = None;
+    state.memory.layers = vec![layer];
+    files::write_atomic(target, STATE_FILE, &encode_state(&state)?)?;
+    files::sync_dir(target)?;
+    files::remove_unreferenced(target, &state.memory.file_names())?;
+    Ok(folded)
+}
 #[cfg(test)]
 mod tests {
     use super::*;
 
     pub(crate) fn sample_state() -> VmState {
         VmState {
+            id: SnapshotId([7; 16]),
+            parent: None,
+            writer: "hearth test".into(),
+            taken_at_ns: 1,
+            memory: MemoryChain {
+                size: 0,
+                layers: Vec::new(),
+            },
             config: VmConfig::new("/k"),
             execution: Execution::Emulated,
             cmdline: "console=ttyS0".into(),
