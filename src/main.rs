@@ -46,6 +46,21 @@ enum Command {
     Ctl(CtlArgs),
     /// Restore a VM from a snapshot directory in this new process.
     Restore(RestoreArgs),
+    /// Work on snapshot directories.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Fold a snapshot's chain (its full memory and diffs) into one full snapshot.
+    Merge {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// Write the merged snapshot here instead of replacing DIR's (crash-safely).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -271,6 +286,23 @@ fn ctl(args: CtlArgs) -> Result<i32, CliError> {
     Ok(0)
 }
 
+fn snapshot(cmd: SnapshotCommand) -> Result<i32, CliError> {
+    match cmd {
+        SnapshotCommand::Merge { dir, out } => {
+            if let Some(o) = &out {
+                hearth::snapshot::check_dir(o)?;
+            }
+            let n = hearth::snapshot::merge(&dir, out.as_deref())?;
+            println!(
+                "merged {n} memory layer(s) of {} into {}",
+                dir.display(),
+                out.as_deref().unwrap_or(&dir).display()
+            );
+        }
+    }
+    Ok(0)
+}
+
 fn info() -> Result<i32, CliError> {
     let kvm = hearth::kvm::open().map_err(VmError::from)?;
     println!("hearth {}", env!("CARGO_PKG_VERSION"));
@@ -341,6 +373,7 @@ fn main() -> ExitCode {
         Command::Info => info(),
         Command::Ctl(args) => ctl(args),
         Command::Restore(args) => restore(args),
+        Command::Snapshot(cmd) => snapshot(cmd),
     };
     let code = match result {
         Ok(code) => code,

@@ -346,6 +346,50 @@ static void delay_loop(uint64_t iterations)
 		;
 }
 
+/* mem.walk: step i rewrites the first WALK_WORDS words of page (i-1) % pages of the
+ * region at base_mib MiB, each from its old value (few, as every memory access is
+ * emulated here), so every later step's output depends on the whole history of
+ * the region: memory restored wrongly shows up as different sums. */
+#define WALK_WORDS 16
+
+static void mem_walk(uint64_t base_mib, uint64_t pages, uint64_t steps, uint64_t delay)
+{
+	volatile uint64_t *region = phys(base_mib << 20);
+
+	for (uint64_t i = 1; i <= steps; i++) {
+		volatile uint64_t *page = region + ((i - 1) % pages) * 512;
+		uint64_t h = FNV_OFFSET;
+
+		if (i > 1)
+			delay_loop(delay);
+		for (uint64_t w = 0; w < WALK_WORDS; w++) {
+			page[w] = page[w] * 6364136223846793005ULL + i + w;
+			h = (h ^ page[w]) * 0x100000001b3ULL;
+		}
+		for (uint64_t p = 0; p < pages; p++)
+			h = (h ^ region[p * 512 + 7]) * 0x100000001b3ULL;
+		pr_str("mem step ");
+		pr_dec(i);
+		pr_str(" sum=");
+		pr_hex16(h);
+		pr_str("\n");
+	}
+}
+
+/* mem.sum: FNV-1a 64 over the words mem.walk writes, page by page. */
+static void mem_sum(uint64_t base_mib, uint64_t pages)
+{
+	volatile uint64_t *region = phys(base_mib << 20);
+	uint64_t h = FNV_OFFSET;
+
+	for (uint64_t p = 0; p < pages; p++)
+		for (uint64_t w = 0; w < WALK_WORDS; w++)
+			h = (h ^ region[p * 512 + w]) * 0x100000001b3ULL;
+	pr_str("mem sum=");
+	pr_hex16(h);
+	pr_str("\n");
+}
+
 void guest_main(unsigned kind, uint64_t info);
 
 void guest_main(unsigned kind, uint64_t info)
@@ -447,6 +491,13 @@ void guest_main(unsigned kind, uint64_t info)
 					pr_str("\n");
 				}
 			}
+		} else if (is(&t, "mem.walk=")) {
+			if ((ok = parse_list(&t, v, 3) && v[1] > 0 && v[0] >= 16 &&
+				   v[0] < 3072))
+				mem_walk(v[0], v[1], v[2], delay);
+		} else if (is(&t, "mem.sum=")) {
+			if ((ok = parse_list(&t, v, 2) && v[0] >= 16 && v[0] < 3072))
+				mem_sum(v[0], v[1]);
 		} else if (is(&t, "blk.info")) {
 			blk_info();
 		} else if (is(&t, "blk.read=")) {

@@ -317,6 +317,21 @@ fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
     }
 }
 
+/// Test hook: with `HEARTH_TEST_CRASH_AT=<point>` in its environment, the process kills
+/// itself with SIGKILL at that point of a snapshot write, as a crash there would:
+/// `layer-written`, `layer-renamed`, `state-written`, `state-renamed`, `cleanup`.
+fn crash_point(point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("HEARTH_TEST_CRASH_AT").ok())
+        .as_deref()
+        == Some(point)
+    {
+        // SAFETY: raise(2) has no memory-safety preconditions.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
 /// Where a VM's latest snapshot is: what its next diff snapshot builds on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lineage {
@@ -411,6 +426,7 @@ pub fn begin(
             (t, layer)
         }
     };
+    crash_point("layer-written");
     layers.push(layer.1);
     state.id = id;
     state.parent = parent;
@@ -445,8 +461,15 @@ impl Pending {
     /// directory, and removes the layers no longer named.
     pub fn commit(self) -> Result<Lineage, SnapshotError> {
         self.layer_file.persist()?;
-        files::write_atomic(&self.dir, STATE_FILE, &self.state_bytes)?;
+        crash_point("layer-renamed");
+        let mut t = TmpFile::create(&self.dir, STATE_FILE)?;
+        let tmp = t.tmp_path().to_owned();
+        std::io::Write::write_all(&mut t.file, &self.state_bytes).map_err(io_err(&tmp))?;
+        crash_point("state-written");
+        t.persist()?;
+        crash_point("state-renamed");
         files::sync_dir(&self.dir)?;
+        crash_point("cleanup");
         files::remove_unreferenced(&self.dir, &self.lineage.memory.file_names())?;
         Ok(self.lineage)
     }
