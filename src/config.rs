@@ -37,7 +37,7 @@ pub enum ConfigError {
     #[error("--cpus {0} is more than hearth supports: at most {max} vCPUs (the limit of hearth's MP table)", max = crate::arch::mptable::MAX_CPUS)]
     TooManyCpus(u32),
     /// A command line the boot protocol cannot carry.
-    #[error("the kernel command line is {len} bytes; the limit is {max} bytes (hearth appends its virtio devices and workarounds to it too)", max = CMDLINE_LIMIT)]
+    #[error("the kernel command line is {len} bytes; the limit is {max} bytes, including what hearth appends (virtio devices, emulator workarounds)", max = CMDLINE_LIMIT)]
     CmdlineTooLong {
         /// Its length.
         len: usize,

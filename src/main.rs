@@ -1,12 +1,14 @@
 //! The `hearth` command line: a thin layer over the library.
 
+mod terminal;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use hearth::boot::BootProtocol;
 use hearth::config::{parse_size, ConfigError, DiskConfig, ExecutionChoice, NetConfig, VmConfig};
-use hearth::{exit_status, Vm, VmError};
+use hearth::{exit_status, Console, Vm, VmError};
 
 /// Why a hearth command failed.
 #[derive(Debug, thiserror::Error)]
@@ -235,14 +237,25 @@ impl RunArgs {
 
 fn run(args: RunArgs) -> Result<i32, CliError> {
     init_logging(args.verbose);
+    // Before any thread starts, so that every thread inherits the blocked signals.
+    terminal::handle_stop_signals();
     let config = args.into_config()?;
-    let vm = Vm::try_from(config)?;
+    let console = Console::new().input(terminal::console_input());
+    let vm = Vm::with_console(&config, console)?;
     finish(vm)
 }
 
 fn finish(vm: Vm) -> Result<i32, CliError> {
-    let _terminal = RawTerminal::enter();
-    let reason = vm.run()?;
+    let running = vm.start()?;
+    terminal::watch(running.handle());
+    let terminal = terminal::RawTerminal::enter();
+    let reason = running.wait();
+    drop(terminal);
+    let reason = reason?;
+    if let (hearth::ExitReason::Stopped, Some((line, code))) = (&reason, terminal::stop_cause()) {
+        eprintln!("hearth: {line}");
+        return Ok(code);
+    }
     // Every end the guest did not choose is explained, with or without -v.
     if reason.is_guest_choice() {
         log::debug!("{reason}");
@@ -257,12 +270,14 @@ fn restore(args: RestoreArgs) -> Result<i32, CliError> {
     if !args.resume && args.api_sock.is_none() {
         return Err(CliError::RestoreNeverRuns);
     }
+    terminal::handle_stop_signals();
     let options = hearth::RestoreOptions {
         resume: args.resume,
         serial_out: args.serial_out,
         api_sock: args.api_sock,
     };
-    finish(Vm::restore(&args.dir, &options)?)
+    let console = Console::new().input(terminal::console_input());
+    finish(Vm::restore_with_console(&args.dir, &options, console)?)
 }
 
 fn ctl(args: CtlArgs) -> Result<i32, CliError> {
@@ -316,28 +331,6 @@ fn info() -> Result<i32, CliError> {
         Err(e) => println!("guest kernel execution: unknown ({e})"),
     }
     Ok(0)
-}
-
-/// Puts a terminal stdin into raw mode for the guest's console, and back on drop.
-struct RawTerminal(bool);
-
-impl RawTerminal {
-    fn enter() -> Self {
-        use std::io::IsTerminal;
-        use vmm_sys_util::terminal::Terminal;
-        let stdin = std::io::stdin();
-        let raw = stdin.is_terminal() && stdin.lock().set_raw_mode().is_ok();
-        Self(raw)
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        use vmm_sys_util::terminal::Terminal;
-        if self.0 {
-            let _ = std::io::stdin().lock().set_canon_mode();
-        }
-    }
 }
 
 /// When the process started: the reference for every logged time.

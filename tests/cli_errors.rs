@@ -174,6 +174,12 @@ fn limits_are_named() {
         &["run", "--kernel", &guest, "--cmdline", &long],
         "the kernel command line is 5014 bytes; the limit is 4095 bytes",
     );
+    // Under the limit alone, over it with the virtio device hearth appends.
+    let near = format!("console=ttyS0 {}", "x".repeat(4070));
+    assert_rejected(
+        &["run", "--kernel", &guest, "--rng", "--cmdline", &near],
+        "the kernel command line is 4084 bytes; the limit is 4095 bytes, including what hearth appends",
+    );
 }
 
 #[test]
@@ -276,4 +282,24 @@ fn config_files_without_kernel_and_with_relative_paths() {
     let run = wait_bounded(run, std::time::Duration::from_secs(60), "relative config");
     assert_eq!(run.code(), 5, "{run:#?}");
     assert!(run.stdout.contains("capacity=8 ro=1"), "{run:#?}");
+}
+
+/// As Firecracker does: a disk whose size is not a whole number of sectors is used, with a
+/// warning (even without -v) that the guest cannot see its last bytes.
+#[test]
+fn a_disk_with_a_partial_sector_is_warned_about() {
+    let dir = scratch();
+    let disk = dir.as_path().join("odd.img");
+    std::fs::write(&disk, vec![0u8; 1000]).unwrap();
+    let run = boot_test_guest(
+        "console=ttyS0 blk.info",
+        &["--disk", &format!("path={}", disk.display())],
+    );
+    assert_eq!(run.code(), 0, "{run:#?}");
+    assert!(run.stdout.contains("capacity=1 ro=0"), "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("is not a multiple of 512; the guest does not see the last 488 bytes"),
+        "{run:#?}"
+    );
 }

@@ -1,11 +1,10 @@
 //! Building a VM: KVM, guest memory, the kernel and its boot information, devices and
 //! vCPUs. Restore (`persist.rs`) shares everything here but the kernel loading.
 
-use std::fs::File;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::memory::GuestMemoryMmap;
 use kvm_bindings::{
@@ -13,7 +12,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VmFd;
 use linux_loader::cmdline::Cmdline;
-use log::{debug, info};
+use log::{debug, info, warn};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -23,7 +22,8 @@ use crate::arch::mptable;
 use crate::arch::regs::EntryMode;
 use crate::boot;
 use crate::config::{ExecutionChoice, VmConfig};
-use crate::device_manager::{DeviceError, DeviceManager};
+use crate::console::Console;
+use crate::device_manager::{BootMarker, DeviceError, DeviceManager};
 use crate::kvm::{self, Execution};
 use crate::memory;
 use crate::snapshot::VmState;
@@ -80,18 +80,26 @@ pub fn build_cmdline(
     virtio_slots: &[(u64, u32)],
     execution: Execution,
 ) -> Result<Cmdline, VmError> {
-    let mut cmdline =
-        Cmdline::try_from(&config.cmdline, CMDLINE_MAX_SIZE).map_err(VmError::Cmdline)?;
+    // Over the limit only once hearth's additions are in: say so, with the limit.
+    let err = |e| match e {
+        linux_loader::cmdline::Error::TooLarge | linux_loader::cmdline::Error::InvalidCapacity => {
+            VmError::Config(crate::config::ConfigError::CmdlineTooLong {
+                len: config.cmdline.len(),
+            })
+        }
+        e => VmError::Cmdline(e),
+    };
+    let mut cmdline = Cmdline::try_from(&config.cmdline, CMDLINE_MAX_SIZE).map_err(err)?;
     for (base, irq) in virtio_slots {
         cmdline
             .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, vm_memory::GuestAddress(*base), *irq, None)
-            .map_err(VmError::Cmdline)?;
+            .map_err(err)?;
     }
     if execution == Execution::Emulated && config.cmdline_workarounds {
         let present: Vec<&str> = config.cmdline.split_whitespace().collect();
         for arg in EMULATION_CMDLINE {
             if !present.contains(arg) {
-                cmdline.insert_str(arg).map_err(VmError::Cmdline)?;
+                cmdline.insert_str(arg).map_err(err)?;
             }
         }
     }
@@ -181,6 +189,7 @@ pub(super) struct Parts {
     pub(super) devices: DeviceManager,
     pub(super) vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
     shared: Arc<VcpuShared>,
+    booted: Arc<OnceLock<Duration>>,
 }
 
 impl Parts {
@@ -192,6 +201,7 @@ impl Parts {
         mem: GuestMemoryMmap,
         saved: Option<&VmState>,
         started: Instant,
+        console: Console,
     ) -> Result<Parts, VmError> {
         // A restored VM logs dirty pages from the start: its next snapshot may be a diff.
         let memory_flags = if saved.is_some() {
@@ -230,14 +240,20 @@ impl Parts {
             EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?,
         ));
         let mut devices = DeviceManager::new();
+        let (serial_out, serial_in) = console.open(config.serial_out.as_deref())?;
+        let booted = Arc::new(OnceLock::new());
         devices.add_legacy(
             &vm_fd,
             &exit,
-            config.serial_out.as_deref(),
-            stdin_for_guest(),
+            serial_out,
+            serial_in,
             saved.map(|s| &s.serial),
-            started,
+            BootMarker {
+                started,
+                booted: booted.clone(),
+            },
         )?;
+        warn_about_disks(config);
         crate::device_manager::virtio::add_all(
             &mut devices,
             &vm_fd,
@@ -272,6 +288,7 @@ impl Parts {
             devices,
             vcpu_fds,
             shared,
+            booted,
         })
     }
 
@@ -300,6 +317,7 @@ impl Parts {
             devices,
             vcpu_fds,
             shared,
+            booted,
         } = self;
         let vcpus = vcpu_fds
             .into_iter()
@@ -325,6 +343,7 @@ impl Parts {
                 config,
                 lineage: None,
                 dirty_logging: false,
+                booted,
             },
             vcpus,
             start_paused,
@@ -334,8 +353,13 @@ impl Parts {
 
 impl Vm {
     /// Builds a VM: KVM, memory, kernel, devices and vCPUs. Nothing runs yet, and any
-    /// error leaves nothing behind.
+    /// error leaves nothing behind. The console is the default one (see [`Console`]).
     pub fn new(config: &VmConfig) -> Result<Self, VmError> {
+        Self::with_console(config, Console::new())
+    }
+
+    /// Like [`Vm::new`], with the guest's console where `console` says.
+    pub fn with_console(config: &VmConfig, console: Console) -> Result<Self, VmError> {
         let started = Instant::now();
         config.validate()?;
         let kvm = kvm::open()?;
@@ -360,7 +384,7 @@ impl Vm {
             Some(path) => Some(boot::load_initrd(&mem, path, &kernel)?),
             None => None,
         };
-        let mut parts = Parts::build(&kvm, config, mem, None, started)?;
+        let mut parts = Parts::build(&kvm, config, mem, None, started, console)?;
         let mem = &parts.mem.clone();
 
         let execution = match (config.execution, calibration) {
@@ -405,9 +429,22 @@ impl Vm {
     }
 }
 
-/// The guest reads the host's stdin when it is something that can be waited on.
-fn stdin_for_guest() -> Option<File> {
-    use std::os::fd::{AsFd, OwnedFd};
-    let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
-    Some(File::from(fd))
+/// Warns, as Firecracker does, about a disk whose size is not a whole number of
+/// 512-byte sectors: the guest cannot see the partial sector at its end.
+fn warn_about_disks(config: &VmConfig) {
+    for disk in &config.disks {
+        if let Ok(m) = std::fs::metadata(&disk.path) {
+            let rest = m.len() % SECTOR_SIZE;
+            if m.is_file() && rest != 0 {
+                warn!(
+                    "disk {}: its size ({} bytes) is not a multiple of {SECTOR_SIZE}; the guest does not see the last {rest} bytes",
+                    disk.path.display(),
+                    m.len()
+                );
+            }
+        }
+    }
 }
+
+/// The sector size of virtio-blk.
+const SECTOR_SIZE: u64 = 512;

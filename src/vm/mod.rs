@@ -34,7 +34,7 @@ use crate::vcpu::{ExitSignal, SetupError, Vcpu, VcpuShared, VcpuStateError};
 
 pub use build::{build_cmdline, EMULATION_CMDLINE};
 pub use persist::{RestoreOptions, SnapshotInfo, SnapshotOptions};
-pub use running::RunningVm;
+pub use running::{RunningVm, VmHandle};
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +164,8 @@ struct VmCore {
     lineage: Option<crate::snapshot::Lineage>,
     /// Whether KVM logs dirty pages (since the first snapshot or the restore).
     dirty_logging: bool,
+    /// How long the guest took to write the boot marker, from the start of the build.
+    booted: Arc<std::sync::OnceLock<std::time::Duration>>,
 }
 
 impl std::fmt::Debug for VmCore {

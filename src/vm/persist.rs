@@ -11,8 +11,9 @@ use kvm_ioctls::VmFd;
 use log::debug;
 
 use super::build::Parts;
-use super::running::RunningVm;
+use super::running::Control;
 use super::{kvm_call, Vm, VmCore, VmError};
+use crate::console::Console;
 use crate::kvm;
 use crate::snapshot::{self, VmState};
 use crate::vcpu;
@@ -98,18 +99,16 @@ pub struct SnapshotInfo {
     pub paused: std::time::Duration,
 }
 
-impl RunningVm {
-    /// Writes a full snapshot of the VM to `dir`. The VM is paused for it and stays
-    /// paused; call [`RunningVm::resume`] to carry on.
-    pub fn snapshot(&mut self, dir: &Path) -> Result<(), VmError> {
+impl Control {
+    /// Writes a full snapshot of the VM to `dir`. The VM is paused for it and stays paused.
+    pub(super) fn snapshot(&mut self, dir: &Path) -> Result<(), VmError> {
         self.snapshot_with(dir, &SnapshotOptions::default())
             .map(|_| ())
     }
 
-    /// Writes a snapshot of the VM to `dir` as `options` say. The files are written
-    /// beside the directory's old ones and renamed into place, so that a crash leaves the
-    /// old snapshot or the new one, and a VM restored from the old one keeps running.
-    pub fn snapshot_with(
+    /// Writes a snapshot of the VM to `dir` as `options` say (see
+    /// [`super::RunningVm::snapshot_with`]).
+    pub(super) fn snapshot_with(
         &mut self,
         dir: &Path,
         options: &SnapshotOptions,
@@ -243,6 +242,15 @@ impl Vm {
     /// from the snapshot (which is never modified), disks are reopened, devices and
     /// vCPUs get their saved state. The VM starts paused unless `resume` is set.
     pub fn restore(dir: &Path, options: &RestoreOptions) -> Result<Self, VmError> {
+        Self::restore_with_console(dir, options, Console::new())
+    }
+
+    /// Like [`Vm::restore`], with the guest's console where `console` says.
+    pub fn restore_with_console(
+        dir: &Path,
+        options: &RestoreOptions,
+        console: Console,
+    ) -> Result<Self, VmError> {
         let started = Instant::now();
         let state = snapshot::read_state(dir)?;
         let mut config = state.config.clone();
@@ -258,7 +266,7 @@ impl Vm {
         }
         let mem = snapshot::map_memory(dir, &state)?;
         let lineage = snapshot::lineage(dir, &state)?;
-        let mut parts = Parts::build(&kvm, &config, mem, Some(&state), started)?;
+        let mut parts = Parts::build(&kvm, &config, mem, Some(&state), started, console)?;
         // The PIT must exist before its state is set.
         parts.finish_kvm_setup()?;
         KernelState::restore(&parts.vm_fd, &state)?;

@@ -115,6 +115,79 @@ pub fn wait_bounded(mut child: Child, timeout: Duration, what: &str) -> Run {
     }
 }
 
+/// Waits for `child` while its stdout (the guest's console) makes progress: killed and
+/// failed loudly, with the last console lines, when nothing arrives for `stall` (a hung
+/// guest) or the run passes `total`. For guests whose speed depends on the machine's
+/// load (real Linux), where a fixed bound either fails on a busy machine or waits long
+/// on a hung guest.
+pub fn wait_with_progress(mut child: Child, stall: Duration, total: Duration, what: &str) -> Run {
+    use std::sync::{Arc, Mutex};
+    let start = Instant::now();
+    let progress = Arc::new(Mutex::new((String::new(), Instant::now())));
+    let mut out = child.stdout.take();
+    let out_t = {
+        let progress = progress.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Some(Ok(n @ 1..)) = out.as_mut().map(|o| o.read(&mut buf)) {
+                let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+                p.0.push_str(&String::from_utf8_lossy(&buf[..n]));
+                p.1 = Instant::now();
+            }
+        })
+    };
+    let mut err = child.stderr.take();
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let last = |text: &str| {
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for hearth") {
+            break status;
+        }
+        let silent = progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .elapsed();
+        if silent > stall || start.elapsed() > total {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = out_t.join();
+            let stdout = progress.lock().unwrap_or_else(|e| e.into_inner()).0.clone();
+            let stderr = err_t.join().unwrap_or_default();
+            let why = if silent > stall {
+                format!("wrote nothing on its console for {silent:.0?} (hung)")
+            } else {
+                format!("ran longer than {total:?}")
+            };
+            panic!(
+                "{what}: the guest {why} after {:.0?}; hearth was killed\n\
+                 --- last console lines ---\n{}\n--- last stderr lines ---\n{}",
+                start.elapsed(),
+                last(&stdout),
+                last(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = out_t.join();
+    let stdout = progress.lock().unwrap_or_else(|e| e.into_inner()).0.clone();
+    Run {
+        status,
+        stdout,
+        stderr: err_t.join().unwrap_or_default(),
+        elapsed: start.elapsed(),
+    }
+}
+
 /// Runs `hearth <args>` with stdin from /dev/null, bounded by `timeout`.
 pub fn hearth_with_timeout<I, S>(args: I, timeout: Duration) -> Run
 where
