@@ -90,6 +90,18 @@ pub struct Muxer {
 }
 
 impl Muxer {
+    /// The host-side port the next host connection gets.
+    pub fn next_local_port(&self) -> u32 {
+        self.next_local_port
+    }
+
+    /// Carries on handing out host-side ports from `port` (a restored device's counter).
+    pub fn set_next_local_port(&mut self, port: u32) {
+        if port >= FIRST_LOCAL_PORT {
+            self.next_local_port = port;
+        }
+    }
+
     /// Listens on `path` for host connections to guest `guest_cid`. A stale socket there
     /// (nobody listening) is replaced; a live one or any other file is refused.
     pub fn bind(guest_cid: u64, path: &Path) -> Result<Muxer, VsockError> {
