@@ -144,7 +144,7 @@ struct RunArgs {
     /// Whether KVM emulates guest kernel mode [default: auto: measure it].
     #[arg(long, value_enum)]
     execution: Option<ExecutionChoice>,
-    /// On an emulating KVM, do not append "noxsave clearcpuid=popcnt,smap" to the
+    /// On an emulating KVM, do not append "noxsave clearcpuid=popcnt,smap nofsgsbase" to the
     /// command line.
     #[arg(long)]
     no_cmdline_workarounds: bool,
