@@ -165,6 +165,16 @@ struct RunArgs {
     /// connections (`CONNECT <port>`); guest connections to host port P go to PATH_P.
     #[arg(long, value_name = "SPEC")]
     vsock: Option<String>,
+    /// Take a checkpoint (a diff snapshot; full at first and every 16th) this often:
+    /// 500ms, 2s, 1m. Needs --checkpoint-dir.
+    #[arg(long, value_name = "DURATION")]
+    checkpoint_every: Option<String>,
+    /// Where checkpoints go: DIR/ckpt-NNNNNN, and DIR/latest names the newest complete one.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// How many checkpoints to keep [default: 3].
+    #[arg(long, value_name = "N")]
+    checkpoint_keep: Option<u32>,
     /// Log what hearth does (KVM mode, timings, exits) to stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -230,6 +240,30 @@ impl RunArgs {
         // Parsed here rather than by clap, so that a bad spec is a one-line error.
         if let Some(v) = self.vsock {
             config.vsock = Some(hearth::config::parse_vsock(&v)?);
+        }
+        let every = match &self.checkpoint_every {
+            Some(s) => Some(hearth::vm::checkpoint::parse_duration(s)?),
+            None => None,
+        };
+        config.checkpoint = match (config.checkpoint.take(), every, self.checkpoint_dir) {
+            (Some(mut c), every, dir) => {
+                c.every = every.unwrap_or(c.every);
+                c.dir = dir.unwrap_or(c.dir);
+                Some(c)
+            }
+            (None, Some(every), Some(dir)) => Some(hearth::config::CheckpointConfig {
+                every,
+                dir,
+                keep: hearth::vm::checkpoint::DEFAULT_KEEP,
+            }),
+            (None, None, None) => None,
+            (None, _, _) => return Err(ConfigError::CheckpointIncomplete),
+        };
+        if let Some(keep) = self.checkpoint_keep {
+            match &mut config.checkpoint {
+                Some(c) => c.keep = keep,
+                None => return Err(ConfigError::CheckpointIncomplete),
+            }
         }
         Ok(config)
     }

@@ -537,3 +537,129 @@ fn diff_without_a_parent_is_refused() {
     let c = last_count(&vm.serial);
     wait_for_text(&vm.serial, &format!("count: {}\n", c + 1), T);
 }
+
+/// Periodic checkpoints of a guest writing its disk: hearth is killed with SIGKILL at an
+/// arbitrary moment, the newest checkpoint restores, and the guest carries on from it,
+/// its disk writes up to it intact.
+#[test]
+fn periodic_checkpoints_survive_a_kill() {
+    let dir = scratch();
+    let d = dir.as_path();
+    let disk = d.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 64 * 512]).unwrap();
+    const WRITES: u64 = 40;
+    let mut cmdline = String::new();
+    for i in 1..=WRITES {
+        cmdline.push_str(&format!("blk.write=0:{i}:1:{i} sleep=100 "));
+    }
+    cmdline.push_str("exit=0");
+    let ckpt = d.join("ckpt");
+    let disk_arg = format!("path={}", disk.display());
+    let vm = Proc::run(
+        d,
+        "writer",
+        &cmdline,
+        &[
+            "--disk",
+            &disk_arg,
+            "--checkpoint-every",
+            "150ms",
+            "--checkpoint-dir",
+            ckpt.to_str().unwrap(),
+            "--checkpoint-keep",
+            "3",
+        ],
+    );
+    let written = |path: &Path| -> u64 {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("blk 0 write ") && l.ends_with("status=0"))
+            .count() as u64
+    };
+    wait_until("writes", || written(&vm.serial) >= 12, &vm.serial);
+    // An arbitrary moment: how far into the current second the clock is.
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_millis();
+    std::thread::sleep(Duration::from_millis(u64::from(ms % 200)));
+    drop(vm); // SIGKILL
+    let before = std::fs::read(&disk).unwrap();
+
+    let ckpts: Vec<String> = std::fs::read_dir(&ckpt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("ckpt-"))
+        .collect();
+    assert!(
+        (1..=4).contains(&ckpts.len()),
+        "at most 3 kept (and one being written): {ckpts:?}"
+    );
+    let latest = ckpt.join("latest");
+    assert!(
+        !diff_files(&latest).is_empty(),
+        "checkpoints after the first are diffs"
+    );
+    let serial = d.join("restored.txt");
+    let run = hearth_with_timeout(
+        [
+            "restore",
+            "--dir",
+            latest.to_str().unwrap(),
+            "--resume",
+            "--serial-out",
+            serial.to_str().unwrap(),
+        ],
+        T,
+    );
+    let out = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert_eq!(run.code(), 0, "{run:#?}\n{out}");
+    let next: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("blk 0 write "))
+        .map(|l| {
+            assert!(l.ends_with("status=0"), "{out}");
+            l.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    let first = *next.first().unwrap_or(&(WRITES + 1));
+    assert_eq!(
+        next,
+        (first..=WRITES).collect::<Vec<_>>(),
+        "carries on from the checkpoint: {out}"
+    );
+    assert!(first > 1, "the checkpoint is not the start: {out}");
+    // Everything the guest wrote up to the checkpoint was on disk before the restore.
+    for s in 1..first {
+        let sector = &before[s as usize * 512..(s as usize + 1) * 512];
+        assert!(
+            sector.iter().all(|b| u64::from(*b) == s),
+            "sector {s} before the restore"
+        );
+    }
+    let after = std::fs::read(&disk).unwrap();
+    for s in 1..=WRITES {
+        let sector = &after[s as usize * 512..(s as usize + 1) * 512];
+        assert!(
+            sector.iter().all(|b| u64::from(*b) == s),
+            "sector {s} at the end"
+        );
+    }
+    assert!(!out.contains("hearth-test-guest"), "no reboot: {out}");
+}
+
+/// Half of the checkpoint settings is a one-line error.
+#[test]
+fn checkpoint_flags_are_checked() {
+    let r = boot_test_guest("exit=0", &["--checkpoint-every", "1s"]);
+    assert_eq!(r.code(), hearth::exit_status::HEARTH_ERROR, "{r:#?}");
+    assert!(r.stderr.contains("go together"), "{r:#?}");
+    let r = boot_test_guest(
+        "exit=0",
+        &["--checkpoint-every", "1h", "--checkpoint-dir", "/tmp"],
+    );
+    assert_eq!(r.code(), hearth::exit_status::HEARTH_ERROR, "{r:#?}");
+    assert!(r.stderr.contains("500ms, 2s or 1m"), "{r:#?}");
+    assert_eq!(r.stderr.trim_end().lines().count(), 1, "{r:#?}");
+}

@@ -14,6 +14,7 @@
 //! share.
 
 mod build;
+pub mod checkpoint;
 mod dirty;
 mod event_loop;
 mod persist;
@@ -33,6 +34,7 @@ use crate::memory::MemoryError;
 use crate::vcpu::{ExitSignal, SetupError, Vcpu, VcpuShared, VcpuStateError};
 
 pub use build::{build_cmdline, EMULATION_CMDLINE};
+pub use checkpoint::{CheckpointConfig, CheckpointStats};
 pub use persist::{RestoreOptions, SnapshotInfo, SnapshotOptions};
 pub use running::{RunningVm, VmHandle};
 

@@ -257,6 +257,8 @@ impl Vm {
         // Output and control go where this process is told, not where the first one's went.
         config.serial_out = options.serial_out.clone();
         config.api_sock = options.api_sock.clone();
+        // Checkpoints were the first process's; a restored VM takes none unless told.
+        config.checkpoint = None;
         let kvm = kvm::open()?;
         if state.vcpus.len() != config.cpus as usize {
             return Err(VmError::VcpuCount {

@@ -34,6 +34,10 @@ impl Vm {
             Some(path) => Some(crate::api::bind(path)?),
             None => None,
         };
+        let checkpoints = match &self.core.config.checkpoint {
+            Some(c) => Some(super::checkpoint::Checkpointer::new(c.clone())?),
+            None => None,
+        };
         let Vm {
             core,
             vcpus,
@@ -83,6 +87,7 @@ impl Vm {
             shared,
             api,
             last_kick: Instant::now(),
+            checkpoints,
         })
     }
 }
@@ -203,6 +208,7 @@ pub struct RunningVm {
     shared: Arc<Shared>,
     api: Option<UnixListener>,
     last_kick: Instant,
+    checkpoints: Option<super::checkpoint::Checkpointer>,
 }
 
 /// A cloneable, thread-safe handle to a running VM: pause, resume, snapshot and stop it
@@ -312,6 +318,11 @@ impl RunningVm {
         lock(&self.shared.control).snapshot_with(dir, options)
     }
 
+    /// The periodic checkpoints taken so far (`None` without `--checkpoint-every`).
+    pub fn checkpoint_stats(&self) -> Option<super::CheckpointStats> {
+        self.checkpoints.as_ref().map(|c| c.stats.clone())
+    }
+
     /// How long the guest took to write the boot marker, from when this VM started being
     /// built (see [`VmHandle::boot_time`]).
     pub fn boot_time(&self) -> Option<Duration> {
@@ -353,7 +364,13 @@ impl RunningVm {
                 }
                 self.last_kick = now;
             }
+            if let Some(cp) = &mut self.checkpoints {
+                cp.tick(&mut lock(&self.shared.control));
+            }
             let mut wait = WATCHDOG_INTERVAL.saturating_sub(self.last_kick.elapsed());
+            if let Some(cp) = &self.checkpoints {
+                wait = wait.min(cp.due().saturating_duration_since(Instant::now()));
+            }
             if let Some(d) = deadline {
                 wait = wait.min(d.saturating_duration_since(now));
             }
