@@ -19,6 +19,14 @@ enum CliError {
     /// A snapshot directory that cannot be used.
     #[error(transparent)]
     Snapshot(#[from] hearth::snapshot::SnapshotError),
+    /// An override that is not OLD=NEW.
+    #[error("{flag} '{value}': expected OLD=NEW")]
+    Override {
+        /// The flag.
+        flag: &'static str,
+        /// What was given.
+        value: String,
+    },
     /// A restore that nothing could ever resume.
     #[error("restore without --resume waits, paused, for `hearth ctl resume`, which needs --api-sock: pass --resume or --api-sock PATH")]
     RestoreNeverRuns,
@@ -110,6 +118,19 @@ struct RestoreArgs {
     /// Write guest serial output to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     serial_out: Option<PathBuf>,
+    /// Use tap NEW for the network device that used tap OLD; repeat for more.
+    #[arg(long, value_name = "OLD=NEW")]
+    net_tap: Vec<String>,
+    /// Use disk file NEW (of the same size) for the disk that was OLD; repeat for more.
+    #[arg(long, value_name = "OLD=NEW")]
+    disk_path: Vec<String>,
+    /// Listen for vsock host connections on PATH instead of the snapshot's socket.
+    #[arg(long, value_name = "PATH")]
+    vsock_socket: Option<PathBuf>,
+    /// How the guest's clock carries on: from where it stood (keep), or forward by the
+    /// real time since the snapshot (realtime, so that its wall clock is right).
+    #[arg(long, value_enum, default_value_t = hearth::snapshot::overrides::ClockChoice::Keep)]
+    clock: hearth::snapshot::overrides::ClockChoice,
     /// Log what hearth does to stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -305,10 +326,30 @@ fn restore(args: RestoreArgs) -> Result<i32, CliError> {
         return Err(CliError::RestoreNeverRuns);
     }
     terminal::handle_stop_signals();
+    let pair = |flag: &'static str, s: &String| {
+        hearth::snapshot::overrides::parse_pair(s).ok_or_else(|| CliError::Override {
+            flag,
+            value: s.clone(),
+        })
+    };
     let options = hearth::RestoreOptions {
         resume: args.resume,
         serial_out: args.serial_out,
         api_sock: args.api_sock,
+        overrides: hearth::snapshot::overrides::RestoreOverrides {
+            taps: args
+                .net_tap
+                .iter()
+                .map(|s| pair("--net-tap", s))
+                .collect::<Result<_, _>>()?,
+            disks: args
+                .disk_path
+                .iter()
+                .map(|s| pair("--disk-path", s).map(|(a, b)| (a.into(), b.into())))
+                .collect::<Result<_, _>>()?,
+            vsock_socket: args.vsock_socket,
+            clock: args.clock,
+        },
     };
     let console = Console::new().input(terminal::console_input());
     finish(Vm::restore_with_console(&args.dir, &options, console)?)

@@ -390,6 +390,69 @@ static void mem_sum(uint64_t base_mib, uint64_t pages)
 	pr_str("\n");
 }
 
+/* kvmclock (Linux's pvclock ABI): the time info KVM keeps for this vCPU, and the wall
+ * clock at the moment the guest asks for it. */
+#define MSR_KVM_WALL_CLOCK_NEW	0x4b564d00
+#define MSR_KVM_SYSTEM_TIME_NEW	0x4b564d01
+
+struct pvclock_time {
+	uint32_t version;
+	uint32_t pad0;
+	uint64_t tsc_timestamp;
+	uint64_t system_time;
+	uint32_t tsc_to_system_mul;
+	int8_t tsc_shift;
+	uint8_t flags;
+	uint8_t pad[2];
+} __attribute__((aligned(64)));
+
+static volatile struct pvclock_time pvti;
+static volatile struct {
+	uint32_t version;
+	uint32_t sec;
+	uint32_t nsec;
+} __attribute__((aligned(16))) pvwall;
+static int kvmclock_on;
+static uint64_t boot_wall_ns;	/* read once, as Linux reads its persistent clock once */
+
+static inline void wrmsr(uint32_t msr, uint64_t v)
+{
+	__asm__ volatile("wrmsr" : : "c"(msr), "a"((uint32_t)v), "d"((uint32_t)(v >> 32)));
+}
+
+/* clock: prints `clock: ns=<kvmclock ns> wall=<seconds since the epoch>`, the wall
+ * clock as Linux keeps it: the boot-time wall clock KVM gave once plus kvmclock. */
+static void clock_read(void)
+{
+	uint32_t v;
+	uint64_t ns;
+
+	if (!kvmclock_on) {
+		wrmsr(MSR_KVM_WALL_CLOCK_NEW, (uint64_t)(uintptr_t)&pvwall);
+		wrmsr(MSR_KVM_SYSTEM_TIME_NEW, (uint64_t)(uintptr_t)&pvti | 1);
+		kvmclock_on = 1;
+	}
+	do {
+		v = pvti.version;
+		uint64_t delta = rdtsc() - pvti.tsc_timestamp;
+		int8_t shift = pvti.tsc_shift;
+
+		if (shift < 0)
+			delta >>= -shift;
+		else
+			delta <<= shift;
+		ns = pvti.system_time +
+		     (uint64_t)(((unsigned __int128)delta * pvti.tsc_to_system_mul) >> 32);
+	} while ((v & 1) || v != pvti.version);
+	if (!boot_wall_ns)
+		boot_wall_ns = pvwall.sec * 1000000000ULL + pvwall.nsec;
+	pr_str("clock: ns=");
+	pr_dec(ns);
+	pr_str(" wall=");
+	pr_dec((boot_wall_ns + ns) / 1000000000ULL);
+	pr_str("\n");
+}
+
 void guest_main(unsigned kind, uint64_t info);
 
 void guest_main(unsigned kind, uint64_t info)
@@ -491,6 +554,8 @@ void guest_main(unsigned kind, uint64_t info)
 					pr_str("\n");
 				}
 			}
+		} else if (is(&t, "clock")) {
+			clock_read();
 		} else if (is(&t, "mem.walk=")) {
 			if ((ok = parse_list(&t, v, 3) && v[1] > 0 && v[0] >= 16 &&
 				   v[0] < 3072))

@@ -7,6 +7,7 @@
 
 pub mod files;
 pub mod layers;
+pub mod overrides;
 
 use std::fs::File;
 use std::io::Read;
@@ -193,6 +194,17 @@ pub enum SnapshotError {
     /// A diff snapshot of a VM that has no earlier snapshot.
     #[error("cannot take a diff snapshot: this VM has no earlier snapshot to build on (take a full one first, or restore it from one)")]
     NoPrevious,
+    /// A tap override names a tap the snapshot does not use.
+    #[error(
+        "cannot restore with --net-tap {0}=...: no network device of the snapshot uses tap {0}"
+    )]
+    NoSuchTap(String),
+    /// A disk override names a disk the snapshot does not have.
+    #[error("cannot restore with --disk-path {p}=...: the snapshot has no disk at {p}", p = .0.display())]
+    NoSuchDisk(PathBuf),
+    /// A vsock override for a snapshot without vsock.
+    #[error("cannot restore with --vsock-socket: the snapshot has no vsock device")]
+    NoVsock,
     /// No random identifier could be made.
     #[error("cannot make a snapshot identifier: getrandom failed: {0}")]
     Random(#[source] std::io::Error),

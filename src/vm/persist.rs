@@ -27,6 +27,8 @@ pub struct RestoreOptions {
     pub serial_out: Option<PathBuf>,
     /// Serve the control socket here.
     pub api_sock: Option<PathBuf>,
+    /// Other taps, disk files or vsock socket, and how the clock carries on.
+    pub overrides: snapshot::overrides::RestoreOverrides,
 }
 
 /// The VM-wide state KVM keeps in the kernel: PIC/IOAPIC, PIT, kvmclock.
@@ -57,8 +59,8 @@ impl KernelState {
         })
     }
 
-    /// Puts the state back (the PIT must exist).
-    fn restore(vm_fd: &VmFd, state: &VmState) -> Result<(), VmError> {
+    /// Puts the state back (the PIT must exist), kvmclock at `clock_ns`.
+    fn restore(vm_fd: &VmFd, state: &VmState, clock_ns: u64) -> Result<(), VmError> {
         for chip in &state.irqchips {
             vm_fd
                 .set_irqchip(chip)
@@ -68,6 +70,7 @@ impl KernelState {
             .set_pit2(&state.pit)
             .map_err(kvm_call("KVM_SET_PIT2"))?;
         let mut clock = state.clock;
+        clock.clock = clock_ns;
         // Only KVM_CLOCK_REALTIME may be passed back; the rest are reports.
         clock.flags = 0;
         vm_fd.set_clock(&clock).map_err(kvm_call("KVM_SET_CLOCK"))?;
@@ -252,7 +255,8 @@ impl Vm {
         console: Console,
     ) -> Result<Self, VmError> {
         let started = Instant::now();
-        let state = snapshot::read_state(dir)?;
+        let mut state = snapshot::read_state(dir)?;
+        options.overrides.apply(&mut state)?;
         let mut config = state.config.clone();
         // Output and control go where this process is told, not where the first one's went.
         config.serial_out = options.serial_out.clone();
@@ -271,7 +275,10 @@ impl Vm {
         let mut parts = Parts::build(&kvm, &config, mem, Some(&state), started, console)?;
         // The PIT must exist before its state is set.
         parts.finish_kvm_setup()?;
-        KernelState::restore(&parts.vm_fd, &state)?;
+        let clock_ns = options
+            .overrides
+            .clock_ns(&state, snapshot::wall_clock_ns());
+        KernelState::restore(&parts.vm_fd, &state, clock_ns)?;
         for (index, (fd, s)) in parts.vcpu_fds.iter().zip(&state.vcpus).enumerate() {
             vcpu::restore_state(fd, s).map_err(|source| VmError::VcpuState { index, source })?;
             // Tell the guest it was stopped, so that its watchdogs (RCU stall, soft
