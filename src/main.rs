@@ -19,6 +19,17 @@ enum CliError {
     /// A snapshot directory that cannot be used.
     #[error(transparent)]
     Snapshot(#[from] hearth::snapshot::SnapshotError),
+    /// A memory layer that does not check out, so the chain is not merged.
+    #[error("not merged: memory layer {layer} failed its check: {reason}")]
+    LayerCheck {
+        /// The layer's file.
+        layer: String,
+        /// What failed.
+        reason: String,
+    },
+    /// `inspect` found a layer that does not check out.
+    #[error("{}: a memory layer failed its check (see above)", .0.display())]
+    InspectFailed(PathBuf),
     /// An override that is not OLD=NEW.
     #[error("{flag} '{value}': expected OLD=NEW")]
     Override {
@@ -70,6 +81,12 @@ enum SnapshotCommand {
         /// Write the merged snapshot here instead of replacing DIR's (crash-safely).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+    },
+    /// Show what a snapshot holds (format, writer, configuration, memory chain) and
+    /// verify every checksum; exits non-zero when one fails.
+    Inspect {
+        /// The snapshot directory.
+        dir: PathBuf,
     },
 }
 
@@ -382,12 +399,27 @@ fn snapshot(cmd: SnapshotCommand) -> Result<i32, CliError> {
             if let Some(o) = &out {
                 hearth::snapshot::check_dir(o)?;
             }
+            // Refuse a chain that does not check out before folding it.
+            let report = hearth::snapshot::inspect::inspect(&dir)?;
+            if let Some((l, Err(e))) = report.layers.iter().find(|(_, r)| r.is_err()) {
+                return Err(CliError::LayerCheck {
+                    layer: l.file_name(),
+                    reason: e.clone(),
+                });
+            }
             let n = hearth::snapshot::merge(&dir, out.as_deref())?;
             println!(
                 "merged {n} memory layer(s) of {} into {}",
                 dir.display(),
                 out.as_deref().unwrap_or(&dir).display()
             );
+        }
+        SnapshotCommand::Inspect { dir } => {
+            let report = hearth::snapshot::inspect::inspect(&dir)?;
+            print!("{report}");
+            if !report.ok() {
+                return Err(CliError::InspectFailed(dir));
+            }
         }
     }
     Ok(0)

@@ -477,6 +477,43 @@ fn diff_chain_restores_each_link_and_merges() {
         seen_diffs.push(new[0].clone());
     }
 
+    // inspect shows the chain and verifies every checksum.
+    let r = hearth_with_timeout(["snapshot", "inspect", links[3].0.to_str().unwrap()], T);
+    assert_eq!(r.code(), 0, "{r:#?}");
+    for want in [
+        "format version: 2",
+        concat!("written by: hearth ", env!("CARGO_PKG_VERSION")),
+        "memory: 64 MiB",
+        "memory chain (4 layer(s)",
+        "(full, 67108864 bytes): CRC-64 ok",
+        "parent: ",
+    ] {
+        assert!(r.stdout.contains(want), "{want:?}: {}", r.stdout);
+    }
+    assert_eq!(r.stdout.matches("pages, ").count(), 3, "{}", r.stdout);
+    assert_eq!(r.stdout.matches("): CRC-64 ok").count(), 4, "{}", r.stdout);
+    // A flipped bit in a diff layer: inspect says which, merge refuses, restore refuses.
+    let bad = d.join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    for e in std::fs::read_dir(&links[3].0).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), bad.join(e.file_name())).unwrap();
+    }
+    let victim = diff_files(&bad).into_iter().next().unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    std::fs::write(&victim, bytes).unwrap();
+    let r = hearth_with_timeout(["snapshot", "inspect", bad.to_str().unwrap()], T);
+    assert_eq!(r.code(), hearth::exit_status::HEARTH_ERROR, "{r:#?}");
+    assert!(r.stdout.contains("FAILED"), "{r:#?}");
+    let r = hearth_with_timeout(["snapshot", "merge", bad.to_str().unwrap()], T);
+    assert_eq!(r.code(), hearth::exit_status::HEARTH_ERROR, "{r:#?}");
+    assert!(r.stderr.contains("not merged"), "{r:#?}");
+    let r = hearth_with_timeout(["restore", "--dir", bad.to_str().unwrap(), "--resume"], T);
+    assert_eq!(r.code(), hearth::exit_status::HEARTH_ERROR, "{r:#?}");
+    assert!(r.stderr.contains("CRC-64 does not match"), "{r:#?}");
+
     // Each link restores to its moment: the steps after it match the original run's.
     for (i, (snap, before, after)) in links.iter().enumerate() {
         let (got, sum) = restored_walk(snap, &d.join(format!("r{i}.txt")));

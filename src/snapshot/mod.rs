@@ -6,6 +6,7 @@
 //! new one, and a VM mapping an older memory file keeps its pages.
 
 pub mod files;
+pub mod inspect;
 pub mod layers;
 pub mod overrides;
 
