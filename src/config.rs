@@ -308,7 +308,7 @@ fn serialize_size<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     // Binary formats (snapshots) keep the plain byte count.
     if !s.is_human_readable() {
         s.serialize_u64(*v)
-    } else if v % (1 << 20) == 0 {
+    } else if v.is_multiple_of(1 << 20) {
         s.serialize_str(&format!("{}M", v >> 20))
     } else {
         s.serialize_str(&format!("{}K", v >> 10))

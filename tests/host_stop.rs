@@ -15,8 +15,33 @@ use hearth::exit_status;
 
 const T: Duration = Duration::from_secs(60);
 
+/// A hearth process, killed if the test fails before it is waited for.
+struct Hearth(Option<Child>);
+
+impl Hearth {
+    fn pid(&self) -> i32 {
+        i32::try_from(self.0.as_ref().expect("not yet waited for").id()).unwrap()
+    }
+    /// Waits for it (bounded), as `wait_bounded`.
+    fn wait(mut self, what: &str) -> Run {
+        wait_bounded(self.0.take().expect("waited once"), T, what)
+    }
+    fn kill(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Hearth {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A long-running test guest, its console in `serial`, with an API and a vsock socket.
-fn start(dir: &Path, stdin: Stdio) -> (Child, PathBuf, PathBuf, PathBuf) {
+fn start(dir: &Path, stdin: Stdio) -> (Hearth, PathBuf, PathBuf, PathBuf) {
     let serial = dir.join("serial.txt");
     let api = dir.join("api.sock");
     let vsock = dir.join("v.sock");
@@ -34,13 +59,12 @@ fn start(dir: &Path, stdin: Stdio) -> (Child, PathBuf, PathBuf, PathBuf) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("cannot start hearth");
-    (child, serial, api, vsock)
+    (Hearth(Some(child)), serial, api, vsock)
 }
 
-fn signal(child: &Child, sig: i32) {
-    let pid = i32::try_from(child.id()).unwrap();
+fn signal(child: &Hearth, sig: i32) {
     // SAFETY: kill(2) with a pid this test started and has not yet waited for.
-    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    assert_eq!(unsafe { libc::kill(child.pid(), sig) }, 0);
 }
 
 #[test]
@@ -51,7 +75,7 @@ fn sigterm_and_sigint_stop_cleanly() {
         wait_for_text(&serial, "count: 2\n", T);
         assert!(api.exists() && vsock.exists());
         signal(&child, sig);
-        let run = wait_bounded(child, T, name);
+        let run = child.wait(name);
         assert_eq!(run.code(), exit_status::SIGNAL_BASE + sig, "{run:#?}");
         assert!(
             run.stderr.contains(&format!("hearth: stopped by {name}")),
@@ -67,8 +91,7 @@ fn a_killed_vms_stale_vsock_socket_does_not_block_its_restart() {
     let dir = scratch();
     let (mut child, serial, api, vsock) = start(dir.as_path(), Stdio::null());
     wait_for_text(&serial, "count: 2\n", T);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     assert!(
         vsock.exists() && api.exists(),
         "SIGKILL leaves the socket files"
@@ -90,7 +113,7 @@ fn a_killed_vms_stale_vsock_socket_does_not_block_its_restart() {
         "{run:#?}"
     );
     signal(&child, libc::SIGTERM);
-    let run = wait_bounded(child, T, "restarted");
+    let run = child.wait("restarted");
     assert_eq!(
         run.code(),
         exit_status::SIGNAL_BASE + libc::SIGTERM,
@@ -137,7 +160,7 @@ fn termios(f: &std::fs::File) -> libc::termios {
 const COOKED: libc::tcflag_t = libc::ECHO | libc::ICANON | libc::ISIG;
 
 /// Starts hearth on a terminal, waits until it is running in raw mode.
-fn start_on_pty(dir: &Path) -> (Child, Pty, std::fs::File, PathBuf) {
+fn start_on_pty(dir: &Path) -> (Hearth, Pty, std::fs::File, PathBuf) {
     let pty = open_pty();
     let slave = std::fs::OpenOptions::new()
         .read(true)
@@ -168,7 +191,7 @@ fn ctrl_a_x_stops_the_vm_and_restores_the_terminal() {
     let (child, mut pty, slave, _) = start_on_pty(dir.as_path());
     // Ctrl-C goes to the guest (no signal in raw mode); Ctrl-a x stops hearth.
     pty.master.write_all(b"\x03\x01x").unwrap();
-    let run = wait_bounded(child, T, "Ctrl-a x");
+    let run = child.wait("Ctrl-a x");
     assert_eq!(run.code(), exit_status::STOPPED, "{run:#?}");
     assert!(
         run.stderr.contains("stopped from the console (Ctrl-a x)"),
@@ -186,7 +209,7 @@ fn sigterm_restores_the_terminal() {
     let dir = scratch();
     let (child, _pty, slave, _) = start_on_pty(dir.as_path());
     signal(&child, libc::SIGTERM);
-    let run = wait_bounded(child, T, "SIGTERM on a terminal");
+    let run = child.wait("SIGTERM on a terminal");
     assert_eq!(
         run.code(),
         exit_status::SIGNAL_BASE + libc::SIGTERM,
@@ -243,7 +266,12 @@ fn a_silent_guest_fails_the_progress_bound_with_its_last_lines() {
         .unwrap();
     let started = std::time::Instant::now();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_with_progress(child, Duration::from_secs(3), T, "silent guest")
+        let bounds = ProgressBounds {
+            stall_cpu: Duration::from_secs(2),
+            stall_wall: T,
+            total: T,
+        };
+        wait_with_progress(child, bounds, "silent guest")
     }));
     let message = result
         .err()

@@ -6,9 +6,12 @@
 //! ../shared/linux-guest, or a build from Debian's linux-source-6.1 (4–8 minutes)
 //! when the cache is absent. On an emulating KVM a boot takes about 30 s on an idle
 //! machine and several minutes on a busy one, so a boot is bounded by progress (no
-//! console output for [`STALL_TIMEOUT`] means hung) plus a generous total. These tests
+//! console output while hearth uses two minutes of CPU means hung, see
+//! `common::LINUX_BOUNDS`) plus a generous total. These tests
 //! are not part of `cargo test --workspace` (`test = false` in Cargo.toml): `.ci/run`
 //! runs them after the fast suite with `cargo test --test linux_guest --test linux_net`.
+
+mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -22,12 +25,6 @@ const MARKER: &str = "hearth-linux-guest: init reached";
 const BANNER: &str = "Linux version 6.1";
 /// The command line of the test; hearth appends its emulator workarounds itself.
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
-/// No console output for this long means the guest hangs. The longest silence of a
-/// healthy boot here is a few seconds idle, tens of seconds on a busy machine.
-const STALL_TIMEOUT: Duration = Duration::from_secs(180);
-/// A bound on one whole boot, far above the ~30 s of an idle emulating KVM and the 8.5
-/// minutes seen with other work on both cores.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Console lines shown when a boot is stopped.
 const LAST_LINES: usize = 40;
 
@@ -86,14 +83,8 @@ struct Boot {
     elapsed: Duration,
 }
 
-/// The last `n` lines of `text`.
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// Boots the guest with `cpus` vCPUs, killing hearth and panicking when the console stays
-/// silent for `STALL_TIMEOUT` or the boot passes `BOOT_TIMEOUT`.
+/// silent too long or the boot runs too long (`common::LINUX_BOUNDS`).
 fn boot(cpus: u32) -> Boot {
     let (kernel, initrd) = guest_files();
     // One boot at a time: each keeps a host core busy emulating guest kernel mode, and
@@ -136,41 +127,35 @@ fn boot(cpus: u32) -> Boot {
 
     let mut serial = String::new();
     let mut to_marker = None;
-    let last_output = std::cell::Cell::new(Duration::ZERO);
+    let mut watch = common::ProgressWatch::new(child.id(), common::LINUX_BOUNDS);
     let mut take = |(at, line): (Duration, String)| {
         if to_marker.is_none() && line.contains(MARKER) {
             to_marker = Some(at);
         }
-        last_output.set(at);
         serial.push_str(&line);
         serial.push('\n');
     };
     let status = loop {
         while let Ok(item) = rx.try_recv() {
             take(item);
+            watch.output();
         }
         if let Some(status) = child.try_wait().expect("wait for hearth") {
             break status;
         }
-        let now = start.elapsed();
-        let silent = now.saturating_sub(last_output.get());
-        if silent > STALL_TIMEOUT || now > BOOT_TIMEOUT {
+        if let Some(why) = watch.hung() {
+            let now = start.elapsed();
             let _ = child.kill();
             let _ = child.wait();
             let _ = out_t.join();
             rx.try_iter().for_each(&mut take);
             let stderr = err_t.join().unwrap_or_default();
-            let why = if now > BOOT_TIMEOUT {
-                format!("did not finish within {BOOT_TIMEOUT:?}")
-            } else {
-                format!("wrote nothing on its console for {silent:.0?} (hung)")
-            };
             panic!(
-                "Linux guest with {cpus} vCPU(s) {why} after {now:.0?}; hearth was killed\n\
+                "Linux guest with {cpus} vCPU(s) {why}, after {now:.0?}; hearth was killed\n\
                  --- last {LAST_LINES} serial lines (where it stopped) ---\n{}\n\
                  --- hearth stderr ---\n{}",
-                last_lines(&serial, LAST_LINES),
-                last_lines(&stderr, LAST_LINES)
+                common::last_lines(&serial, LAST_LINES),
+                common::last_lines(&stderr, LAST_LINES)
             );
         }
         std::thread::sleep(Duration::from_millis(20));

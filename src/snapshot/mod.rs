@@ -248,9 +248,9 @@ pub fn decode_state(bytes: &[u8], path: &Path) -> Result<VmState, SnapshotError>
     if bytes.len() < HEADER_LEN {
         return Err(SnapshotError::Truncated(p()));
     }
-    let field = |at: usize, n: usize| {
+    let field = |at: usize| {
         let mut b = [0u8; 8];
-        b[..n].copy_from_slice(&bytes[at..at + n]);
+        b.copy_from_slice(&bytes[at..at + 8]);
         u64::from_le_bytes(b)
     };
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
@@ -263,13 +263,12 @@ pub fn decode_state(bytes: &[u8], path: &Path) -> Result<VmState, SnapshotError>
             found: version,
         });
     }
-    let len = field(12, 8);
-    let crc = field(20, 8);
+    let crc = field(20);
     let payload = &bytes[HEADER_LEN..];
-    if (payload.len() as u64) < len {
-        return Err(SnapshotError::Truncated(p()));
-    }
-    let payload = &payload[..len as usize];
+    let payload = usize::try_from(field(12))
+        .ok()
+        .and_then(|len| payload.get(..len))
+        .ok_or_else(|| SnapshotError::Truncated(p()))?;
     if CRC64.checksum(payload) != crc {
         return Err(SnapshotError::BadChecksum(p()));
     }

@@ -256,7 +256,6 @@ impl Parts {
                 booted: booted.clone(),
             },
         )?;
-        warn_about_disks(config);
         crate::device_manager::virtio::add_all(
             &mut devices,
             &vm_fd,
@@ -264,6 +263,8 @@ impl Parts {
             config,
             saved.map(|s| s.virtio.as_slice()),
         )?;
+        // Once every disk opened: a refused one is the only line then.
+        warn_about_disks(config);
         if let Some(s) = saved {
             if s.virtio.len() != devices.virtio.len() {
                 return Err(VmError::VirtioCount {
