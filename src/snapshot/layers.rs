@@ -27,7 +27,9 @@ const PAGE: usize = 4096;
 /// First bytes of a diff layer.
 pub const DIFF_MAGIC: [u8; 8] = *b"HEARTHDF";
 const DIFF_VERSION: u32 = 1;
-const DIFF_HEADER_LEN: u64 = 64;
+const DIFF_HEADER_LEN: usize = 64;
+/// [`PAGE_SIZE`] as a diff header holds it.
+const PAGE_U32: u32 = 4096;
 /// Chunk of a full layer looked at (and written) at a time.
 const CHUNK: usize = 64 << 10;
 const CRC64: crc::Crc<u64, crc::Table<16>> =
@@ -287,11 +289,11 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-fn diff_header(id: SnapshotId, size: u64, pages: u64) -> [u8; DIFF_HEADER_LEN as usize] {
-    let mut h = [0u8; DIFF_HEADER_LEN as usize];
+fn diff_header(id: SnapshotId, size: u64, pages: u64) -> [u8; DIFF_HEADER_LEN] {
+    let mut h = [0u8; DIFF_HEADER_LEN];
     h[..8].copy_from_slice(&DIFF_MAGIC);
     h[8..12].copy_from_slice(&DIFF_VERSION.to_le_bytes());
-    h[12..16].copy_from_slice(&(PAGE as u32).to_le_bytes());
+    h[12..16].copy_from_slice(&PAGE_U32.to_le_bytes());
     h[16..24].copy_from_slice(&size.to_le_bytes());
     h[24..32].copy_from_slice(&pages.to_le_bytes());
     h[32..48].copy_from_slice(&id.0);
@@ -380,7 +382,7 @@ fn read_diff_head(
         path: path.to_owned(),
         reason,
     };
-    let mut h = [0u8; DIFF_HEADER_LEN as usize];
+    let mut h = [0u8; DIFF_HEADER_LEN];
     r.read_exact(&mut h).map_err(io_err(path))?;
     crc.update(&h);
     let u64_at = |at: usize| {
@@ -404,7 +406,7 @@ fn read_diff_head(
             "it belongs to another snapshot (its identifier differs)".into(),
         ));
     }
-    if u64_at(16) != size || u32::from_le_bytes([h[12], h[13], h[14], h[15]]) != PAGE as u32 {
+    if u64_at(16) != size || u32::from_le_bytes([h[12], h[13], h[14], h[15]]) != PAGE_U32 {
         return Err(mismatch(format!(
             "it is for {} bytes of memory, the VM has {size}",
             u64_at(16)
@@ -641,7 +643,7 @@ mod tests {
         assert_eq!(layer.kind, LayerKind::Diff { pages: 2 });
         assert_eq!(
             layer.len,
-            DIFF_HEADER_LEN + 4 * 8 + 2 * PAGE_SIZE,
+            64 + 4 * 8 + 2 * PAGE_SIZE,
             "only the dirty pages"
         );
         chain.layers.push(layer);
