@@ -148,6 +148,15 @@ struct RestoreArgs {
     /// real time since the snapshot (realtime, so that its wall clock is right).
     #[arg(long, value_enum, default_value_t = hearth::snapshot::overrides::ClockChoice::Keep)]
     clock: hearth::snapshot::overrides::ClockChoice,
+    /// Take checkpoints of the restored VM this often (as `run --checkpoint-every`).
+    #[arg(long, value_name = "DURATION")]
+    checkpoint_every: Option<String>,
+    /// Where the restored VM's checkpoints go.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// How many checkpoints to keep [default: 3].
+    #[arg(long, value_name = "N")]
+    checkpoint_keep: Option<u32>,
     /// Log what hearth does to stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -279,32 +288,50 @@ impl RunArgs {
         if let Some(v) = self.vsock {
             config.vsock = Some(hearth::config::parse_vsock(&v)?);
         }
-        let every = match &self.checkpoint_every {
-            Some(s) => Some(hearth::vm::checkpoint::parse_duration(s)?),
-            None => None,
-        };
-        config.checkpoint = match (config.checkpoint.take(), every, self.checkpoint_dir) {
-            (Some(mut c), every, dir) => {
-                c.every = every.unwrap_or(c.every);
-                c.dir = dir.unwrap_or(c.dir);
-                Some(c)
-            }
-            (None, Some(every), Some(dir)) => Some(hearth::config::CheckpointConfig {
-                every,
-                dir,
-                keep: hearth::vm::checkpoint::DEFAULT_KEEP,
-            }),
-            (None, None, None) => None,
-            (None, _, _) => return Err(ConfigError::CheckpointIncomplete),
-        };
-        if let Some(keep) = self.checkpoint_keep {
-            match &mut config.checkpoint {
-                Some(c) => c.keep = keep,
-                None => return Err(ConfigError::CheckpointIncomplete),
-            }
-        }
+        config.checkpoint = checkpoint_config(
+            config.checkpoint.take(),
+            self.checkpoint_every.as_deref(),
+            self.checkpoint_dir,
+            self.checkpoint_keep,
+        )?;
         Ok(config)
     }
+}
+
+/// The checkpoint settings from a config file's (`base`) and the flags.
+fn checkpoint_config(
+    base: Option<hearth::config::CheckpointConfig>,
+    every: Option<&str>,
+    dir: Option<PathBuf>,
+    keep: Option<u32>,
+) -> Result<Option<hearth::config::CheckpointConfig>, ConfigError> {
+    let every = every
+        .map(hearth::vm::checkpoint::parse_duration)
+        .transpose()?;
+    let mut config = match (base, every, dir) {
+        (Some(mut c), every, dir) => {
+            c.every = every.unwrap_or(c.every);
+            c.dir = dir.unwrap_or(c.dir);
+            Some(c)
+        }
+        (None, Some(every), Some(dir)) => Some(hearth::config::CheckpointConfig {
+            every,
+            dir,
+            keep: hearth::vm::checkpoint::DEFAULT_KEEP,
+        }),
+        (None, None, None) => None,
+        (None, _, _) => return Err(ConfigError::CheckpointIncomplete),
+    };
+    if let Some(k) = keep {
+        match &mut config {
+            Some(c) => c.keep = k,
+            None => return Err(ConfigError::CheckpointIncomplete),
+        }
+    }
+    if let Some(c) = &config {
+        c.validate()?;
+    }
+    Ok(config)
 }
 
 fn run(args: RunArgs) -> Result<i32, CliError> {
@@ -367,6 +394,12 @@ fn restore(args: RestoreArgs) -> Result<i32, CliError> {
             vsock_socket: args.vsock_socket,
             clock: args.clock,
         },
+        checkpoint: checkpoint_config(
+            None,
+            args.checkpoint_every.as_deref(),
+            args.checkpoint_dir,
+            args.checkpoint_keep,
+        )?,
     };
     let console = Console::new().input(terminal::console_input());
     finish(Vm::restore_with_console(&args.dir, &options, console)?)

@@ -638,7 +638,9 @@ fn periodic_checkpoints_survive_a_kill() {
         !diff_files(&latest).is_empty(),
         "checkpoints after the first are diffs"
     );
+    let newest_before = ckpts.iter().max().unwrap().clone();
     let serial = d.join("restored.txt");
+    // The restored VM checkpoints on into the same directory.
     let run = hearth_with_timeout(
         [
             "restore",
@@ -647,6 +649,10 @@ fn periodic_checkpoints_survive_a_kill() {
             "--resume",
             "--serial-out",
             serial.to_str().unwrap(),
+            "--checkpoint-every",
+            "150ms",
+            "--checkpoint-dir",
+            ckpt.to_str().unwrap(),
         ],
         T,
     );
@@ -684,6 +690,11 @@ fn periodic_checkpoints_survive_a_kill() {
         );
     }
     assert!(!out.contains("hearth-test-guest"), "no reboot: {out}");
+    let target = std::fs::read_link(&latest).unwrap();
+    assert!(
+        target.to_str().unwrap() > newest_before.as_str(),
+        "the restored VM's checkpoints follow the old ones: {target:?} after {newest_before}"
+    );
 }
 
 /// Half of the checkpoint settings is a one-line error.

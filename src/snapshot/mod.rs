@@ -518,10 +518,11 @@ pub fn map_memory(dir: &Path, state: &VmState) -> Result<GuestMemoryMmap, Snapsh
     layers::map_chain(dir, &state.memory)
 }
 
-/// The lineage of the snapshot in `dir` (for a VM restored from it).
+/// The lineage of the snapshot in `dir` (for a VM restored from it). A link such as a
+/// checkpoint directory's `latest` is resolved: it may point elsewhere later.
 pub fn lineage(dir: &Path, state: &VmState) -> Result<Lineage, SnapshotError> {
     Ok(Lineage {
-        dir: std::path::absolute(dir).map_err(io_err(dir))?,
+        dir: std::fs::canonicalize(dir).map_err(io_err(dir))?,
         id: state.id,
         memory: state.memory.clone(),
     })

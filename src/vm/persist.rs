@@ -29,6 +29,8 @@ pub struct RestoreOptions {
     pub api_sock: Option<PathBuf>,
     /// Other taps, disk files or vsock socket, and how the clock carries on.
     pub overrides: snapshot::overrides::RestoreOverrides,
+    /// Periodic checkpoints of the restored VM (the snapshot's own are not resumed).
+    pub checkpoint: Option<super::CheckpointConfig>,
 }
 
 /// The VM-wide state KVM keeps in the kernel: PIC/IOAPIC, PIT, kvmclock.
@@ -262,7 +264,7 @@ impl Vm {
         config.serial_out = options.serial_out.clone();
         config.api_sock = options.api_sock.clone();
         // Checkpoints were the first process's; a restored VM takes none unless told.
-        config.checkpoint = None;
+        config.checkpoint.clone_from(&options.checkpoint);
         let kvm = kvm::open()?;
         if state.vcpus.len() != config.cpus as usize {
             return Err(VmError::VcpuCount {
