@@ -440,7 +440,10 @@ fn snapshot(cmd: SnapshotCommand) -> Result<i32, CliError> {
                     reason: e.clone(),
                 });
             }
-            let n = hearth::snapshot::merge(&dir, out.as_deref())?;
+            let n = hearth::snapshot::merge(&dir, out.as_deref())?
+                .0
+                .layers
+                .len();
             println!(
                 "merged {n} memory layer(s) of {} into {}",
                 dir.display(),

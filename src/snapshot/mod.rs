@@ -529,9 +529,9 @@ pub fn lineage(dir: &Path, state: &VmState) -> Result<Lineage, SnapshotError> {
 }
 
 /// Folds the chain of the snapshot in `dir` into one full memory layer, in `out` (a new
-/// snapshot directory) or in `dir` itself, crash-safely either way. Returns the number of
-/// layers folded.
-pub fn merge(dir: &Path, out: Option<&Path>) -> Result<usize, SnapshotError> {
+/// snapshot directory) or in `dir` itself, crash-safely either way. Returns the chain
+/// folded and the full layer that replaces it.
+pub fn merge(dir: &Path, out: Option<&Path>) -> Result<(MemoryChain, Layer), SnapshotError> {
     let target = out.unwrap_or(dir);
     create_dir(target)?;
     let _src_lock = DirLock::take(dir)?;
@@ -543,17 +543,17 @@ pub fn merge(dir: &Path, out: Option<&Path>) -> Result<usize, SnapshotError> {
         Some(DirLock::take(target)?)
     };
     let mut state = read_state(dir)?;
-    let folded = state.memory.layers.len();
+    let folded = state.memory.clone();
     let id = SnapshotId::new()?;
     let mut t = TmpFile::create(target, &format!("memory-{id}"))?;
     let layer = layers::merge(dir, &state.memory, &mut t, id)?;
     t.persist()?;
     state.parent = None;
-    state.memory.layers = vec![layer];
+    state.memory.layers = vec![layer.clone()];
     files::write_atomic(target, STATE_FILE, &encode_state(&state)?)?;
     files::sync_dir(target)?;
     files::remove_unreferenced(target, &state.memory.file_names())?;
-    Ok(folded)
+    Ok((folded, layer))
 }
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,8 @@
-//! Periodic checkpoints: every interval, a diff snapshot (a full one at first and every
-//! [`FULL_EVERY`] checkpoints, so that chains stay short) into its own directory
-//! `DIR/ckpt-NNNNNN`, the VM paused only while its state and dirty pages are copied. Once
+//! Periodic checkpoints: every interval, a diff snapshot (a full one at first) into its
+//! own directory `DIR/ckpt-NNNNNN`, the VM paused only while its state and dirty pages
+//! are copied. Chains stay short without pausing the VM for a full copy: once one is
+//! [`FOLD_AT`] layers long, a background thread folds that checkpoint's chain into one
+//! full layer (reading the files, not the VM), and the next diffs build on it. Once
 //! a checkpoint is complete, `DIR/latest` points at it (a symbolic link replaced by a
 //! rename) and all but the newest `keep` are removed: `hearth restore --dir DIR/latest`
 //! always finds a whole checkpoint, whenever hearth died.
@@ -11,15 +13,20 @@ use std::time::{Duration, Instant};
 use log::{debug, info};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use std::thread::JoinHandle;
+
 use super::running::Control;
 use super::{SnapshotOptions, VmError};
 use crate::config::ConfigError;
+use crate::snapshot::{Layer, MemoryChain, SnapshotError};
 
-/// Every this many checkpoints one is full, so that a chain never grows past it.
-pub const FULL_EVERY: usize = 16;
+/// A chain this long is folded into a full layer in the background.
+pub const FOLD_AT: usize = 8;
 /// The name of the link to the newest complete checkpoint.
 pub const LATEST: &str = "latest";
 const PREFIX: &str = "ckpt-";
+/// Where a chain is folded (removed once done, or when checkpointing starts again).
+const FOLD_PREFIX: &str = "fold-";
 /// The shortest interval: below it the VM would spend its time paused.
 const MIN_EVERY: Duration = Duration::from_millis(10);
 
@@ -114,9 +121,12 @@ pub(super) struct Checkpointer {
     config: CheckpointConfig,
     next: Instant,
     seq: u64,
-    since_full: usize,
+    /// A chain being folded: the directory the full layer goes to, and the thread.
+    folding: Option<(PathBuf, FoldThread)>,
     pub(super) stats: CheckpointStats,
 }
+
+type FoldThread = JoinHandle<Result<(MemoryChain, Layer), SnapshotError>>;
 
 fn seq_of(name: &str) -> Option<u64> {
     name.strip_prefix(PREFIX)?.parse().ok()
@@ -150,11 +160,19 @@ impl Checkpointer {
             })?;
         }
         let seq = existing(&config.dir).last().map_or(0, |(s, _)| *s);
+        // Folds a hearth that died left half done.
+        if let Ok(rd) = std::fs::read_dir(&config.dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(FOLD_PREFIX) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         Ok(Self {
             next: Instant::now() + config.every,
             config,
             seq,
-            since_full: FULL_EVERY,
+            folding: None,
             stats: CheckpointStats::default(),
         })
     }
@@ -174,21 +192,124 @@ impl Checkpointer {
         if control.paused || control.check_running().is_err() {
             return;
         }
+        self.finish_fold(control);
+        // A failed one leaves no parent: the next is full.
         if let Err(e) = self.take(control) {
             self.stats.failed += 1;
-            // The next one starts afresh with a full checkpoint.
-            self.since_full = FULL_EVERY;
             info!("checkpoint {} failed: {e}", self.seq);
         }
+    }
+
+    /// Folds the chain of checkpoint `dir` into a full layer on another thread, in a
+    /// directory of its own: a copy of `dir` made of links (so that pruning `dir`
+    /// meanwhile takes nothing from it, and `dir`, which the next diff links from, is
+    /// left alone).
+    fn start_fold(&mut self, dir: &Path, chain: &MemoryChain) {
+        let out = self
+            .config
+            .dir
+            .join(format!("{FOLD_PREFIX}{:06}", self.seq));
+        let copy = || -> Result<(), SnapshotError> {
+            let io = |p: &Path| {
+                let path = p.to_owned();
+                move |source| SnapshotError::Io { path, source }
+            };
+            std::fs::create_dir(&out).map_err(io(&out))?;
+            for name in chain.file_names() {
+                crate::snapshot::files::link_into(&dir.join(&name), &out, &name)?;
+            }
+            let state = dir.join(crate::snapshot::STATE_FILE);
+            std::fs::copy(&state, out.join(crate::snapshot::STATE_FILE)).map_err(io(&state))?;
+            Ok(())
+        };
+        if let Err(e) = copy() {
+            info!("cannot fold checkpoint {}: {e}", dir.display());
+            let _ = std::fs::remove_dir_all(&out);
+            return;
+        }
+        let o = out.clone();
+        let thread = std::thread::Builder::new()
+            .name("checkpoint-fold".into())
+            .spawn(move || crate::snapshot::merge(&o, None));
+        match thread {
+            Ok(t) => self.folding = Some((out, t)),
+            Err(e) => {
+                info!("cannot start folding checkpoint {}: {e}", dir.display());
+                let _ = std::fs::remove_dir_all(&out);
+            }
+        }
+    }
+
+    /// When a fold has finished, the VM's chain starts from its full layer from then on:
+    /// the folded layers are replaced by it (linked into the newest checkpoint, where
+    /// the next diff looks for its parent's layers).
+    fn finish_fold(&mut self, control: &mut Control) {
+        if !self.folding.as_ref().is_some_and(|(_, t)| t.is_finished()) {
+            return;
+        }
+        let Some((dir, thread)) = self.folding.take() else {
+            return;
+        };
+        let result = thread.join();
+        self.use_fold(control, &dir, result);
+        // The full layer lives on in the checkpoints that link it.
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn use_fold(
+        &mut self,
+        control: &mut Control,
+        dir: &Path,
+        result: std::thread::Result<Result<(MemoryChain, Layer), SnapshotError>>,
+    ) {
+        let (folded, full) = match result {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                info!("folding checkpoint {} failed: {e}", dir.display());
+                return;
+            }
+            Err(_) => {
+                info!("folding checkpoint {} panicked", dir.display());
+                return;
+            }
+        };
+        let Some(lineage) = &mut control.core.lineage else {
+            return;
+        };
+        let n = folded.layers.len();
+        if lineage.memory.layers.len() < n || lineage.memory.layers[..n] != folded.layers[..] {
+            return;
+        }
+        let name = full.file_name();
+        if let Err(e) = crate::snapshot::files::link_into(&dir.join(&name), &lineage.dir, &name) {
+            info!("cannot use the folded checkpoint {}: {e}", dir.display());
+            return;
+        }
+        let rest = lineage.memory.layers.split_off(n);
+        lineage.memory.layers = std::iter::once(full).chain(rest).collect();
+        debug!(
+            "checkpoint chain folded ({n} layers of {} into one); now {} layers",
+            dir.display(),
+            lineage.memory.layers.len()
+        );
     }
 
     fn take(&mut self, control: &mut Control) -> Result<(), VmError> {
         self.seq += 1;
         let name = format!("{PREFIX}{:06}", self.seq);
         let dir = self.config.dir.join(&name);
-        let diff = self.since_full < FULL_EVERY && control.core.lineage.is_some();
+        let diff = control.core.lineage.is_some();
         let info = control.snapshot_with(&dir, &SnapshotOptions { diff, resume: true })?;
-        self.since_full = if diff { self.since_full + 1 } else { 1 };
+        let chain = control
+            .core
+            .lineage
+            .as_ref()
+            .map_or(0, |l| l.memory.layers.len());
+        if chain >= FOLD_AT && self.folding.is_none() {
+            if let Some(l) = control.core.lineage.clone() {
+                self.start_fold(&dir, &l.memory);
+            }
+        }
         self.stats.taken += 1;
         self.stats.total_pause += info.paused;
         self.stats.max_pause = self.stats.max_pause.max(info.paused);
