@@ -355,8 +355,9 @@ fn finish(vm: Vm) -> Result<i32, CliError> {
         eprintln!("hearth: {line}");
         return Ok(code);
     }
-    // Every end the guest did not choose is explained, with or without -v.
-    if reason.is_guest_choice() {
+    // Every non-zero exit, and every end the guest did not choose, is explained, with or
+    // without -v.
+    if reason.is_guest_choice() && reason.exit_code() == 0 {
         log::debug!("{reason}");
     } else {
         eprintln!("hearth: {reason}");
@@ -462,17 +463,27 @@ fn snapshot(cmd: SnapshotCommand) -> Result<i32, CliError> {
 }
 
 fn info() -> Result<i32, CliError> {
+    use std::io::Write;
     let kvm = hearth::kvm::open().map_err(VmError::from)?;
-    println!("hearth {}", env!("CARGO_PKG_VERSION"));
-    println!("KVM API version: {}", kvm.get_api_version());
-    println!("max vCPUs: {}", kvm.get_max_vcpus());
-    match hearth::kvm::calibrate(&kvm) {
-        Ok(c) => println!(
-            "guest kernel execution: {} ({} iterations of dec/jnz in {:?})",
+    let kvm_max = kvm.get_max_vcpus();
+    let hearth_max = usize::from(hearth::arch::mptable::MAX_CPUS);
+    let execution = match hearth::kvm::calibrate(&kvm) {
+        Ok(c) => format!(
+            "{} ({} iterations of dec/jnz in {:?})",
             c.execution, c.iterations, c.elapsed
         ),
-        Err(e) => println!("guest kernel execution: unknown ({e})"),
-    }
+        Err(e) => format!("unknown ({e})"),
+    };
+    // A reader that goes away (`hearth info | head -1`) is not an error.
+    let _ = write!(
+        std::io::stdout().lock(),
+        "hearth {}\nKVM API version: {}\n\
+         max vCPUs: {} (hearth's own limit is {hearth_max}, its MP table; this KVM allows {kvm_max})\n\
+         guest kernel execution: {execution}\n",
+        env!("CARGO_PKG_VERSION"),
+        kvm.get_api_version(),
+        kvm_max.min(hearth_max),
+    );
     Ok(0)
 }
 

@@ -168,6 +168,12 @@ fn user_space_programs_are_not_kernels() {
 
 #[test]
 fn limits_are_named() {
+    let info = hearth(["info"]);
+    assert_eq!(info.code(), 0, "{info:#?}");
+    assert!(
+        info.stdout.contains("max vCPUs: ") && info.stdout.contains("hearth's own limit is 254"),
+        "{info:#?}"
+    );
     let guest = test_guest().to_str().unwrap().to_string();
     let long = format!("console=ttyS0 {}", "x".repeat(5000));
     assert_rejected(

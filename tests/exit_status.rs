@@ -10,8 +10,15 @@ use hearth::exit_status;
 fn the_guests_status_is_the_guests() {
     let run = boot_test_guest("console=ttyS0 exit=1", &[]);
     assert_eq!(run.code(), 1, "{run:#?}");
+    // Every non-zero exit says why.
+    assert!(
+        run.stderr.contains("hearth: guest exited with status 1"),
+        "{run:#?}"
+    );
     let run = boot_test_guest("console=ttyS0 end=reset", &[]);
     assert_eq!(run.code(), 0, "{run:#?}");
+    // A clean run says nothing without -v (the boot-marker time is a -v line).
+    assert_eq!(run.stderr, "", "{run:#?}");
 }
 
 #[test]

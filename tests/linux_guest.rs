@@ -6,7 +6,7 @@
 //! ../shared/linux-guest, or a build from Debian's linux-source-6.1 (4–8 minutes)
 //! when the cache is absent. On an emulating KVM a boot takes about 30 s on an idle
 //! machine and several minutes on a busy one, so a boot is bounded by progress (no
-//! console output while hearth uses two minutes of CPU means hung, see
+//! console output while hearth uses 5 minutes of CPU means hung, see
 //! `common::LINUX_BOUNDS`) plus a generous total. These tests
 //! are not part of `cargo test --workspace` (`test = false` in Cargo.toml): `.ci/run`
 //! runs them after the fast suite with `cargo test --test linux_guest --test linux_net`.

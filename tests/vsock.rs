@@ -291,7 +291,7 @@ fn bad_vsock_options_are_one_line_errors() {
     });
     std::fs::write(&config, json.to_string()).unwrap();
     let run = hearth(["run", "--config", config.to_str().unwrap()]);
-    assert_eq!(run.code(), 1, "{run:#?}");
+    assert_eq!(run.code(), hearth::exit_status::HEARTH_ERROR, "{run:#?}");
     assert!(
         run.stderr.contains("vsock cid 1 is reserved"),
         "{}",

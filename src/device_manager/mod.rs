@@ -93,7 +93,8 @@ impl BusDevice for BootMarker {
         if offset == 0 && data.first() == Some(&BOOT_MARKER_VALUE) {
             let took = self.started.elapsed();
             let _ = self.booted.set(took);
-            info!(
+            // A timing: shown with -v; embedders read it from `RunningVm::boot_time`.
+            debug!(
                 "guest boot marker: booted {:.3} ms after start",
                 took.as_secs_f64() * 1000.0
             );
