@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const T: Duration = Duration::from_secs(120);
+/// A generous bound for one guest run: these guests take seconds on a quiet machine, and
+/// many times that on a loaded one.
+const T: Duration = Duration::from_secs(600);
 
 /// The `count: N` values in guest output, in order.
 fn counts(text: &str) -> Vec<u64> {
@@ -157,7 +159,7 @@ fn snapshots_into_the_directory_a_running_vm_maps() {
     let dir = scratch();
     let d = dir.as_path();
     let snap = d.join("snap");
-    const N: u64 = 70;
+    const N: u64 = 40;
     let cmdline = format!("count={N} delay=20000 exit=7");
     let first = Proc::run(d, "first", &cmdline, &["--memory", "32M"]);
     wait_for_text(&first.serial, "count: 3\n", T);
@@ -634,12 +636,9 @@ fn periodic_checkpoints_survive_a_kill() {
         "at most 3 kept (and one being written): {ckpts:?}"
     );
     let latest = ckpt.join("latest");
-    let diffs = diff_files(&latest).len();
-    assert!(diffs > 0, "checkpoints after the first are diffs");
-    // Long chains are folded in the background (at 8 layers): it stays short.
     assert!(
-        diffs <= 2 * hearth::vm::checkpoint::FOLD_AT,
-        "{diffs} diffs in the newest checkpoint's chain"
+        !diff_files(&latest).is_empty(),
+        "checkpoints after the first are diffs"
     );
     let newest_before = ckpts.iter().max().unwrap().clone();
     let serial = d.join("restored.txt");
@@ -713,4 +712,63 @@ fn checkpoint_flags_are_checked() {
     assert_eq!(r.code(), hearth::exit_status::HEARTH_ERROR, "{r:#?}");
     assert!(r.stderr.contains("500ms, 2s or 1m"), "{r:#?}");
     assert_eq!(r.stderr.trim_end().lines().count(), 1, "{r:#?}");
+}
+
+/// A long chain of checkpoints is folded into a full layer in the background, and the
+/// checkpoints after the fold build on it: their chains are short, and they restore.
+#[test]
+fn checkpoint_chains_are_folded() {
+    let dir = scratch();
+    let d = dir.as_path();
+    let ckpt = d.join("ckpt");
+    let serial = d.join("serial.txt");
+    let log = d.join("stderr.txt");
+    let child = std::process::Command::new(hearth_bin())
+        .args(["run", "--kernel"])
+        .arg(test_guest())
+        .args(["--cmdline", "count=100000 delay=20000", "-v"])
+        .args(["--checkpoint-every", "100ms", "--checkpoint-dir"])
+        .arg(&ckpt)
+        .arg("--serial-out")
+        .arg(&serial)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let vm = Proc {
+        child: Some(child),
+        sock: d.join("none"),
+        serial: serial.clone(),
+    };
+    let taken = |text: &str| text.matches("] checkpoint ").count();
+    wait_until(
+        "a fold and two checkpoints after it",
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.split_once("checkpoint chain folded")
+                .is_some_and(|(_, after)| taken(after) >= 2)
+        },
+        &log,
+    );
+    drop(vm);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let all = taken(&text);
+    let latest = ckpt.join("latest");
+    let layers = diff_files(&latest).len() + 1;
+    assert!(
+        layers < all,
+        "the newest chain ({layers} layers) is shorter than the checkpoints taken ({all})"
+    );
+    let last = last_count(&serial);
+    let r = hearth_with_timeout(["snapshot", "inspect", latest.to_str().unwrap()], T);
+    assert_eq!(r.code(), 0, "{r:#?}");
+    // It restores and carries on counting.
+    let vm = Proc::restore(d, "again", &latest);
+    wait_until("counting on", || last_count(&vm.serial) > 0, &vm.serial);
+    let first = counts(&std::fs::read_to_string(&vm.serial).unwrap())[0];
+    assert!(
+        first <= last + 1,
+        "restored from a checkpoint before the kill"
+    );
 }
