@@ -69,13 +69,9 @@ impl std::fmt::Display for Inspection {
             let what = match &slot.device {
                 VirtioDeviceState::Block(b) => format!(
                     "disk {} ({} sectors{})",
-                    b.config.path.display(),
+                    b.path.display(),
                     b.capacity,
-                    if b.config.read_only {
-                        ", read-only"
-                    } else {
-                        ""
-                    }
+                    if b.read_only { ", read-only" } else { "" }
                 ),
                 VirtioDeviceState::Net(n) => format!("network on tap {}", n.config.tap),
                 VirtioDeviceState::Rng(_) => "entropy".to_string(),

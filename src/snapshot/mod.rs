@@ -37,10 +37,13 @@ pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"HEARTHSN";
-/// The format this hearth writes and reads (2: postcard encoding).
-pub const VERSION: u32 = 2;
-/// Version 1 encoded the state with bincode, which is unmaintained; it is refused by name.
-const VERSION_BINCODE: u32 = 1;
+/// The format this hearth writes and reads. Version 3: postcard encoding. Version 2 saved
+/// each virtio queue and the acked features once (version 1 kept a transport copy beside
+/// the device's); both encoded with bincode, which is unmaintained, and are refused by
+/// name.
+pub const VERSION: u32 = 3;
+/// The last format version encoded with bincode.
+const LAST_BINCODE_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8;
 const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_ECMA_182);
 /// State files larger than this are not state files.
@@ -124,8 +127,13 @@ pub enum SnapshotError {
     #[error("{0} is not a hearth snapshot state file (wrong magic number)")]
     BadMagic(PathBuf),
     /// Written by an older hearth in the bincode format (version 1).
-    #[error("{0} has snapshot format version 1 (bincode, written by an older hearth); this hearth reads version {VERSION} (postcard) only: take the snapshot again with this hearth")]
-    BincodeVersion(PathBuf),
+    #[error("{path} has snapshot format version {found} (bincode, written by an older hearth); this hearth reads version {VERSION} (postcard) only: take the snapshot again with this hearth")]
+    BincodeVersion {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
     /// Written by another format version.
     #[error("{path} has snapshot format version {found}; this hearth reads version {VERSION}")]
     UnknownVersion {
@@ -254,8 +262,11 @@ pub fn decode_state(bytes: &[u8], path: &Path) -> Result<VmState, SnapshotError>
         u64::from_le_bytes(b)
     };
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if version == VERSION_BINCODE {
-        return Err(SnapshotError::BincodeVersion(p()));
+    if (1..=LAST_BINCODE_VERSION).contains(&version) {
+        return Err(SnapshotError::BincodeVersion {
+            path: p(),
+            found: version,
+        });
     }
     if version != VERSION {
         return Err(SnapshotError::UnknownVersion {

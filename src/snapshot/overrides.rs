@@ -64,8 +64,8 @@ impl RestoreOverrides {
             }
             for s in &mut state.virtio {
                 if let VirtioDeviceState::Block(b) = &mut s.device {
-                    if &b.config.path == old {
-                        b.config.path.clone_from(new);
+                    if &b.path == old {
+                        b.path.clone_from(new);
                         found = true;
                     }
                 }
