@@ -214,6 +214,9 @@ pub enum SnapshotError {
     /// A vsock override for a snapshot without vsock.
     #[error("cannot restore with --vsock-socket: the snapshot has no vsock device")]
     NoVsock,
+    /// A diff chain asked for as one Firecracker-style memory file.
+    #[error("snapshot in {0} is a chain of {1} memory layers: a state/memory file pair holds one (fold it first with `hearth snapshot merge`)")]
+    NotOneLayer(PathBuf, usize),
     /// No random identifier could be made.
     #[error("cannot make a snapshot identifier: getrandom failed: {0}")]
     Random(#[source] std::io::Error),
@@ -566,6 +569,63 @@ pub fn merge(dir: &Path, out: Option<&Path>) -> Result<(MemoryChain, Layer), Sna
     files::remove_unreferenced(target, &state.memory.file_names())?;
     Ok((folded, layer))
 }
+/// Moves `from` to `to`, copying across file systems.
+fn move_file(from: &Path, to: &Path) -> Result<(), SnapshotError> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            std::fs::copy(from, to).map_err(io_err(to))?;
+            std::fs::remove_file(from).map_err(io_err(from))
+        }
+        Err(source) => Err(SnapshotError::Io {
+            path: to.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Firecracker keeps a snapshot as two files its client names: the full snapshot in
+/// `dir` becomes that pair, its state file moved to `state` and its one memory layer to
+/// `mem` (the state still names the layer by id, length and CRC, so a mismatched pair is
+/// refused on load). A diff chain cannot be one file: fold it first.
+pub fn export_pair(dir: &Path, state: &Path, mem: &Path) -> Result<(), SnapshotError> {
+    let s = read_state(dir)?;
+    s.memory.check(dir)?;
+    if s.memory.layers.len() != 1 {
+        return Err(SnapshotError::NotOneLayer(
+            dir.to_owned(),
+            s.memory.layers.len(),
+        ));
+    }
+    move_file(&dir.join(s.memory.layers[0].file_name()), mem)?;
+    move_file(&dir.join(STATE_FILE), state)?;
+    if let Some(parent) = mem.parent() {
+        files::sync_dir(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        })?;
+    }
+    Ok(())
+}
+
+/// The other way: presents the pair `state`, `mem` as a snapshot directory `dir` (which
+/// must exist and be empty), linking them under the names the state gives them, for
+/// [`crate::Vm::restore`].
+pub fn import_pair(state: &Path, mem: &Path, dir: &Path) -> Result<(), SnapshotError> {
+    let abs = |p: &Path| std::path::absolute(p).map_err(io_err(p));
+    std::os::unix::fs::symlink(abs(state)?, dir.join(STATE_FILE)).map_err(io_err(dir))?;
+    let s = read_state(dir)?;
+    if s.memory.layers.len() != 1 {
+        return Err(SnapshotError::NotOneLayer(
+            state.to_owned(),
+            s.memory.layers.len(),
+        ));
+    }
+    std::os::unix::fs::symlink(abs(mem)?, dir.join(s.memory.layers[0].file_name()))
+        .map_err(io_err(dir))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,6 +650,34 @@ mod tests {
             serial: Default::default(),
             virtio: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_snapshot_travels_as_a_state_and_memory_pair() {
+        use vm_memory::{Bytes, GuestAddress};
+        let tmp = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hearth-pair-").unwrap();
+        let d = tmp.as_path();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        mem.write_slice(b"pair", GuestAddress(0x1234)).unwrap();
+        let (p, _) = begin(&d.join("snap"), sample_state(), &mem, MemoryMode::Full).unwrap();
+        p.commit().unwrap();
+        export_pair(&d.join("snap"), &d.join("vm.state"), &d.join("vm.mem")).unwrap();
+        std::fs::create_dir(d.join("load")).unwrap();
+        import_pair(&d.join("vm.state"), &d.join("vm.mem"), &d.join("load")).unwrap();
+        let s = read_state(&d.join("load")).unwrap();
+        let back = layers::map_chain(&d.join("load"), &s.memory).unwrap();
+        let mut b = [0u8; 4];
+        back.read_slice(&mut b, GuestAddress(0x1234)).unwrap();
+        assert_eq!(&b, b"pair");
+        // Another snapshot's memory file with this state: refused by its length or CRC.
+        std::fs::write(d.join("other.mem"), vec![1u8; 4096]).unwrap();
+        std::fs::create_dir(d.join("bad")).unwrap();
+        import_pair(&d.join("vm.state"), &d.join("other.mem"), &d.join("bad")).unwrap();
+        let s = read_state(&d.join("bad")).unwrap();
+        let e = layers::map_chain(&d.join("bad"), &s.memory)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not belong to this state"), "{e}");
     }
 
     #[test]
