@@ -453,6 +453,7 @@ pub fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
     let mut net = NetConfig {
         tap: String::new(),
         mac: None,
+        id: None,
     };
     for (k, v) in parse_options(WHAT, spec, &["tap", "mac"])? {
         match k {
@@ -643,6 +644,7 @@ mod tests {
         c.net.push(NetConfig {
             tap: "much-too-long-tap-name".into(),
             mac: None,
+            id: None,
         });
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("at most 15"), "{e}");

@@ -18,6 +18,7 @@ pub mod checkpoint;
 mod dirty;
 mod event_loop;
 mod persist;
+mod pit;
 mod running;
 
 use crate::memory::GuestMemoryMmap;
@@ -36,7 +37,7 @@ use crate::vcpu::{ExitSignal, SetupError, Vcpu, VcpuShared, VcpuStateError};
 pub use build::{build_cmdline, EMULATION_CMDLINE};
 pub use checkpoint::{CheckpointConfig, CheckpointStats};
 pub use persist::{RestoreOptions, SnapshotInfo, SnapshotOptions};
-pub use running::{RunningVm, VmHandle};
+pub use running::{DeviceCounters, RunningVm, VmHandle, WATCHDOG_INTERVAL};
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +147,12 @@ pub enum VmError {
     /// The control socket.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// A disk index past the VM's disks.
+    #[error("the VM has no disk number {0}")]
+    NoSuchDisk(usize),
+    /// A restore override that does not fit the snapshot.
+    #[error("cannot apply the restore override: {0}")]
+    Override(String),
 }
 
 fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -155,6 +162,7 @@ fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// What a VM is made of in every phase, built or running.
 struct VmCore {
     vm_fd: Arc<VmFd>,
+    pit: Arc<std::sync::Mutex<pit::Pit>>,
     mem: GuestMemoryMmap,
     shared: Arc<VcpuShared>,
     exit: Arc<ExitSignal>,

@@ -11,6 +11,7 @@ use kvm_ioctls::VmFd;
 use log::debug;
 
 use super::build::Parts;
+use super::pit::Pit;
 use super::running::Control;
 use super::{kvm_call, Vm, VmCore, VmError};
 use crate::console::Console;
@@ -27,10 +28,56 @@ pub struct RestoreOptions {
     pub serial_out: Option<PathBuf>,
     /// Serve the control socket here.
     pub api_sock: Option<PathBuf>,
-    /// Other taps, disk files or vsock socket, and how the clock carries on.
+    /// Other taps (by tap name), disk files, vsock socket, and how the clock carries on.
     pub overrides: snapshot::overrides::RestoreOverrides,
     /// Periodic checkpoints of the restored VM (the snapshot's own are not resumed).
     pub checkpoint: Option<super::CheckpointConfig>,
+    /// The vsock device listens here instead of on the snapshot's socket.
+    pub vsock_socket: Option<PathBuf>,
+    /// (interface id, tap): network interfaces to attach to another tap than the
+    /// snapshot's (Firecracker's `network_overrides`).
+    pub taps: Vec<(String, String)>,
+}
+
+impl RestoreOptions {
+    /// Points the saved devices (and their description) at the sockets and taps given
+    /// for this process.
+    fn apply_overrides(&self, state: &mut snapshot::VmState) -> Result<(), VmError> {
+        use snapshot::VirtioDeviceState;
+        if let Some(socket) = &self.vsock_socket {
+            let vsock = state
+                .config
+                .vsock
+                .as_mut()
+                .ok_or(VmError::Override("the snapshot has no vsock device".into()))?;
+            vsock.socket.clone_from(socket);
+            for slot in &mut state.virtio {
+                if let VirtioDeviceState::Vsock(v) = &mut slot.device {
+                    v.config.socket.clone_from(socket);
+                }
+            }
+        }
+        for (id, tap) in &self.taps {
+            let matches = |n: &crate::config::NetConfig| n.id.as_deref() == Some(id.as_str());
+            let net = state
+                .config
+                .net
+                .iter_mut()
+                .find(|n| matches(n))
+                .ok_or_else(|| {
+                    VmError::Override(format!("the snapshot has no network interface '{id}'"))
+                })?;
+            net.tap.clone_from(tap);
+            for slot in &mut state.virtio {
+                if let VirtioDeviceState::Net(n) = &mut slot.device {
+                    if matches(&n.config) {
+                        n.config.tap.clone_from(tap);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The VM-wide state KVM keeps in the kernel: PIC/IOAPIC, PIT, kvmclock.
@@ -41,7 +88,7 @@ struct KernelState {
 }
 
 impl KernelState {
-    fn save(vm_fd: &VmFd) -> Result<Self, VmError> {
+    fn save(vm_fd: &VmFd, pit: &Pit) -> Result<Self, VmError> {
         let mut irqchips = Vec::new();
         // The two PICs and the IOAPIC.
         for chip_id in 0..3 {
@@ -56,21 +103,20 @@ impl KernelState {
         }
         Ok(Self {
             irqchips,
-            pit: vm_fd.get_pit2().map_err(kvm_call("KVM_GET_PIT2"))?,
+            pit: pit.state()?,
             clock: vm_fd.get_clock().map_err(kvm_call("KVM_GET_CLOCK"))?,
         })
     }
 
-    /// Puts the state back (the PIT must exist), kvmclock at `clock_ns`.
-    fn restore(vm_fd: &VmFd, state: &VmState, clock_ns: u64) -> Result<(), VmError> {
+    /// Puts the state back, the irqchip before the PIT, whose timer may tick into it;
+    /// kvmclock at `clock_ns`.
+    fn restore(vm_fd: &VmFd, pit: &mut Pit, state: &VmState, clock_ns: u64) -> Result<(), VmError> {
         for chip in &state.irqchips {
             vm_fd
                 .set_irqchip(chip)
                 .map_err(kvm_call("KVM_SET_IRQCHIP"))?;
         }
-        vm_fd
-            .set_pit2(&state.pit)
-            .map_err(kvm_call("KVM_SET_PIT2"))?;
+        pit.restore(&state.pit)?;
         let mut clock = state.clock;
         clock.clock = clock_ns;
         // Only KVM_CLOCK_REALTIME may be passed back; the rest are reports.
@@ -193,7 +239,7 @@ impl Control {
         dir: &Path,
         dirty: Option<&crate::snapshot::DirtyPages>,
     ) -> Result<snapshot::Pending, VmError> {
-        let kernel = KernelState::save(&core.vm_fd)?;
+        let kernel = KernelState::save(&core.vm_fd, &lock(&core.pit))?;
         let vcpus = {
             let mut p = lock(&core.shared.pause);
             let mut states = Vec::with_capacity(p.states.len());
@@ -258,6 +304,7 @@ impl Vm {
     ) -> Result<Self, VmError> {
         let started = Instant::now();
         let mut state = snapshot::read_state(dir)?;
+        options.apply_overrides(&mut state)?;
         options.overrides.apply(&mut state)?;
         let mut config = state.config.clone();
         // Output and control go where this process is told, not where the first one's went.
@@ -274,13 +321,11 @@ impl Vm {
         }
         let mem = snapshot::map_memory(dir, &state)?;
         let lineage = snapshot::lineage(dir, &state)?;
-        let mut parts = Parts::build(&kvm, &config, mem, Some(&state), started, console)?;
-        // The PIT must exist before its state is set.
-        parts.finish_kvm_setup()?;
+        let parts = Parts::build(&kvm, &config, mem, Some(&state), started, console)?;
         let clock_ns = options
             .overrides
             .clock_ns(&state, snapshot::wall_clock_ns());
-        KernelState::restore(&parts.vm_fd, &state, clock_ns)?;
+        KernelState::restore(&parts.vm_fd, &mut lock(&parts.pit), &state, clock_ns)?;
         for (index, (fd, s)) in parts.vcpu_fds.iter().zip(&state.vcpus).enumerate() {
             vcpu::restore_state(fd, s).map_err(|source| VmError::VcpuState { index, source })?;
             // Tell the guest it was stopped, so that its watchdogs (RCU stall, soft
@@ -290,6 +335,7 @@ impl Vm {
                 debug!("vCPU {index}: KVM_KVMCLOCK_CTRL: {e}");
             }
         }
+        super::build::expedite_grace_period(&parts.vm_fd);
         debug!(
             "restored {} vCPU(s), {} MiB from {}",
             config.cpus,
