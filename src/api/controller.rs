@@ -84,6 +84,11 @@ impl Controller {
         self.vm.as_ref()
     }
 
+    /// Runs the VM's periodic checkpoints: when the next one is due, if any.
+    pub fn checkpoint_tick(&mut self) -> Option<Instant> {
+        self.vm.as_mut().and_then(RunningVm::checkpoint_tick)
+    }
+
     /// Takes the VM out, to wait for it without the API.
     pub fn take_vm(&mut self) -> Option<RunningVm> {
         self.vm.take()

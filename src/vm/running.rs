@@ -350,6 +350,15 @@ impl RunningVm {
         lock(&self.shared.control).snapshot_with(dir, options)
     }
 
+    /// Takes a periodic checkpoint if one is due, and says when the next one is (`None`
+    /// without `--checkpoint-every`). Whoever waits on the VM calls it: [`RunningVm::wait`]
+    /// does, and so does the API server's loop.
+    pub fn checkpoint_tick(&mut self) -> Option<Instant> {
+        let cp = self.checkpoints.as_mut()?;
+        cp.tick(&mut lock(&self.shared.control));
+        Some(cp.due())
+    }
+
     /// The periodic checkpoints taken so far (`None` without `--checkpoint-every`).
     pub fn checkpoint_stats(&self) -> Option<super::CheckpointStats> {
         self.checkpoints.as_ref().map(|c| c.stats.clone())
@@ -396,12 +405,10 @@ impl RunningVm {
                 }
                 self.last_kick = now;
             }
-            if let Some(cp) = &mut self.checkpoints {
-                cp.tick(&mut lock(&self.shared.control));
-            }
+            let next_checkpoint = self.checkpoint_tick();
             let mut wait = WATCHDOG_INTERVAL.saturating_sub(self.last_kick.elapsed());
-            if let Some(cp) = &self.checkpoints {
-                wait = wait.min(cp.due().saturating_duration_since(Instant::now()));
+            if let Some(due) = next_checkpoint {
+                wait = wait.min(due.saturating_duration_since(Instant::now()));
             }
             if let Some(d) = deadline {
                 wait = wait.min(d.saturating_duration_since(now));
