@@ -448,9 +448,11 @@ fn ctl(args: CtlArgs) -> Result<i32, CliError> {
         CtlAction::Pause => call("PATCH", "/vm", Some(&vm_state("Paused")))?,
         CtlAction::Resume => call("PATCH", "/vm", Some(&vm_state("Resumed")))?,
         CtlAction::Snapshot { dir, resume, diff } => {
-            // The same rules as the VM's, checked here so that a bad path fails before
-            // the VM is paused; the VM resolves relative paths from its own directory.
-            hearth::snapshot::check_dir(&dir)?;
+            // The same rules as the VM's, checked before the VM is paused; the VM resolves
+            // relative paths from its own directory.
+            // The API takes two file paths; their directory is made here (its last level
+            // only, as `check_dir` allows).
+            hearth::snapshot::create_dir(&dir)?;
             let dir = std::path::absolute(&dir).unwrap_or(dir);
             let body = serde_json::json!({
                 "snapshot_type": if diff { "Diff" } else { "Full" },

@@ -331,7 +331,7 @@ pub fn check_dir(dir: &Path) -> Result<(), SnapshotError> {
 }
 
 /// Creates `dir` (the last level only) unless it is a directory already.
-fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
+pub fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
     check_dir(dir)?;
     match std::fs::create_dir(dir) {
         Ok(()) => Ok(()),
