@@ -27,6 +27,15 @@ pub enum ConfigError {
     /// Zero vCPUs.
     #[error("--cpus must be at least 1")]
     NoCpus,
+    /// A checkpoint interval that does not parse or is too short.
+    #[error("--checkpoint-every '{0}': give a duration such as 500ms, 2s or 1m, of at least 10ms")]
+    CheckpointEvery(String),
+    /// Keeping no checkpoint.
+    #[error("--checkpoint-keep must be at least 1")]
+    CheckpointKeep,
+    /// Half of the checkpoint settings.
+    #[error("--checkpoint-every and --checkpoint-dir go together: give both")]
+    CheckpointIncomplete,
     /// Too little memory.
     #[error("guest memory of {0} bytes is too small; give at least 2M")]
     MemoryTooSmall(u64),
@@ -123,6 +132,9 @@ pub type NetConfig = hearth_devices::virtio::net::NetConfig;
 /// A MAC address (`06:00:ac:10:00:02`).
 pub type MacAddr = hearth_devices::virtio::net::MacAddr;
 
+/// Periodic checkpoints.
+pub use crate::vm::CheckpointConfig;
+
 /// A virtio-vsock device, as the device model takes it.
 pub type VsockConfig = hearth_devices::virtio::vsock::VsockConfig;
 
@@ -177,6 +189,9 @@ pub struct VmConfig {
     /// A virtio-vsock device bridged to host Unix sockets.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Periodic checkpoints (a restored VM takes none unless told again).
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointConfig>,
 }
 
 fn default_cmdline() -> String {
@@ -210,6 +225,7 @@ impl VmConfig {
             net: Vec::new(),
             rng: false,
             vsock: None,
+            checkpoint: None,
         }
     }
 
@@ -241,6 +257,7 @@ impl VmConfig {
         self.api_sock.iter_mut().for_each(fix);
         self.disks.iter_mut().for_each(|d| fix(&mut d.path));
         self.vsock.iter_mut().for_each(|v| fix(&mut v.socket));
+        self.checkpoint.iter_mut().for_each(|c| fix(&mut c.dir));
     }
 
     /// Parses a JSON description.
@@ -276,6 +293,9 @@ impl VmConfig {
         }
         if let Some(v) = &self.vsock {
             check_vsock_cid(v.cid)?;
+        }
+        if let Some(c) = &self.checkpoint {
+            c.validate()?;
         }
         Ok(())
     }
