@@ -6,6 +6,7 @@
 //! handler picks them up on the event loop thread.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod persist;
