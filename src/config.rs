@@ -88,6 +88,8 @@ pub type MacAddr = hearth_devices::virtio::net::MacAddr;
 
 /// A virtio-vsock device, as the device model takes it.
 pub type VsockConfig = hearth_devices::virtio::vsock::VsockConfig;
+/// A host directory shared with the guest over virtio-fs, as the device model takes it.
+pub type ShareConfig = hearth_devices::virtio::fs::FsConfig;
 
 /// Everything that describes a VM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +140,13 @@ pub struct VmConfig {
     /// A virtio-vsock device bridged to host Unix sockets.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Host directories shared over virtio-fs (VMs with shares cannot be snapshotted).
+    #[serde(default)]
+    pub shares: Vec<ShareConfig>,
+    /// Whether the serial console reads hearth's stdin (not when a command run with
+    /// `hearth run -- CMD` takes it). Not part of the description: a process setting.
+    #[serde(skip, default = "default_true")]
+    pub serial_stdin: bool,
 }
 
 fn default_cmdline() -> String {
@@ -171,6 +180,8 @@ impl VmConfig {
             net: Vec::new(),
             rng: false,
             vsock: None,
+            shares: Vec::new(),
+            serial_stdin: true,
         }
     }
 
@@ -382,6 +393,50 @@ fn check_vsock_cid(cid: u64) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::VsockCid(cid))
+    }
+}
+
+/// Parses `DIR[,tag=T][,rw]` (`--share`): a read-only share unless `rw` is given. The
+/// tag defaults to `shareN` (N its position among the shares, see [`share_tag`]).
+pub fn parse_share(spec: &str) -> Result<ShareConfig, ConfigError> {
+    let bad = |reason: &str| ConfigError::DeviceSpec {
+        what: "--share",
+        spec: spec.to_string(),
+        reason: reason.to_string(),
+    };
+    let mut parts = spec.split(',');
+    let dir = parts
+        .next()
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| bad("give a directory first"))?;
+    let path = std::path::absolute(dir).map_err(|_| bad("the directory path is not valid"))?;
+    let mut share = ShareConfig {
+        path,
+        tag: String::new(),
+        read_only: true,
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "rw" => share.read_only = false,
+            None if opt == "ro" => share.read_only = true,
+            Some(("tag", t)) if !t.is_empty() && t.len() <= 36 => share.tag = t.to_string(),
+            Some(("tag", _)) => return Err(bad("tag must be 1 to 36 bytes")),
+            _ => {
+                return Err(bad(&format!(
+                    "unknown option '{opt}' (known: tag=T, rw, ro)"
+                )))
+            }
+        }
+    }
+    Ok(share)
+}
+
+/// The tag the guest mounts share number `index` by: its own, or `share<index>`.
+pub fn share_tag(index: usize, share: &ShareConfig) -> String {
+    if share.tag.is_empty() {
+        format!("share{index}")
+    } else {
+        share.tag.clone()
     }
 }
 

@@ -19,6 +19,7 @@ pub mod config;
 pub mod device_manager;
 pub mod kvm;
 pub mod memory;
+pub mod run_cmd;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

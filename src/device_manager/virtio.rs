@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use hearth_devices::bus::lock;
 use hearth_devices::persist::Persist;
 use hearth_devices::virtio::block::Block;
+use hearth_devices::virtio::fs::{Fs, FsError};
 use hearth_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use hearth_devices::virtio::net::{Net, NetError};
 use hearth_devices::virtio::persist::{PersistError, TransportArgs, TransportState};
@@ -44,6 +45,9 @@ pub enum VirtioError {
     /// The entropy device could not be built.
     #[error(transparent)]
     Rng(#[from] RngError),
+    /// A shared directory could not be exported.
+    #[error(transparent)]
+    Fs(#[from] FsError),
 }
 
 /// A device model behind a virtio-mmio slot.
@@ -169,7 +173,7 @@ where
 }
 
 /// Adds the configured virtio devices in a fixed order: disks (the guest's vda, vdb,
-/// ...), network devices (eth0, ...), the entropy device, the vsock device. With `saved`, each is rebuilt
+/// ...), network devices (eth0, ...), the entropy device, the vsock device, the shares. With `saved`, each is rebuilt
 /// from its snapshot state instead, and must be the same kind of device. Disks and taps
 /// are opened here, so a missing one fails the VM before it starts.
 pub fn add_all(
@@ -235,6 +239,20 @@ pub fn add_all(
         };
         let vsock = Arc::new(Mutex::new(vsock));
         attach(devices, vm, mem, vsock.clone(), VirtioKind::Vsock(vsock), s)?;
+    }
+    for (index, share) in config.shares.iter().enumerate() {
+        let mut share = share.clone();
+        share.tag = crate::config::share_tag(index, &share);
+        log::debug!(
+            "virtio-fs: {} as tag {}{}",
+            share.path.display(),
+            share.tag,
+            if share.read_only { " (read-only)" } else { "" }
+        );
+        let fs = Arc::new(Mutex::new(Fs::new(share)?));
+        // Not among `devices.virtio`, the slots snapshots save: a VM with shares cannot
+        // be snapshotted (RunningVm::snapshot refuses it).
+        add_device(devices, vm, mem, fs, None)?;
     }
     Ok(())
 }

@@ -221,7 +221,7 @@ impl Parts {
             &vm_fd,
             &exit,
             config.serial_out.as_deref(),
-            stdin_for_guest(),
+            stdin_for_guest().filter(|_| config.serial_stdin),
             saved.map(|s| &s.serial),
             started,
         )?;

@@ -78,6 +78,9 @@ impl RunningVm {
     /// Writes a snapshot of the VM to `dir`. The VM is paused for it and stays paused;
     /// call [`RunningVm::resume`] to carry on.
     pub fn snapshot(&mut self, dir: &Path) -> Result<(), VmError> {
+        if !self.core.config.shares.is_empty() {
+            return Err(VmError::SnapshotWithShares);
+        }
         self.pause()?;
         let started = Instant::now();
         let core = &self.core;

@@ -84,6 +84,12 @@ pub struct RunningVm {
 }
 
 impl RunningVm {
+    /// What ends the VM from another thread: `request(ExitReason::Stopped)` makes
+    /// [`RunningVm::wait`] return (watchdogs, timeouts).
+    pub fn exit_signal(&self) -> std::sync::Arc<crate::vcpu::ExitSignal> {
+        self.core.exit.clone()
+    }
+
     /// Whether the VM is paused.
     pub fn is_paused(&self) -> bool {
         self.paused

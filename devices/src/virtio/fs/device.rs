@@ -130,7 +130,7 @@ impl Fs {
 
     /// Serves what the driver queued on queue `index` and interrupts it if anything
     /// completed.
-    pub(super) fn process_queue(&mut self, index: usize) {
+    pub fn process_queue(&mut self, index: usize) {
         let Some(active) = self.active.as_mut() else {
             return;
         };

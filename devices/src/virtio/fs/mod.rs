@@ -31,7 +31,8 @@ pub const NUM_QUEUES: usize = 2;
 pub struct FsConfig {
     /// The host directory.
     pub path: PathBuf,
-    /// The tag the guest mounts it by (at most 36 bytes).
+    /// The tag the guest mounts it by (1 to 36 bytes; the VMM names untagged shares).
+    #[serde(default)]
     pub tag: String,
     /// Whether the guest may change it (otherwise every change fails with EROFS).
     #[serde(default)]
