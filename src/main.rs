@@ -17,6 +17,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once, lives on main's stack
 enum Command {
     /// Boot a VM and show its serial console; exits when the guest does.
     Run(RunArgs),

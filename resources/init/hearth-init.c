@@ -5,7 +5,8 @@
  * It connects to hearth over vsock (host CID 2): a control stream (port 10000, "init
  * started", then the command's status), the command's stdout (10001), stderr (10002) and
  * stdin (10003). It mounts the host's root (virtio-fs tag "hearth-root") read-only under
- * a tmpfs overlay, proc/sys/dev/tmp/run, and each shared directory at its host path;
+ * a tmpfs overlay (so /tmp is the host's, writable in the guest only), fresh
+ * proc/sys/dev/dev/shm/run, and each shared directory at its host path;
  * then runs the command in the host's working directory with the host's environment,
  * waits for it, lets hearth drain its output, sends the status and reboots (the kernel's
  * reboot=k resets through the i8042, which ends the VM).
@@ -212,7 +213,9 @@ int main(void)
 	do_mount("sysfs", "/newroot/sys", "sysfs", 0, NULL);
 	do_mount("devtmpfs", "/newroot/dev", "devtmpfs", 0, NULL);
 	mount("devpts", "/newroot/dev/pts", "devpts", 0, NULL);
-	do_mount("tmpfs", "/newroot/tmp", "tmpfs", 0, "mode=1777");
+	do_mount("tmpfs", "/newroot/dev/shm", "tmpfs", 0, "mode=1777");
+	/* /run is the host's live state (sockets, pid files): a fresh one. /tmp stays the
+	 * host's under the overlay, so a working directory or file there is found. */
 	do_mount("tmpfs", "/newroot/run", "tmpfs", 0, "mode=0755");
 
 	for (size_t i = 0; i < nfields; i++) {

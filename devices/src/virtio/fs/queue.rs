@@ -130,11 +130,8 @@ impl FuseQueue {
     /// shorter than a FUSE header and fails that request).
     pub fn serve(&mut self, server: &Server<Share>) -> u64 {
         let mut served = 0;
-        loop {
-            // None also when the driver's avail index is impossible: nothing more is served.
-            let Some(chain) = self.queue.pop_descriptor_chain(&self.alias) else {
-                break;
-            };
+        // Stops also when the driver's avail index is impossible: nothing more is served.
+        while let Some(chain) = self.queue.pop_descriptor_chain(&self.alias) {
             let head = chain.head_index();
             let written = match (
                 Reader::from_descriptor_chain(&self.alias, chain.clone()),

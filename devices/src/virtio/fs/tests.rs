@@ -1,6 +1,13 @@
 //! The device driven at the FUSE protocol level through a split queue in guest memory,
 //! as the guest's virtiofs driver drives it.
 
+// Ring addresses, lengths and flags here are small constants.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::os::unix::fs::symlink;
 use std::sync::Arc;
 
