@@ -83,15 +83,13 @@ fuzz_target!(|input: &[u8]| {
     })
     .expect("virtio-fs device");
     let interrupt = Arc::new(Interrupt::new(EventFd::new(0).expect("eventfd")));
-    fs.activate(
-        mem.clone(),
-        vec![
+    fs.common_mut()
+        .set_queues(vec![
             queue(HIPRIO, HIPRIO + 0x400, HIPRIO + 0x800),
             queue(DESC_TABLE, AVAIL_RING, USED_RING),
-        ],
-        interrupt,
-    )
-    .expect("activation");
+        ])
+        .expect("two queues");
+    fs.activate(mem.clone(), interrupt).expect("activation");
     fs.process_queue(1);
 
     let used_idx: u16 = mem.read_obj(GuestAddress(USED_RING + 2)).expect("used idx");

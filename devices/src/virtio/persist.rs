@@ -9,6 +9,7 @@ use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 
 use super::mmio::{MmioState, MmioTransport};
+use super::status::{DEVICE_NEEDS_RESET, DRIVER_OK};
 use super::{ActivateError, Interrupt, VirtioDevice};
 use crate::bus::lock;
 use crate::persist::Persist;
@@ -68,17 +69,15 @@ impl From<SavedQueue> for QueueState {
     }
 }
 
-/// Everything the transport and the generic device side need to carry on.
+/// Everything the transport and the common part of the device need to carry on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransportState {
     /// The transport's registers.
     pub mmio: MmioState,
-    /// Queues as the transport shows them to the driver.
-    pub queues: Vec<SavedQueue>,
-    /// The device's live queues when it is active (their ring positions move on).
-    pub active_queues: Option<Vec<SavedQueue>>,
-    /// Features the driver accepted.
+    /// Features the driver accepted (or is accepting, before FEATURES_OK).
     pub acked_features: u64,
+    /// The device's queues: registers and, once active, ring positions.
+    pub queues: Vec<SavedQueue>,
     /// InterruptStatus.
     pub interrupt_status: u32,
 }
@@ -121,6 +120,7 @@ fn to_queues(saved: &[SavedQueue]) -> Result<Vec<Queue>, PersistError> {
 }
 
 /// What restoring a transport needs besides its state.
+#[derive(Clone)]
 pub struct TransportArgs {
     /// Guest memory (already restored).
     pub mem: GuestMemoryMmap,
@@ -128,6 +128,14 @@ pub struct TransportArgs {
     pub device: Arc<Mutex<dyn VirtioDevice>>,
     /// Its interrupt line (a fresh irqfd).
     pub interrupt: Arc<Interrupt>,
+}
+
+impl std::fmt::Debug for TransportArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportArgs")
+            .field("interrupt", &self.interrupt)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Persist for MmioTransport {
@@ -139,31 +147,35 @@ impl Persist for MmioTransport {
         let device = lock(self.device());
         TransportState {
             mmio: self.state().clone(),
-            queues: self.queues().iter().map(|q| q.state().into()).collect(),
-            active_queues: device
-                .is_activated()
-                .then(|| device.queue_states().into_iter().map(Into::into).collect()),
             acked_features: device.acked_features(),
+            queues: device
+                .common()
+                .queues()
+                .iter()
+                .map(|q| q.state().into())
+                .collect(),
             interrupt_status: self.interrupt().status(),
         }
     }
 
     fn restore(args: TransportArgs, state: &TransportState) -> Result<Self, PersistError> {
-        let expected = lock(&args.device).queue_max_sizes().len();
-        if state.queues.len() != expected {
-            return Err(PersistError::QueueCount {
-                saved: state.queues.len(),
-                expected,
-            });
-        }
-        let queues = to_queues(&state.queues)?;
         {
             let mut device = lock(&args.device);
+            let expected = device.common().queues().len();
+            if state.queues.len() != expected {
+                return Err(PersistError::QueueCount {
+                    saved: state.queues.len(),
+                    expected,
+                });
+            }
+            device.common_mut().set_queues(to_queues(&state.queues)?)?;
             device.set_acked_features(state.acked_features);
-            if let Some(active) = &state.active_queues {
+            // The device was serving its queues unless its activation had failed.
+            let status = state.mmio.device_status;
+            if status & DRIVER_OK != 0 && status & DEVICE_NEEDS_RESET == 0 {
                 // Activation also makes the device look at its queues once, which serves
                 // any notification that was pending when the snapshot was taken.
-                device.activate(args.mem.clone(), to_queues(active)?, args.interrupt.clone())?;
+                device.activate(args.mem.clone(), args.interrupt.clone())?;
             }
         }
         args.interrupt.set_status(state.interrupt_status);
@@ -172,7 +184,116 @@ impl Persist for MmioTransport {
             args.device,
             args.interrupt,
             state.mmio.clone(),
-            queues,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::virtio_mmio as regs;
+    use virtio_queue::QueueT;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::*;
+    use crate::bus::BusDevice;
+    use crate::virtio::rng::Rng;
+    use crate::virtio::status::{ACKNOWLEDGE, DRIVER, FEATURES_OK};
+
+    fn transport(mem: &GuestMemoryMmap, state: Option<&TransportState>) -> MmioTransport {
+        let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(Rng::new().unwrap()));
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        match state {
+            None => MmioTransport::new(mem.clone(), device, interrupt),
+            Some(state) => MmioTransport::restore(
+                TransportArgs {
+                    mem: mem.clone(),
+                    device,
+                    interrupt,
+                },
+                state,
+            )
+            .unwrap(),
+        }
+    }
+
+    fn w(t: &mut MmioTransport, offset: u32, value: u32) {
+        t.write(u64::from(offset), &value.to_le_bytes());
+    }
+
+    /// Brings the device up as a driver does, with its ring at `base`.
+    fn bring_up(t: &mut MmioTransport, base: u32, driver_ok: bool) {
+        w(t, regs::VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
+        w(t, regs::VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        w(t, regs::VIRTIO_MMIO_DRIVER_FEATURES, 1); // VIRTIO_F_VERSION_1
+        w(
+            t,
+            regs::VIRTIO_MMIO_STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK,
+        );
+        w(t, regs::VIRTIO_MMIO_QUEUE_SEL, 0);
+        w(t, regs::VIRTIO_MMIO_QUEUE_NUM, 16);
+        w(t, regs::VIRTIO_MMIO_QUEUE_DESC_LOW, base);
+        w(t, regs::VIRTIO_MMIO_QUEUE_AVAIL_LOW, base + 0x1000);
+        w(t, regs::VIRTIO_MMIO_QUEUE_USED_LOW, base + 0x2000);
+        w(t, regs::VIRTIO_MMIO_QUEUE_READY, 1);
+        if driver_ok {
+            w(
+                t,
+                regs::VIRTIO_MMIO_STATUS,
+                ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+            );
+        }
+    }
+
+    #[test]
+    fn each_queue_is_saved_once_and_restored_into_the_device() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut t = transport(&mem, None);
+        bring_up(&mut t, 0x1_0000, true);
+        assert!(lock(t.device()).is_activated());
+        let saved = t.save();
+        assert_eq!(saved.queues.len(), 1, "one copy of the device's one queue");
+        assert_eq!(saved.acked_features, 1 << 32);
+        assert_eq!(saved.queues[0].desc_table, 0x1_0000);
+
+        let restored = transport(&mem, Some(&saved));
+        let device = lock(restored.device());
+        assert!(
+            device.is_activated(),
+            "active again, serving the same rings"
+        );
+        assert_eq!(device.acked_features(), 1 << 32);
+        let q = &device.common().queues()[0];
+        assert_eq!(
+            (q.ready(), q.size(), q.desc_table(), q.used_ring()),
+            (true, 16, 0x1_0000, 0x1_2000)
+        );
+        // The restored device looks at its queue once, for what was pending.
+        assert_eq!(device.queue_events()[0].read().unwrap(), 1);
+        drop(device);
+        assert_eq!(restored.save(), saved);
+    }
+
+    #[test]
+    fn a_device_not_yet_started_is_restored_stopped() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut t = transport(&mem, None);
+        bring_up(&mut t, 0x1_0000, false);
+        let saved = t.save();
+        let restored = transport(&mem, Some(&saved));
+        let device = lock(restored.device());
+        assert!(!device.is_activated());
+        assert!(
+            device.common().queues()[0].ready(),
+            "the driver's setup is kept"
+        );
+
+        // Rings outside guest memory: activation failed, and stays failed.
+        let mut t = transport(&mem, None);
+        bring_up(&mut t, 0x20_0000, true);
+        assert!(!lock(t.device()).is_activated());
+        let restored = transport(&mem, Some(&t.save()));
+        assert!(!lock(restored.device()).is_activated());
     }
 }

@@ -7,14 +7,13 @@ use std::sync::Arc;
 use fuse_backend_rs::api::server::Server;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
-use virtio_queue::Queue;
+use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::queue::FuseQueue;
 use super::share::Share;
 use super::{FsConfig, MAX_TAG_LEN, NUM_QUEUES, QUEUE_SIZE};
-use crate::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING};
+use crate::virtio::{ActivateError, Interrupt, VirtioCommon, VIRTIO_MMIO_INT_VRING};
 
 /// Why a virtio-fs device could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -44,24 +43,13 @@ pub enum FsError {
     EventFd(#[source] io::Error),
 }
 
-const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE; NUM_QUEUES];
-
-/// What activation hands the event loop.
-pub(super) struct Active {
-    pub(super) queues: Vec<FuseQueue>,
-    pub(super) interrupt: Arc<Interrupt>,
-}
-
 /// A virtio-fs device exporting one host directory.
 pub struct Fs {
+    common: VirtioCommon,
     config: FsConfig,
-    config_space: Vec<u8>,
     server: Server<Share>,
-    acked_features: u64,
-    pub(super) queue_evts: [EventFd; NUM_QUEUES],
-    pub(super) activate_evt: EventFd,
-    pub(super) active: Option<Active>,
-    pub(super) queue_evts_registered: bool,
+    /// The queues as served (built from `common`'s at activation; see [`FuseQueue`]).
+    fuse_queues: Vec<FuseQueue>,
     requests: u64,
 }
 
@@ -69,7 +57,7 @@ impl std::fmt::Debug for Fs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fs")
             .field("config", &self.config)
-            .field("activated", &self.active.is_some())
+            .field("common", &self.common)
             .field("requests", &self.requests)
             .finish_non_exhaustive()
     }
@@ -104,16 +92,18 @@ impl Fs {
         let mut config_space = vec![0u8; MAX_TAG_LEN + 4];
         config_space[..tag.len()].copy_from_slice(tag);
         config_space[MAX_TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
-        let eventfd = || EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::EventFd);
-        Ok(Fs {
-            config,
+        let common = VirtioCommon::new(
+            VIRTIO_ID_FS,
+            1u64 << VIRTIO_F_VERSION_1,
+            &[QUEUE_SIZE; NUM_QUEUES],
             config_space,
+        )
+        .map_err(FsError::EventFd)?;
+        Ok(Fs {
+            common,
+            config,
             server: Server::new(share),
-            acked_features: 0,
-            queue_evts: [eventfd()?, eventfd()?],
-            activate_evt: eventfd()?,
-            active: None,
-            queue_evts_registered: false,
+            fuse_queues: Vec::new(),
             requests: 0,
         })
     }
@@ -129,86 +119,66 @@ impl Fs {
     }
 
     /// Serves what the driver queued on queue `index` and interrupts it if anything
-    /// completed.
+    /// completed. Does nothing while the device is reset.
     pub fn process_queue(&mut self, index: usize) {
-        let Some(active) = self.active.as_mut() else {
+        let Some((_, queues, interrupt)) = self.common.active_queues() else {
             return;
         };
-        let Some(queue) = active.queues.get_mut(index) else {
+        let Some(fuse_queue) = self.fuse_queues.get_mut(index) else {
             return;
         };
-        let served = queue.serve(&self.server);
+        let served = fuse_queue.serve(&self.server);
         self.requests += served;
+        // hearth's own copy of the queue follows, for whoever reads it.
+        if let Some(q) = queues.get_mut(index) {
+            let state = fuse_queue.state();
+            q.set_next_avail(state.next_avail);
+            q.set_next_used(state.next_used);
+        }
         if served > 0 {
             // Fails only when an interrupt is already pending.
-            let _ = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING);
+            let _ = interrupt.trigger(VIRTIO_MMIO_INT_VRING);
+        }
+    }
+
+    fn start(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        // The event loop serves the queues once this returns (it waits for the device's
+        // lock), so the 0.17 queues are ready by then.
+        self.common.activate(mem.clone(), interrupt)?;
+        let queues = self
+            .common
+            .queues()
+            .iter()
+            .enumerate()
+            .map(|(index, q)| FuseQueue::new(&mem, q.state(), index))
+            .collect::<Result<Vec<_>, _>>();
+        match queues {
+            Ok(q) => {
+                self.fuse_queues = q;
+                Ok(())
+            }
+            Err(e) => {
+                self.common.reset();
+                Err(e)
+            }
         }
     }
 }
 
-impl VirtioDevice for Fs {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_FS
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-
-    fn avail_features(&self) -> u64 {
-        1u64 << VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
-    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
-        self.active
-            .iter()
-            .flat_map(|a| a.queues.iter().map(FuseQueue::state))
-            .collect()
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::virtio::read_config_space(&self.config_space, offset, data);
-    }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        // The configuration space is read-only.
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
+crate::virtio_device!(Fs {
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let queues: [Queue; NUM_QUEUES] = crate::virtio::expect_queues("virtio-fs", queues, &[])?;
-        let queues = queues
-            .iter()
-            .enumerate()
-            .map(|(index, q)| FuseQueue::new(&mem, q.state(), index))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.activate_evt.write(1).map_err(ActivateError::Notify)?;
-        self.active = Some(Active { queues, interrupt });
-        Ok(())
+        self.start(mem, interrupt)
     }
 
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
+    fn reset_device(&mut self) {
+        self.fuse_queues.clear();
     }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
-    }
-}
+});

@@ -70,7 +70,7 @@ impl Harness {
             queues.push(q);
         }
         let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        fs.activate(mem.clone(), queues, interrupt).unwrap();
+        crate::virtio::activate_with(&mut fs, &mem, queues, &interrupt);
         Harness {
             fs,
             mem,
