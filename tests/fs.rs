@@ -62,3 +62,48 @@ fn a_missing_or_bad_share_is_a_one_line_error() {
     assert_ne!(run.code(), 0);
     assert!(run.stderr.contains("unknown option 'bogus'"), "{run:#?}");
 }
+
+#[test]
+fn a_vm_with_shares_refuses_snapshots_and_runs_on() {
+    use std::time::Duration;
+    let dir = scratch();
+    let share = dir.as_path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("f"), b"x").unwrap();
+    let sock = dir.as_path().join("api.sock");
+    let serial = dir.as_path().join("serial.txt");
+    let args = [
+        "run".to_string(),
+        "--kernel".into(),
+        test_guest().display().to_string(),
+        "--cmdline".into(),
+        "delay=200000 count=1000 fs.read=f".into(),
+        "--api-sock".into(),
+        sock.display().to_string(),
+        "--serial-out".into(),
+        serial.display().to_string(),
+        "--share".into(),
+        share.display().to_string(),
+    ];
+    let mut child = spawn_hearth(&args);
+    wait_for_text(&serial, "count: 2\n", Duration::from_secs(60));
+    let snap = dir.as_path().join("snap");
+    let r = ctl(&sock, &["snapshot", "--dir", snap.to_str().unwrap()]);
+    assert_ne!(r.code(), 0, "{r:#?}");
+    assert!(
+        r.stderr
+            .contains("cannot snapshot a VM with shared directories"),
+        "{r:#?}"
+    );
+    assert!(!snap.join("state").exists());
+    // The refusal did not pause it: it counts on.
+    let text = std::fs::read_to_string(&serial).unwrap();
+    let before = text.matches("count: ").count();
+    wait_for_text(
+        &serial,
+        &format!("count: {}\n", before + 2),
+        Duration::from_secs(60),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
