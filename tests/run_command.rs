@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A run is killed when the guest console has not moved for this long...
@@ -71,6 +71,11 @@ impl Run {
 
 /// Runs `hearth run --kernel K FLAGS -- COMMAND` in `cwd`, feeding `stdin`.
 fn hearth_run(name: &str, flags: &[&str], command: &[&str], cwd: &Path, stdin: &[u8]) -> Run {
+    // One guest at a time, as tests/linux_guest.rs does: each keeps a host core busy
+    // emulating guest kernel mode, and several at once on a loaded machine starve each
+    // other (boots were seen standing still for minutes).
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let console = std::env::temp_dir().join(format!(
         "hearth-run-test-{name}-{}.console",
         std::process::id()
