@@ -87,6 +87,9 @@ fn hearth_run(name: &str, flags: &[&str], command: &[&str], cwd: &Path, stdin: &
         .arg(kernel())
         .arg("--serial-out")
         .arg(&console)
+        // The test bounds the run by the console's progress instead: a loaded machine
+        // takes more than hearth's default 600 s to reach init.
+        .args(["--boot-timeout", "3000"])
         .args(flags)
         .arg("--")
         .args(command)
