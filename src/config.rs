@@ -632,6 +632,39 @@ mod tests {
     }
 
     #[test]
+    fn share_specs_and_json() {
+        let s = parse_share("/srv/data").unwrap();
+        assert_eq!(
+            (s.path.to_str(), s.tag.as_str(), s.read_only),
+            (Some("/srv/data"), "", true)
+        );
+        assert_eq!(share_tag(2, &s), "share2");
+        let s = parse_share("/srv/data,tag=data,rw").unwrap();
+        assert_eq!((s.tag.as_str(), s.read_only), ("data", false));
+        assert_eq!(share_tag(0, &s), "data");
+        let rel = parse_share("rel").unwrap();
+        assert!(rel.path.is_absolute() && rel.path.ends_with("rel"));
+        for bad in [
+            "",
+            ",rw",
+            "/x,tag=",
+            "/x,bogus",
+            &format!("/x,tag={}", "t".repeat(37)),
+        ] {
+            let e = parse_share(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid --share"), "{bad}: {e}");
+        }
+        let c = VmConfig::from_json(
+            r#"{"kernel": "k", "shares": [{"path": "/srv", "read_only": true}, {"path": "/w", "tag": "w"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.shares.len(), 2);
+        assert!(c.shares[0].read_only && !c.shares[1].read_only);
+        assert_eq!(share_tag(0, &c.shares[0]), "share0");
+        assert!(c.serial_stdin);
+    }
+
+    #[test]
     fn vsock_specs() {
         assert_eq!(
             parse_vsock("cid=3,socket=/tmp/vm.sock").unwrap(),
