@@ -5,10 +5,12 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// A run is killed when the guest console has not moved for this long...
+/// A run is killed when neither the guest console nor the command's output has moved
+/// for this long...
 /// (Under load the kernel goes minutes without a console line here.)
 const STALL: Duration = Duration::from_secs(900);
 /// ...or after this long in all.
@@ -105,18 +107,24 @@ fn hearth_run(name: &str, flags: &[&str], command: &[&str], cwd: &Path, stdin: &
     let in_t = std::thread::spawn(move || {
         let _ = input.write_all(&stdin);
     });
-    let mut out = child.stdout.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let mut err = child.stderr.take().unwrap();
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        String::from_utf8_lossy(&v).into_owned()
-    });
+    // Bytes of the command's output so far: progress too, while the console is quiet.
+    let received = Arc::new(AtomicUsize::new(0));
+    let read_all = |mut from: Box<dyn Read + Send>, received: Arc<AtomicUsize>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                v.extend_from_slice(&buf[..n]);
+                received.fetch_add(n, Ordering::Relaxed);
+            }
+            v
+        })
+    };
+    let out_t = read_all(Box::new(child.stdout.take().unwrap()), received.clone());
+    let err_t = read_all(Box::new(child.stderr.take().unwrap()), received.clone());
     let start = Instant::now();
     let (mut last_len, mut last_change) = (0, Instant::now());
     let mut killed = None;
@@ -124,7 +132,8 @@ fn hearth_run(name: &str, flags: &[&str], command: &[&str], cwd: &Path, stdin: &
         if let Some(s) = child.try_wait().expect("wait for hearth") {
             break Some(s);
         }
-        let len = std::fs::metadata(&console).map(|m| m.len()).unwrap_or(0);
+        let len = std::fs::metadata(&console).map(|m| m.len()).unwrap_or(0)
+            + received.load(Ordering::Relaxed) as u64;
         if len != last_len {
             (last_len, last_change) = (len, Instant::now());
         }
@@ -132,7 +141,7 @@ fn hearth_run(name: &str, flags: &[&str], command: &[&str], cwd: &Path, stdin: &
             killed = Some(if start.elapsed() > TOTAL {
                 format!("ran past {TOTAL:?}")
             } else {
-                format!("the console did not move for {STALL:?}")
+                format!("neither the console nor the output moved for {STALL:?}")
             });
             let _ = child.kill();
             let _ = child.wait();
@@ -144,7 +153,7 @@ fn hearth_run(name: &str, flags: &[&str], command: &[&str], cwd: &Path, stdin: &
     let run = Run {
         code: status.and_then(|s| s.code()),
         stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
+        stderr: String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned(),
         console: String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).into_owned(),
     };
     let _ = std::fs::remove_file(&console);
