@@ -1,12 +1,36 @@
 //! The `hearth` command line: a thin layer over the library.
 
+mod terminal;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use hearth::boot::BootProtocol;
 use hearth::config::{parse_size, ConfigError, DiskConfig, ExecutionChoice, NetConfig, VmConfig};
-use hearth::{Vm, VmError};
+use hearth::{exit_status, Console, Vm, VmError};
+
+/// Why a hearth command failed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// Building, running or controlling the VM.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// A snapshot directory that cannot be used.
+    #[error(transparent)]
+    Snapshot(#[from] hearth::snapshot::SnapshotError),
+    /// A restore that nothing could ever resume.
+    #[error("restore without --resume waits, paused, for `hearth ctl resume`, which needs --api-sock: pass --resume or --api-sock PATH")]
+    RestoreNeverRuns,
+}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError::Vm(e.into())
+    }
+}
+
+mod firecracker;
 
 /// hearth: a minimal KVM virtual machine monitor.
 #[derive(Parser)]
@@ -47,12 +71,21 @@ enum CtlAction {
     /// Write a snapshot (state + memory) to a directory; the VM stays paused unless
     /// --resume is given.
     Snapshot {
-        /// The snapshot directory (created if needed).
+        /// The snapshot directory (its last level is created if needed).
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
         /// Resume the VM once the snapshot is written.
         #[arg(long)]
         resume: bool,
+    },
+    /// Send any Firecracker API request and print the answer's body.
+    Request {
+        /// GET, PUT or PATCH.
+        method: String,
+        /// The path, e.g. /machine-config.
+        path: String,
+        /// A JSON body.
+        body: Option<String>,
     },
 }
 
@@ -218,15 +251,18 @@ impl RunArgs {
     }
 }
 
-fn run(mut args: RunArgs) -> Result<i32, VmError> {
+fn run(args: RunArgs) -> Result<i32, CliError> {
     init_logging(args.verbose);
     if !args.command.is_empty() {
         return Ok(run_command(args));
     }
-    args.timeout = None;
-    let config = args.into_config()?;
-    let vm = Vm::try_from(config)?;
-    finish(vm)
+    // Before any thread starts, so that every thread inherits the blocked signals.
+    terminal::handle_stop_signals();
+    let mut config = args.into_config()?;
+    let api_sock = config.api_sock.take();
+    let console = Console::new().input(terminal::console_input());
+    let vm = Vm::with_console(&config, console)?;
+    finish(vm, api_sock)
 }
 
 /// `hearth run ... -- CMD`: the command's status, or 124/125 (README, "Running a command").
@@ -268,80 +304,127 @@ fn run_command(mut args: RunArgs) -> i32 {
     }
 }
 
-fn finish(vm: Vm) -> Result<i32, VmError> {
-    let _terminal = RawTerminal::enter();
-    let reason = vm.run()?;
-    if let hearth::ExitReason::Error(_) = reason {
-        eprintln!("hearth: error: {reason}");
-    } else {
+fn finish(vm: Vm, api_sock: Option<PathBuf>) -> Result<i32, CliError> {
+    // The API socket is up before the vCPUs start, so no early request is refused.
+    let api = match &api_sock {
+        Some(path) => Some(
+            hearth::api::ApiServer::bind(path, hearth::api::server::DEFAULT_MAX_PAYLOAD)
+                .map_err(VmError::from)?,
+        ),
+        None => None,
+    };
+    let running = vm.start()?;
+    terminal::watch(running.handle());
+    let terminal = terminal::RawTerminal::enter();
+    let reason = match api {
+        Some(mut server) => {
+            let mut controller = hearth::api::Controller::with_vm("hearth", running);
+            Ok(server.serve(&mut controller))
+        }
+        None => running.wait(),
+    };
+    drop(terminal);
+    let reason = reason?;
+    if let (hearth::ExitReason::Stopped, Some((line, code))) = (&reason, terminal::stop_cause()) {
+        eprintln!("hearth: {line}");
+        return Ok(code);
+    }
+    // Every non-zero exit, and every end the guest did not choose, is explained, with or
+    // without -v.
+    if reason.is_guest_choice() && reason.exit_code() == 0 {
         log::debug!("{reason}");
+    } else {
+        eprintln!("hearth: {reason}");
     }
     Ok(reason.exit_code())
 }
 
-fn restore(args: RestoreArgs) -> Result<i32, VmError> {
+fn restore(args: RestoreArgs) -> Result<i32, CliError> {
     init_logging(args.verbose);
-    let options = hearth::RestoreOptions {
+    if !args.resume && args.api_sock.is_none() {
+        return Err(CliError::RestoreNeverRuns);
+    }
+    terminal::handle_stop_signals();
+    let mut options = hearth::RestoreOptions {
         resume: args.resume,
         serial_out: args.serial_out,
         api_sock: args.api_sock,
+        ..Default::default()
     };
-    if !options.resume && options.api_sock.is_none() {
-        eprintln!("hearth: note: restoring paused without --api-sock: nothing can resume it; pass --resume or --api-sock");
-    }
-    finish(Vm::restore(&args.dir, &options)?)
+    let api_sock = options.api_sock.take();
+    let console = Console::new().input(terminal::console_input());
+    finish(
+        Vm::restore_with_console(&args.dir, &options, console)?,
+        api_sock,
+    )
 }
 
-fn ctl(args: CtlArgs) -> Result<i32, VmError> {
-    use hearth::api::Request;
-    let request = match args.action {
-        CtlAction::Pause => Request::Pause,
-        CtlAction::Resume => Request::Resume,
-        CtlAction::Snapshot { dir, resume } => Request::Snapshot {
-            // The VM resolves relative paths from its own working directory.
-            dir: std::path::absolute(&dir).unwrap_or(dir),
-            resume,
-        },
+fn ctl(args: CtlArgs) -> Result<i32, CliError> {
+    use hearth::api::client::call;
+    let sock = &args.api_sock;
+    let vm_state = |state: &str| format!("{{\"state\": \"{state}\"}}");
+    let call = |method: &str, path: &str, body: Option<&str>| {
+        call(sock, method, path, body).map_err(VmError::from)
     };
-    hearth::api::send(&args.api_sock, &request)?;
+    match args.action {
+        CtlAction::Pause => call("PATCH", "/vm", Some(&vm_state("Paused")))?,
+        CtlAction::Resume => call("PATCH", "/vm", Some(&vm_state("Resumed")))?,
+        CtlAction::Snapshot { dir, resume } => {
+            // The same rules as the VM's, checked here so that a bad path fails before
+            // the VM is paused; the VM resolves relative paths from its own directory.
+            hearth::snapshot::check_dir(&dir)?;
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            let body = serde_json::json!({
+                "snapshot_type": "Full",
+                "snapshot_path": dir.join(hearth::snapshot::STATE_FILE),
+                "mem_file_path": dir.join(hearth::snapshot::MEMORY_FILE),
+            });
+            call("PATCH", "/vm", Some(&vm_state("Paused")))?;
+            let made = call("PUT", "/snapshot/create", Some(&body.to_string()));
+            if resume || made.is_err() {
+                call("PATCH", "/vm", Some(&vm_state("Resumed")))?;
+            }
+            made?
+        }
+        CtlAction::Request { method, path, body } => {
+            let answer = hearth::api::client::send(sock, &method, &path, body.as_deref())
+                .map_err(VmError::from)?;
+            if !answer.body.is_empty() {
+                println!("{}", answer.body);
+            }
+            return Ok(if (200..300).contains(&answer.status) {
+                0
+            } else {
+                1
+            });
+        }
+    };
     Ok(0)
 }
 
-fn info() -> Result<i32, VmError> {
-    let kvm = hearth::kvm::open()?;
-    println!("hearth {}", env!("CARGO_PKG_VERSION"));
-    println!("KVM API version: {}", kvm.get_api_version());
-    println!("max vCPUs: {}", kvm.get_max_vcpus());
-    match hearth::kvm::calibrate(&kvm) {
-        Ok(c) => println!(
-            "guest kernel execution: {} ({} iterations of dec/jnz in {:?})",
+fn info() -> Result<i32, CliError> {
+    use std::io::Write;
+    let kvm = hearth::kvm::open().map_err(VmError::from)?;
+    let kvm_max = kvm.get_max_vcpus();
+    let hearth_max = usize::from(hearth::arch::mptable::MAX_CPUS);
+    let execution = match hearth::kvm::calibrate(&kvm) {
+        Ok(c) => format!(
+            "{} ({} iterations of dec/jnz in {:?})",
             c.execution, c.iterations, c.elapsed
         ),
-        Err(e) => println!("guest kernel execution: unknown ({e})"),
-    }
+        Err(e) => format!("unknown ({e})"),
+    };
+    // A reader that goes away (`hearth info | head -1`) is not an error.
+    let _ = write!(
+        std::io::stdout().lock(),
+        "hearth {}\nKVM API version: {}\n\
+         max vCPUs: {} (hearth's own limit is {hearth_max}, its MP table; this KVM allows {kvm_max})\n\
+         guest kernel execution: {execution}\n",
+        env!("CARGO_PKG_VERSION"),
+        kvm.get_api_version(),
+        kvm_max.min(hearth_max),
+    );
     Ok(0)
-}
-
-/// Puts a terminal stdin into raw mode for the guest's console, and back on drop.
-struct RawTerminal(bool);
-
-impl RawTerminal {
-    fn enter() -> Self {
-        use std::io::IsTerminal;
-        use vmm_sys_util::terminal::Terminal;
-        let stdin = std::io::stdin();
-        let raw = stdin.is_terminal() && stdin.lock().set_raw_mode().is_ok();
-        Self(raw)
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        use vmm_sys_util::terminal::Terminal;
-        if self.0 {
-            let _ = std::io::stdin().lock().set_canon_mode();
-        }
-    }
 }
 
 /// When the process started: the reference for every logged time.
@@ -373,6 +456,17 @@ fn init_logging(verbose: bool) {
 
 fn main() -> ExitCode {
     START.get_or_init(std::time::Instant::now);
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if firecracker::is_firecracker_invocation(&argv) {
+        let args = <firecracker::FirecrackerArgs as Parser>::parse_from(argv);
+        return match firecracker::run(args) {
+            Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("hearth: error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
@@ -380,11 +474,12 @@ fn main() -> ExitCode {
         Command::Ctl(args) => ctl(args),
         Command::Restore(args) => restore(args),
     };
-    match result {
-        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("hearth: error: {e}");
-            ExitCode::from(1)
+            exit_status::HEARTH_ERROR
         }
-    }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
 }

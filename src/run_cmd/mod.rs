@@ -29,7 +29,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{ShareConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
-use crate::vcpu::ExitReason;
 use crate::{Vm, VmError};
 
 /// vsock port of the control stream.
@@ -385,7 +384,6 @@ pub fn run(run: RunCommand) -> Result<Outcome, RunError> {
             p
         }
     };
-    config.serial_stdin = false;
     let socket = match &config.vsock {
         Some(v) => v.socket.clone(),
         None => {
@@ -402,11 +400,12 @@ pub fn run(run: RunCommand) -> Result<Outcome, RunError> {
     let err = listen(&socket, PORT_STDERR)?;
     let input = listen(&socket, PORT_STDIN)?;
 
-    let vm = Vm::new(&config)?;
+    // The command takes hearth's stdin, not the serial console.
+    let vm = Vm::with_console(&config, crate::console::Console::new().no_input())?;
     drop(initrd_file);
     let started = Instant::now();
     let running = vm.start()?;
-    let exit = running.exit_signal();
+    let handle = running.handle();
 
     let done = Arc::new(AtomicBool::new(false));
     let init_started = Arc::new(AtomicBool::new(false));
@@ -460,12 +459,12 @@ pub fn run(run: RunCommand) -> Result<Outcome, RunError> {
                     let elapsed = started.elapsed();
                     if timeout.is_some_and(|t| elapsed >= t) {
                         timed_out.store(true, Ordering::SeqCst);
-                        exit.request(ExitReason::Stopped);
+                        handle.stop();
                         return;
                     }
                     if !init_started.load(Ordering::SeqCst) && elapsed >= boot_timeout {
                         no_init.store(true, Ordering::SeqCst);
-                        exit.request(ExitReason::Stopped);
+                        handle.stop();
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(50));

@@ -16,6 +16,7 @@
 mod build;
 mod event_loop;
 mod persist;
+mod pit;
 mod running;
 
 use kvm_ioctls::VmFd;
@@ -33,7 +34,7 @@ use crate::vcpu::{ExitSignal, SetupError, Vcpu, VcpuShared, VcpuStateError};
 
 pub use build::{build_cmdline, EMULATION_CMDLINE};
 pub use persist::RestoreOptions;
-pub use running::RunningVm;
+pub use running::{DeviceCounters, RunningVm, VmHandle, WATCHDOG_INTERVAL};
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +147,12 @@ pub enum VmError {
     /// The control socket.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// A disk index past the VM's disks.
+    #[error("the VM has no disk number {0}")]
+    NoSuchDisk(usize),
+    /// A restore override that does not fit the snapshot.
+    #[error("cannot apply the restore override: {0}")]
+    Override(String),
 }
 
 fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -155,6 +162,7 @@ fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// What a VM is made of in every phase, built or running.
 struct VmCore {
     vm_fd: Arc<VmFd>,
+    pit: Arc<std::sync::Mutex<pit::Pit>>,
     mem: GuestMemoryMmap,
     shared: Arc<VcpuShared>,
     exit: Arc<ExitSignal>,
@@ -162,6 +170,8 @@ struct VmCore {
     execution: Execution,
     cmdline: String,
     config: VmConfig,
+    /// How long the guest took to write the boot marker, from the start of the build.
+    booted: Arc<std::sync::OnceLock<std::time::Duration>>,
 }
 
 impl std::fmt::Debug for VmCore {

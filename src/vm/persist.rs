@@ -11,8 +11,10 @@ use kvm_ioctls::VmFd;
 use log::debug;
 
 use super::build::Parts;
-use super::running::RunningVm;
+use super::pit::Pit;
+use super::running::Control;
 use super::{kvm_call, Vm, VmError};
+use crate::console::Console;
 use crate::kvm;
 use crate::snapshot::{self, VmState};
 use crate::vcpu;
@@ -26,6 +28,52 @@ pub struct RestoreOptions {
     pub serial_out: Option<PathBuf>,
     /// Serve the control socket here.
     pub api_sock: Option<PathBuf>,
+    /// The vsock device listens here instead of on the snapshot's socket.
+    pub vsock_socket: Option<PathBuf>,
+    /// (interface id, tap): network interfaces to attach to another tap than the
+    /// snapshot's (Firecracker's `network_overrides`).
+    pub taps: Vec<(String, String)>,
+}
+
+impl RestoreOptions {
+    /// Points the saved devices (and their description) at the sockets and taps given
+    /// for this process.
+    fn apply_overrides(&self, state: &mut snapshot::VmState) -> Result<(), VmError> {
+        use snapshot::VirtioDeviceState;
+        if let Some(socket) = &self.vsock_socket {
+            let vsock = state
+                .config
+                .vsock
+                .as_mut()
+                .ok_or(VmError::Override("the snapshot has no vsock device".into()))?;
+            vsock.socket.clone_from(socket);
+            for slot in &mut state.virtio {
+                if let VirtioDeviceState::Vsock(v) = &mut slot.device {
+                    v.config.socket.clone_from(socket);
+                }
+            }
+        }
+        for (id, tap) in &self.taps {
+            let matches = |n: &crate::config::NetConfig| n.id.as_deref() == Some(id.as_str());
+            let net = state
+                .config
+                .net
+                .iter_mut()
+                .find(|n| matches(n))
+                .ok_or_else(|| {
+                    VmError::Override(format!("the snapshot has no network interface '{id}'"))
+                })?;
+            net.tap.clone_from(tap);
+            for slot in &mut state.virtio {
+                if let VirtioDeviceState::Net(n) = &mut slot.device {
+                    if matches(&n.config) {
+                        n.config.tap.clone_from(tap);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The VM-wide state KVM keeps in the kernel: PIC/IOAPIC, PIT, kvmclock.
@@ -36,7 +84,7 @@ struct KernelState {
 }
 
 impl KernelState {
-    fn save(vm_fd: &VmFd) -> Result<Self, VmError> {
+    fn save(vm_fd: &VmFd, pit: &Pit) -> Result<Self, VmError> {
         let mut irqchips = Vec::new();
         // The two PICs and the IOAPIC.
         for chip_id in 0..3 {
@@ -51,21 +99,19 @@ impl KernelState {
         }
         Ok(Self {
             irqchips,
-            pit: vm_fd.get_pit2().map_err(kvm_call("KVM_GET_PIT2"))?,
+            pit: pit.state()?,
             clock: vm_fd.get_clock().map_err(kvm_call("KVM_GET_CLOCK"))?,
         })
     }
 
-    /// Puts the state back (the PIT must exist).
-    fn restore(vm_fd: &VmFd, state: &VmState) -> Result<(), VmError> {
+    /// Puts the state back, the irqchip before the PIT, whose timer may tick into it.
+    fn restore(vm_fd: &VmFd, pit: &mut Pit, state: &VmState) -> Result<(), VmError> {
         for chip in &state.irqchips {
             vm_fd
                 .set_irqchip(chip)
                 .map_err(kvm_call("KVM_SET_IRQCHIP"))?;
         }
-        vm_fd
-            .set_pit2(&state.pit)
-            .map_err(kvm_call("KVM_SET_PIT2"))?;
+        pit.restore(&state.pit)?;
         let mut clock = state.clock;
         // Only KVM_CLOCK_REALTIME may be passed back; the rest are reports.
         clock.flags = 0;
@@ -74,17 +120,16 @@ impl KernelState {
     }
 }
 
-impl RunningVm {
-    /// Writes a snapshot of the VM to `dir`. The VM is paused for it and stays paused;
-    /// call [`RunningVm::resume`] to carry on.
-    pub fn snapshot(&mut self, dir: &Path) -> Result<(), VmError> {
+impl Control {
+    /// Writes a snapshot of the VM to `dir`. The VM is paused for it and stays paused.
+    pub(super) fn snapshot(&mut self, dir: &Path) -> Result<(), VmError> {
         if !self.core.config.shares.is_empty() {
             return Err(VmError::SnapshotWithShares);
         }
         self.pause()?;
         let started = Instant::now();
         let core = &self.core;
-        let kernel = KernelState::save(&core.vm_fd)?;
+        let kernel = KernelState::save(&core.vm_fd, &lock(&core.pit))?;
         let vcpus = {
             let mut p = lock(&core.shared.pause);
             let mut states = Vec::with_capacity(p.states.len());
@@ -136,8 +181,18 @@ impl Vm {
     /// from the snapshot (which is never modified), disks are reopened, devices and
     /// vCPUs get their saved state. The VM starts paused unless `resume` is set.
     pub fn restore(dir: &Path, options: &RestoreOptions) -> Result<Self, VmError> {
+        Self::restore_with_console(dir, options, Console::new())
+    }
+
+    /// Like [`Vm::restore`], with the guest's console where `console` says.
+    pub fn restore_with_console(
+        dir: &Path,
+        options: &RestoreOptions,
+        console: Console,
+    ) -> Result<Self, VmError> {
         let started = Instant::now();
-        let state = snapshot::read_state(dir)?;
+        let mut state = snapshot::read_state(dir)?;
+        options.apply_overrides(&mut state)?;
         let mut config = state.config.clone();
         // Output and control go where this process is told, not where the first one's went.
         config.serial_out = options.serial_out.clone();
@@ -150,13 +205,12 @@ impl Vm {
             });
         }
         let mem = snapshot::map_memory(dir, config.memory)?;
-        let mut parts = Parts::build(&kvm, &config, mem, Some(&state), started)?;
-        // The PIT must exist before its state is set.
-        parts.finish_kvm_setup()?;
-        KernelState::restore(&parts.vm_fd, &state)?;
+        let parts = Parts::build(&kvm, &config, mem, Some(&state), started, console)?;
+        KernelState::restore(&parts.vm_fd, &mut lock(&parts.pit), &state)?;
         for (index, (fd, s)) in parts.vcpu_fds.iter().zip(&state.vcpus).enumerate() {
             vcpu::restore_state(fd, s).map_err(|source| VmError::VcpuState { index, source })?;
         }
+        super::build::expedite_grace_period(&parts.vm_fd);
         debug!(
             "restored {} vCPU(s), {} MiB from {}",
             config.cpus,

@@ -114,6 +114,10 @@ pub struct NetConfig {
     /// The guest's MAC address; a random locally administered one when absent.
     #[serde(default)]
     pub mac: Option<MacAddr>,
+    /// A name for the interface (Firecracker's `iface_id`), by which a restore can give
+    /// it another tap.
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 /// Why a network device could not be built.
@@ -403,6 +407,7 @@ pub(crate) mod tests {
             NetConfig {
                 tap: "test0".into(),
                 mac,
+                id: None,
             },
             Tap::from_file("test0", ours),
         )
