@@ -31,11 +31,12 @@ pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"HEARTHSN";
-/// The format this hearth writes and reads. Version 3: postcard encoding, network
-/// devices keep their interface ID (Firecracker's `iface_id`). Version 2 saved each virtio
+/// The format this hearth writes and reads. Version 4: the saved configuration has a
+/// `shares` list (always empty: VMs with shares are not snapshotted). Version 3: postcard
+/// encoding, network devices keep their interface ID (Firecracker's `iface_id`). Version 2 saved each virtio
 /// queue and the acked features once (version 1 kept a transport copy beside the
 /// device's); both encoded with bincode, which is unmaintained, and are refused by name.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// The last format version encoded with bincode.
 const LAST_BINCODE_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8;
