@@ -137,6 +137,8 @@ pub use crate::vm::CheckpointConfig;
 
 /// A virtio-vsock device, as the device model takes it.
 pub type VsockConfig = hearth_devices::virtio::vsock::VsockConfig;
+/// A host directory shared with the guest over virtio-fs, as the device model takes it.
+pub type ShareConfig = hearth_devices::virtio::fs::FsConfig;
 
 /// Everything that describes a VM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +194,9 @@ pub struct VmConfig {
     /// Periodic checkpoints (a restored VM takes none unless told again).
     #[serde(default)]
     pub checkpoint: Option<CheckpointConfig>,
+    /// Host directories shared over virtio-fs (VMs with shares cannot be snapshotted).
+    #[serde(default)]
+    pub shares: Vec<ShareConfig>,
 }
 
 fn default_cmdline() -> String {
@@ -226,6 +231,7 @@ impl VmConfig {
             rng: false,
             vsock: None,
             checkpoint: None,
+            shares: Vec::new(),
         }
     }
 
@@ -484,6 +490,50 @@ fn check_vsock_cid(cid: u64) -> Result<(), ConfigError> {
     }
 }
 
+/// Parses `DIR[,tag=T][,rw]` (`--share`): a read-only share unless `rw` is given. The
+/// tag defaults to `shareN` (N its position among the shares, see [`share_tag`]).
+pub fn parse_share(spec: &str) -> Result<ShareConfig, ConfigError> {
+    let bad = |reason: &str| ConfigError::DeviceSpec {
+        what: "--share",
+        spec: spec.to_string(),
+        reason: reason.to_string(),
+    };
+    let mut parts = spec.split(',');
+    let dir = parts
+        .next()
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| bad("give a directory first"))?;
+    let path = std::path::absolute(dir).map_err(|_| bad("the directory path is not valid"))?;
+    let mut share = ShareConfig {
+        path,
+        tag: String::new(),
+        read_only: true,
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "rw" => share.read_only = false,
+            None if opt == "ro" => share.read_only = true,
+            Some(("tag", t)) if !t.is_empty() && t.len() <= 36 => share.tag = t.to_string(),
+            Some(("tag", _)) => return Err(bad("tag must be 1 to 36 bytes")),
+            _ => {
+                return Err(bad(&format!(
+                    "unknown option '{opt}' (known: tag=T, rw, ro)"
+                )))
+            }
+        }
+    }
+    Ok(share)
+}
+
+/// The tag the guest mounts share number `index` by: its own, or `share<index>`.
+pub fn share_tag(index: usize, share: &ShareConfig) -> String {
+    if share.tag.is_empty() {
+        format!("share{index}")
+    } else {
+        share.tag.clone()
+    }
+}
+
 /// Parses `cid=N,socket=PATH` (`--vsock`).
 pub fn parse_vsock(spec: &str) -> Result<VsockConfig, ConfigError> {
     const WHAT: &str = "--vsock";
@@ -699,6 +749,38 @@ mod tests {
         let c = VmConfig::from_file(&file).unwrap();
         assert_eq!(c.kernel, PathBuf::new());
         assert_eq!(c.cpus, 2);
+    }
+
+    #[test]
+    fn share_specs_and_json() {
+        let s = parse_share("/srv/data").unwrap();
+        assert_eq!(
+            (s.path.to_str(), s.tag.as_str(), s.read_only),
+            (Some("/srv/data"), "", true)
+        );
+        assert_eq!(share_tag(2, &s), "share2");
+        let s = parse_share("/srv/data,tag=data,rw").unwrap();
+        assert_eq!((s.tag.as_str(), s.read_only), ("data", false));
+        assert_eq!(share_tag(0, &s), "data");
+        let rel = parse_share("rel").unwrap();
+        assert!(rel.path.is_absolute() && rel.path.ends_with("rel"));
+        for bad in [
+            "",
+            ",rw",
+            "/x,tag=",
+            "/x,bogus",
+            &format!("/x,tag={}", "t".repeat(37)),
+        ] {
+            let e = parse_share(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid --share"), "{bad}: {e}");
+        }
+        let c = VmConfig::from_json(
+            r#"{"kernel": "k", "shares": [{"path": "/srv", "read_only": true}, {"path": "/w", "tag": "w"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.shares.len(), 2);
+        assert!(c.shares[0].read_only && !c.shares[1].read_only);
+        assert_eq!(share_tag(0, &c.shares[0]), "share0");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod console;
 pub mod device_manager;
 pub mod kvm;
 pub mod memory;
+pub mod run_cmd;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

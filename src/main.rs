@@ -60,6 +60,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once, lives on main's stack
 enum Command {
     /// Boot a VM and show its serial console; exits when the guest does.
     Run(RunArgs),
@@ -236,6 +237,26 @@ struct RunArgs {
     /// Log what hearth does (KVM mode, timings, exits) to stderr.
     #[arg(long, short)]
     verbose: bool,
+    /// Share a host directory over virtio-fs: DIR[,tag=T][,rw] (read-only unless rw; the
+    /// tag defaults to shareN). With a command, it is mounted at its host path.
+    #[arg(long, value_name = "SPEC", value_parser = parse_share)]
+    share: Vec<hearth::config::ShareConfig>,
+    /// With a command: end the VM after SECS seconds and exit with 124.
+    #[arg(long, value_name = "SECS", requires = "command")]
+    timeout: Option<u64>,
+    /// With a command: exit with 125 when the guest has not started hearth's init after
+    /// SECS seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "command")]
+    boot_timeout: u64,
+    /// A command to run in the guest (after `--`): hearth boots the kernel with its own
+    /// init, runs it in the host's working directory over a read-only view of the host's
+    /// root, and exits with its status (124 timeout, 125 guest or hearth failure).
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<std::ffi::OsString>,
+}
+
+fn parse_share(s: &str) -> Result<hearth::config::ShareConfig, String> {
+    hearth::config::parse_share(s).map_err(|e| e.to_string())
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
@@ -305,6 +326,9 @@ impl RunArgs {
             self.checkpoint_dir,
             self.checkpoint_keep,
         )?;
+        if !self.share.is_empty() {
+            config.shares = self.share;
+        }
         Ok(config)
     }
 }
@@ -347,6 +371,9 @@ fn checkpoint_config(
 
 fn run(args: RunArgs) -> Result<i32, CliError> {
     init_logging(args.verbose);
+    if !args.command.is_empty() {
+        return Ok(run_command(args));
+    }
     // Before any thread starts, so that every thread inherits the blocked signals.
     terminal::handle_stop_signals();
     let mut config = args.into_config()?;
@@ -354,6 +381,45 @@ fn run(args: RunArgs) -> Result<i32, CliError> {
     let console = Console::new().input(terminal::console_input());
     let vm = Vm::with_console(&config, console)?;
     finish(vm, api_sock)
+}
+
+/// `hearth run ... -- CMD`: the command's status, or 124/125 (README, "Running a command").
+fn run_command(mut args: RunArgs) -> i32 {
+    let command = std::mem::take(&mut args.command);
+    let timeout = args.timeout.map(std::time::Duration::from_secs);
+    let boot_timeout = std::time::Duration::from_secs(args.boot_timeout);
+    let outcome = args
+        .into_config()
+        .map_err(hearth::run_cmd::RunError::from_config)
+        .and_then(|config| {
+            hearth::run_cmd::run(hearth::run_cmd::RunCommand {
+                config,
+                command,
+                timeout,
+                boot_timeout,
+            })
+        });
+    match outcome {
+        Ok(hearth::run_cmd::Outcome::Failed { reason, console }) => {
+            eprintln!("hearth: {reason}");
+            if !console.is_empty() {
+                eprintln!("hearth: last lines of the guest console:");
+                for line in console {
+                    eprintln!("  {line}");
+                }
+            }
+            i32::from(hearth::run_cmd::STATUS_FAILED)
+        }
+        Ok(hearth::run_cmd::Outcome::TimedOut) => {
+            eprintln!("hearth: --timeout expired; the VM was stopped");
+            i32::from(hearth::run_cmd::STATUS_TIMEOUT)
+        }
+        Ok(outcome) => i32::from(outcome.exit_code()),
+        Err(e) => {
+            eprintln!("hearth: error: {e}");
+            i32::from(hearth::run_cmd::STATUS_FAILED)
+        }
+    }
 }
 
 fn finish(vm: Vm, api_sock: Option<PathBuf>) -> Result<i32, CliError> {
@@ -556,6 +622,8 @@ fn init_logging(verbose: bool) {
     };
     let _ = env_logger::Builder::new()
         .filter_level(level)
+        // fuse-backend-rs reports every FUSE INIT at info level: not news to a user.
+        .filter_module("fuse_backend_rs", log::LevelFilter::Warn)
         .format(|buf, record| {
             let ms = START
                 .get_or_init(std::time::Instant::now)

@@ -8,6 +8,7 @@
 #include "virtio_blk.h"
 #include "virtio_net.h"
 #include "virtio_rng.h"
+#include "virtio_fs.h"
 #include "virtio_mmio.h"
 #include "vsock.h"
 
@@ -603,6 +604,14 @@ void guest_main(unsigned kind, uint64_t info)
 		} else if (is(&t, "rng.read=")) {
 			if ((ok = parse_dec(t.val, t.vlen, &v[0])))
 				rng_read(v[0]);
+		} else if (is(&t, "fs.read=")) {
+			if ((ok = t.vlen > 0))
+				fs_read(t.val, t.vlen);
+		} else if (is(&t, "fs.open=")) {
+			if ((ok = t.vlen > 0))
+				fs_open(t.val, t.vlen);
+		} else if (is(&t, "fs.ls")) {
+			fs_ls();
 		} else if (is(&t, "vsock.info")) {
 			vsock_info();
 		} else if (is(&t, "vsock.echo=")) {

@@ -9,6 +9,7 @@ use event_manager::MutEventSubscriber;
 use hearth_devices::bus::lock;
 use hearth_devices::persist::Persist;
 use hearth_devices::virtio::block::Block;
+use hearth_devices::virtio::fs::{Fs, FsError};
 use hearth_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use hearth_devices::virtio::net::{Net, NetError};
 use hearth_devices::virtio::persist::{PersistError, TransportArgs};
@@ -45,6 +46,9 @@ pub enum VirtioError {
     /// The entropy device could not be built.
     #[error(transparent)]
     Rng(#[from] RngError),
+    /// A shared directory could not be exported.
+    #[error(transparent)]
+    Fs(#[from] FsError),
 }
 
 /// What the VMM needs of a virtio device model beyond the transport and the event loop:
@@ -164,6 +168,29 @@ fn add_device<D: SlotDevice>(
     saved: Option<&VirtioSlotState>,
 ) -> Result<(), VirtioError> {
     let device = Arc::new(Mutex::new(device));
+    let (base, irq, transport) = wire(devices, vm, mem, device.clone(), saved)?;
+    devices.virtio.push(VirtioSlot {
+        base,
+        irq,
+        transport,
+        device,
+    });
+    Ok(())
+}
+
+/// What [`add_device`] does but recording the slot for snapshots: the slot works, and
+/// snapshots do not see it. virtio-fs devices are wired this way, since a VM with shares
+/// cannot be snapshotted (`RunningVm::snapshot` refuses it).
+fn wire<D>(
+    devices: &mut DeviceManager,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    device: Arc<Mutex<D>>,
+    saved: Option<&VirtioSlotState>,
+) -> Result<(u64, u32, Arc<Mutex<MmioTransport>>), VirtioError>
+where
+    D: VirtioDevice + MutEventSubscriber + Send + 'static,
+{
     let (base, irq) = devices.allocate_virtio_slot()?;
     if let Some(s) = saved {
         if (s.base, s.irq) != (base, irq) {
@@ -203,15 +230,9 @@ fn add_device<D: SlotDevice>(
         .mmio
         .insert(base, MMIO_WINDOW_SIZE, transport.clone())
         .map_err(DeviceError::from)?;
-    let as_subscriber: Subscriber = device.clone();
+    let as_subscriber: Subscriber = device;
     devices.subscribers.push(as_subscriber);
-    devices.virtio.push(VirtioSlot {
-        base,
-        irq,
-        transport,
-        device,
-    });
-    Ok(())
+    Ok((base, irq, transport))
 }
 
 /// Adds devices to the next slots, built from the configuration or, with saved slots,
@@ -252,7 +273,8 @@ impl SlotFiller<'_> {
 }
 
 /// Adds the configured virtio devices in a fixed order: disks (the guest's vda, vdb,
-/// ...), network devices (eth0, ...), the entropy device, the vsock device. With `saved`,
+/// ...), network devices (eth0, ...), the entropy device, the vsock device, then the
+/// shares (which snapshots do not keep: see [`wire`]). With `saved`,
 /// each is rebuilt from its snapshot state instead, and must be the same kind of device.
 /// Disks and taps are opened here, so a missing one fails the VM before it starts.
 pub fn add_all(
@@ -281,6 +303,18 @@ pub fn add_all(
     // the guest boots.
     if let Some(vsock) = &config.vsock {
         slots.add("a vsock device", || Vsock::new(vsock.clone()))?;
+    }
+    for (index, share) in config.shares.iter().enumerate() {
+        let mut share = share.clone();
+        share.tag = crate::config::share_tag(index, &share);
+        log::debug!(
+            "virtio-fs: {} as tag {}{}",
+            share.path.display(),
+            share.tag,
+            if share.read_only { " (read-only)" } else { "" }
+        );
+        let fs = Arc::new(Mutex::new(Fs::new(share)?));
+        wire(slots.devices, vm, mem, fs, None)?;
     }
     Ok(())
 }

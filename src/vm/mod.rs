@@ -122,6 +122,9 @@ pub enum VmError {
         #[source]
         source: VcpuStateError,
     },
+    /// Snapshots do not keep virtio-fs state (the guest's open files are host fds).
+    #[error("cannot snapshot a VM with shared directories (--share): virtio-fs state is not saved; start the VM without shares to snapshot it")]
+    SnapshotWithShares,
     /// A paused vCPU left no state to save.
     #[error("vCPU {0} left no state when it paused")]
     NoVcpuState(usize),

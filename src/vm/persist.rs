@@ -164,6 +164,9 @@ impl Control {
         dir: &Path,
         options: &SnapshotOptions,
     ) -> Result<SnapshotInfo, VmError> {
+        if !self.core.config.shares.is_empty() {
+            return Err(VmError::SnapshotWithShares);
+        }
         let was_paused = self.paused;
         self.pause()?;
         let started = Instant::now();

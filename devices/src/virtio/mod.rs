@@ -10,6 +10,7 @@
 
 pub mod block;
 pub mod device;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod persist;
