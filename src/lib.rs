@@ -17,6 +17,7 @@ pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod device_manager;
+pub mod jailer;
 pub mod kvm;
 pub mod memory;
 pub mod snapshot;

@@ -1,5 +1,7 @@
 //! The `hearth` command line: a thin layer over the library.
 
+mod jail_cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,6 +28,10 @@ enum Command {
     Ctl(CtlArgs),
     /// Restore a VM from a snapshot directory in this new process.
     Restore(RestoreArgs),
+    /// Start a VMM jailed as Firecracker's jailer does (the same flags; also what the
+    /// binary does when called `jailer`): hearth jail --id ID --exec-file hearth --uid U
+    /// --gid G ... -- run --kernel vmlinux ...
+    Jail(jail_cli::JailArgs),
 }
 
 #[derive(Args)]
@@ -304,12 +310,22 @@ fn init_logging(verbose: bool) {
 
 fn main() -> ExitCode {
     START.get_or_init(std::time::Instant::now);
+    if jail_cli::called_as_jailer() {
+        use clap::Parser;
+        let args = jail_cli::JailerCli::parse().into_args();
+        eprintln!("jailer: error: {}", jail_cli::jail(args));
+        return ExitCode::from(1);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Info => info(),
         Command::Ctl(args) => ctl(args),
         Command::Restore(args) => restore(args),
+        Command::Jail(args) => {
+            eprintln!("hearth: error: {}", jail_cli::jail(args));
+            return ExitCode::from(1);
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
