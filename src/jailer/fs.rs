@@ -215,10 +215,8 @@ pub(super) fn daemonize(null: &std::fs::File) -> Result<(), JailError> {
     }
     for fd in 0..3 {
         // SAFETY: both descriptors are valid; dup2 replaces the stdio one.
-        check(
-            unsafe { libc::dup2(null.as_raw_fd(), fd) },
-            "redirect stdio",
-        )?;
+        let rc = unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        check(rc, "redirect stdio")?;
     }
     Ok(())
 }
