@@ -1,6 +1,7 @@
 //! The `hearth` command line: a thin layer over the library.
 
 mod jail_cli;
+mod seccomp_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,15 @@ enum Command {
     /// binary does when called `jailer`): hearth jail --id ID --exec-file hearth --uid U
     /// --gid G ... -- run --kernel vmlinux ...
     Jail(jail_cli::JailArgs),
+    /// Compile a seccomp filter in Firecracker's JSON format for --seccomp-filter.
+    SeccompCompile {
+        /// The JSON filter.
+        #[arg(value_name = "JSON")]
+        input: PathBuf,
+        /// Where to write the compiled filter.
+        #[arg(value_name = "OUT")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -75,6 +85,8 @@ struct RestoreArgs {
     /// Write guest serial output to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     serial_out: Option<PathBuf>,
+    #[command(flatten)]
+    seccomp: seccomp_cli::SeccompArgs,
     /// Log what hearth does to stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -130,6 +142,8 @@ struct RunArgs {
     /// connections (`CONNECT <port>`); guest connections to host port P go to PATH_P.
     #[arg(long, value_name = "SPEC")]
     vsock: Option<String>,
+    #[command(flatten)]
+    seccomp: seccomp_cli::SeccompArgs,
     /// Log what hearth does (KVM mode, timings, exits) to stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -202,6 +216,7 @@ impl RunArgs {
 
 fn run(args: RunArgs) -> Result<i32, VmError> {
     init_logging(args.verbose);
+    args.seccomp.configure()?;
     let config = args.into_config()?;
     let vm = Vm::try_from(config)?;
     finish(vm)
@@ -220,6 +235,7 @@ fn finish(vm: Vm) -> Result<i32, VmError> {
 
 fn restore(args: RestoreArgs) -> Result<i32, VmError> {
     init_logging(args.verbose);
+    args.seccomp.configure()?;
     let options = hearth::RestoreOptions {
         resume: args.resume,
         serial_out: args.serial_out,
@@ -322,6 +338,17 @@ fn main() -> ExitCode {
         Command::Info => info(),
         Command::Ctl(args) => ctl(args),
         Command::Restore(args) => restore(args),
+        Command::SeccompCompile { input, output } => hearth::seccomp::Filters::compile(&input)
+            .map_err(VmError::from)
+            .and_then(|bytes| {
+                std::fs::write(&output, bytes).map_err(|source| {
+                    VmError::from(hearth::seccomp::SeccompError::Read {
+                        path: output,
+                        source,
+                    })
+                })
+            })
+            .map(|()| 0),
         Command::Jail(args) => {
             eprintln!("hearth: error: {}", jail_cli::jail(args));
             return ExitCode::from(1);

@@ -356,7 +356,8 @@ mod tests {
     fn bad_input_is_refused_before_anything_is_made() {
         let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hearth-jail-").unwrap();
         let base = dir.as_path();
-        let exec = base.join("vmm");
+        std::fs::create_dir(base.join("bin")).unwrap();
+        let exec = base.join("bin/vmm");
         std::fs::write(&exec, b"#!/bin/true\n").unwrap();
         assert!(config(base, &exec).plan().is_ok());
         for id in ["../x", "a/b", "", "..", &"x".repeat(65)] {

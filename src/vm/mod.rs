@@ -143,6 +143,9 @@ pub enum VmError {
     /// The control socket.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// seccomp filters could not be read or installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {

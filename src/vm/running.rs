@@ -33,7 +33,7 @@ impl Vm {
             vcpus,
             start_paused,
         } = self;
-        let event_loop = EventLoop::start(core.devices.subscribers.clone())?;
+        let event_loop = EventLoop::start(core.devices.subscribers.clone(), core.exit.clone())?;
 
         if start_paused {
             // The vCPUs park before their first KVM_RUN.
@@ -45,6 +45,11 @@ impl Vm {
             let handle = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
+                    // The filter goes on before the guest's first instruction.
+                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
+                        vcpu.shared.exit.request(ExitReason::Error(e.to_string()));
+                        return;
+                    }
                     if vcpu.index == 0 {
                         debug!("first KVM_RUN");
                     }
@@ -58,6 +63,10 @@ impl Vm {
                     break;
                 }
             }
+        }
+        // Every other thread has started (and filters itself): now this one.
+        if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm) {
+            core.exit.request(ExitReason::Error(e.to_string()));
         }
         let mut running = RunningVm {
             core,
