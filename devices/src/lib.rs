@@ -8,4 +8,5 @@
 pub mod bus;
 pub mod legacy;
 pub mod persist;
+pub mod rate_limiter;
 pub mod virtio;
