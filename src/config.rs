@@ -79,8 +79,31 @@ pub enum ExecutionChoice {
     Emulated,
 }
 
-/// A virtio block device, as the device model takes it.
-pub type DiskConfig = hearth_devices::virtio::block::BlockConfig;
+/// A virtio block device as the user gives it (`--disk`, or `disks` in JSON); the device
+/// model takes a [`BlockConfig`](hearth_devices::virtio::block::BlockConfig) made from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The raw disk image (or host block device).
+    pub path: PathBuf,
+    /// Attach it read-only: the file is opened read-only and the guest sees VIRTIO_BLK_F_RO.
+    #[serde(default)]
+    pub read_only: bool,
+    /// The serial number the guest reads with GET_ID (at most 20 bytes); derived from the
+    /// file's device and inode numbers when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl From<&DiskConfig> for hearth_devices::virtio::block::BlockConfig {
+    fn from(disk: &DiskConfig) -> Self {
+        Self {
+            path: disk.path.clone(),
+            read_only: disk.read_only,
+            id: disk.id.clone(),
+        }
+    }
+}
 /// A virtio network device over a tap, as the device model takes it.
 pub type NetConfig = hearth_devices::virtio::net::NetConfig;
 /// A MAC address (`06:00:ac:10:00:02`).

@@ -31,8 +31,9 @@ pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"HEARTHSN";
-/// The format this hearth writes and reads.
-pub const VERSION: u32 = 1;
+/// The format this hearth writes and reads. Version 2: each virtio queue and the acked
+/// features are saved once (version 1 kept a transport copy beside the device's).
+pub const VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8;
 const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_ECMA_182);
 /// State files larger than this are not state files.

@@ -47,6 +47,15 @@ pub struct Bus {
     entries: BTreeMap<u64, Entry>,
 }
 
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The ranges; the devices are whatever is behind them.
+        f.debug_list()
+            .entries(self.entries.iter().map(|(base, e)| *base..*base + e.len))
+            .finish()
+    }
+}
+
 impl Bus {
     /// An empty bus.
     pub fn new() -> Self {
@@ -113,7 +122,7 @@ mod tests {
     struct Recorder(Vec<(u64, Vec<u8>)>);
     impl BusDevice for Recorder {
         fn read(&mut self, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8);
+            data.fill(offset.to_le_bytes()[0]);
         }
         fn write(&mut self, offset: u64, data: &[u8]) {
             self.0.push((offset, data.to_vec()));

@@ -17,11 +17,11 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::{Mutex, OnceLock};
 
-use hearth_devices::virtio::block::{BlockConfig, Disk};
-use hearth_fuzz::{take, write_queue, QueueLayout};
+use hearth_devices::virtio::block::{process_queue, BlockConfig, Disk};
+use hearth_fuzz::{guest_memory, ready_queue, take, write_queue, QueueLayout};
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::tempfile::TempFile;
 
 const MEM_SIZE: u64 = 0x1_0000;
@@ -33,9 +33,9 @@ const DATA_AREA: u64 = 0x3000;
 /// straddling or past the end of guest memory.
 const ADDR_SPAN: u64 = MEM_SIZE + 0x200 - DATA_AREA;
 /// Eight sectors and a 100-byte tail the guest must never see.
-const SECTORS: u64 = 8;
+const SECTORS: usize = 8;
 const TAIL: usize = 100;
-const FILE_LEN: usize = SECTORS as usize * 512 + TAIL;
+const FILE_LEN: usize = SECTORS * 512 + TAIL;
 
 struct Target {
     _file: TempFile,
@@ -48,7 +48,7 @@ fn target() -> &'static Mutex<Target> {
     static TARGET: OnceLock<Mutex<Target>> = OnceLock::new();
     TARGET.get_or_init(|| {
         let file = TempFile::new().expect("temp file");
-        let bytes: Vec<u8> = (0..FILE_LEN).map(|i| (i % 251) as u8).collect();
+        let bytes: Vec<u8> = (0..FILE_LEN).map(pattern).collect();
         file.as_file().write_all(&bytes).expect("fill disk");
         let config = |read_only| BlockConfig {
             path: file.as_path().to_path_buf(),
@@ -57,7 +57,7 @@ fn target() -> &'static Mutex<Target> {
         };
         let rw = Disk::open(&config(false)).expect("open rw");
         let ro = Disk::open(&config(true)).expect("open ro");
-        assert_eq!(rw.capacity(), SECTORS);
+        assert_eq!(rw.capacity(), SECTORS as u64);
         let reader = File::open(file.as_path()).expect("reopen");
         Mutex::new(Target {
             _file: file,
@@ -77,8 +77,7 @@ fuzz_target!(|input: &[u8]| {
     let read_only = config & 0x8 != 0;
     let event_idx = config & 0x10 != 0;
 
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-        .expect("guest memory");
+    let mem = guest_memory(MEM_SIZE);
 
     let layout = QueueLayout {
         desc_table: DESC_TABLE,
@@ -90,18 +89,12 @@ fuzz_target!(|input: &[u8]| {
     };
     write_queue(&mem, &mut data, &layout, queue_size, ndesc, navail);
 
-    let mut queue = Queue::new(queue_size).expect("queue");
-    queue.set_size(queue_size);
-    queue.set_ready(true);
-    queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
-    queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
-    queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
-    queue.set_event_idx(event_idx);
+    let mut queue = ready_queue(queue_size, DESC_TABLE, AVAIL_RING, USED_RING, event_idx);
     assert!(queue.is_valid(&mem));
 
     let mut t = target().lock().unwrap_or_else(|e| e.into_inner());
     let disk = if read_only { &mut t.ro } else { &mut t.rw };
-    let _ = disk.process_queue(&mem, &mut queue);
+    let _ = process_queue(disk, &mem, &mut queue);
 
     let used_idx: u16 = mem.read_obj(GuestAddress(USED_RING + 2)).expect("used idx");
     assert!(used_idx <= u16::from(navail), "more used than available");
@@ -111,13 +104,14 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(len, FILE_LEN as u64, "the disk file changed size");
     let mut tail = [0u8; TAIL];
     t.reader
-        .read_exact_at(&mut tail, SECTORS * 512)
+        .read_exact_at(&mut tail, (SECTORS * 512) as u64)
         .expect("read tail");
     for (i, b) in tail.iter().enumerate() {
-        assert_eq!(
-            *b,
-            ((SECTORS as usize * 512 + i) % 251) as u8,
-            "tail written"
-        );
+        assert_eq!(*b, pattern(SECTORS * 512 + i), "tail written");
     }
 });
+
+/// What byte `i` of the disk file holds.
+fn pattern(i: usize) -> u8 {
+    u8::try_from(i % 251).expect("below 251")
+}

@@ -18,10 +18,10 @@
 use std::io;
 
 use hearth_devices::virtio::net::{transmit, NetCounters, ETH_HDR_LEN, MAX_FRAME_LEN, NET_HDR_LEN};
-use hearth_fuzz::{take, write_queue, QueueLayout};
+use hearth_fuzz::{guest_memory, ready_queue, take, write_queue, QueueLayout};
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress};
 
 const MEM_SIZE: u64 = 0x2_0000;
 const DESC_TABLE: u64 = 0x0;
@@ -32,6 +32,7 @@ const DATA_AREA: u64 = 0x3000;
 const ADDR_SPAN: u64 = MEM_SIZE + 0x200 - DATA_AREA;
 /// Folded lengths: up to a bit more than the largest frame, so both sides of the limit
 /// are reached.
+#[allow(clippy::cast_possible_truncation)] // 65562
 const LEN_SPAN: u32 = MAX_FRAME_LEN as u32 + 0x100;
 
 fuzz_target!(|input: &[u8]| {
@@ -43,8 +44,7 @@ fuzz_target!(|input: &[u8]| {
     let event_idx = config & 0x10 != 0;
     let refuse_some = config & 0x20 != 0;
 
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-        .expect("guest memory");
+    let mem = guest_memory(MEM_SIZE);
 
     let layout = QueueLayout {
         desc_table: DESC_TABLE,
@@ -56,13 +56,7 @@ fuzz_target!(|input: &[u8]| {
     };
     write_queue(&mem, &mut data, &layout, queue_size, ndesc, navail);
 
-    let mut queue = Queue::new(queue_size).expect("queue");
-    queue.set_size(queue_size);
-    queue.set_ready(true);
-    queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
-    queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
-    queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
-    queue.set_event_idx(event_idx);
+    let mut queue = ready_queue(queue_size, DESC_TABLE, AVAIL_RING, USED_RING, event_idx);
     assert!(queue.is_valid(&mem));
 
     let mut offered = 0u64;
@@ -81,7 +75,7 @@ fuzz_target!(|input: &[u8]| {
             "header not cleared"
         );
         offered += 1;
-        if refuse_some && offered % 2 == 0 {
+        if refuse_some && offered & 1 == 0 {
             return Err(io::Error::from_raw_os_error(libc_einval()));
         }
         accepted += 1;

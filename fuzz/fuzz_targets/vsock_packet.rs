@@ -20,9 +20,9 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use hearth_devices::virtio::vsock::{Muxer, MAX_CONNECTIONS};
-use hearth_fuzz::{take, write_queue, QueueLayout};
+use hearth_fuzz::{guest_memory, ready_queue, take, write_queue, QueueLayout};
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::tempdir::TempDir;
 
@@ -62,17 +62,6 @@ fn host() -> &'static Mutex<Host> {
     })
 }
 
-fn queue(size: u16, desc: u64, avail: u64, used: u64, event_idx: bool) -> Queue {
-    let mut q = Queue::new(size).expect("queue");
-    q.set_size(size);
-    q.set_ready(true);
-    q.set_desc_table_address(Some(desc as u32), Some(0));
-    q.set_avail_ring_address(Some(avail as u32), Some(0));
-    q.set_used_ring_address(Some(used as u32), Some(0));
-    q.set_event_idx(event_idx);
-    q
-}
-
 fn used_idx(mem: &GuestMemoryMmap, used: u64) -> u16 {
     mem.read_obj(GuestAddress(used + 2)).expect("used idx")
 }
@@ -85,8 +74,7 @@ fuzz_target!(|input: &[u8]| {
     let queue_size = 1u16 << (config & 0x7).min(8); // 1..=256
     let event_idx = config & 0x10 != 0;
 
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-        .expect("guest memory");
+    let mem = guest_memory(MEM_SIZE);
 
     let layout = QueueLayout {
         desc_table: TX_DESC,
@@ -120,8 +108,8 @@ fuzz_target!(|input: &[u8]| {
     mem.write_obj(nrx.to_le(), GuestAddress(RX_AVAIL + 2))
         .expect("rx avail idx");
 
-    let mut txq = queue(queue_size, TX_DESC, TX_AVAIL, TX_USED, event_idx);
-    let mut rxq = queue(RX_QUEUE_SIZE, RX_DESC, RX_AVAIL, RX_USED, false);
+    let mut txq = ready_queue(queue_size, TX_DESC, TX_AVAIL, TX_USED, event_idx);
+    let mut rxq = ready_queue(RX_QUEUE_SIZE, RX_DESC, RX_AVAIL, RX_USED, false);
     assert!(txq.is_valid(&mem) && rxq.is_valid(&mem));
 
     let h = host().lock().unwrap_or_else(|e| e.into_inner());

@@ -1,6 +1,7 @@
 //! What the fuzz targets share: cutting the input into fields and laying a fuzzed split
 //! virtqueue (descriptors, available ring, guest data) out in guest memory.
 
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Takes the next `n` bytes of the input, if there are that many.
@@ -13,7 +14,27 @@ pub fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     Some(head)
 }
 
+/// `size` bytes of guest memory at 0.
+pub fn guest_memory(size: u64) -> GuestMemoryMmap {
+    let size = usize::try_from(size).expect("guest memory size fits in usize");
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).expect("guest memory")
+}
+
+/// A ready queue of `size` entries with its rings at the given addresses (below 4 GiB).
+pub fn ready_queue(size: u16, desc: u64, avail: u64, used: u64, event_idx: bool) -> Queue {
+    let low = |addr: u64| Some(u32::try_from(addr).expect("rings below 4 GiB"));
+    let mut q = Queue::new(size).expect("queue");
+    q.set_size(size);
+    q.set_ready(true);
+    q.set_desc_table_address(low(desc), Some(0));
+    q.set_avail_ring_address(low(avail), Some(0));
+    q.set_used_ring_address(low(used), Some(0));
+    q.set_event_idx(event_idx);
+    q
+}
+
 /// Where a fuzzed queue lives in guest memory.
+#[derive(Debug)]
 pub struct QueueLayout {
     /// Descriptor table.
     pub desc_table: u64,
@@ -74,9 +95,8 @@ pub fn write_queue(
         GuestAddress(layout.avail_ring + 2),
     )
     .expect("avail idx");
-    let n = data
-        .len()
-        .min((layout.data_end - layout.data_area) as usize);
+    let area = usize::try_from(layout.data_end - layout.data_area).expect("data area fits");
+    let n = data.len().min(area);
     mem.write_slice(&data[..n], GuestAddress(layout.data_area))
         .expect("data area");
 }

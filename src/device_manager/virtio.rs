@@ -4,12 +4,13 @@
 
 use std::sync::{Arc, Mutex};
 
+use event_manager::MutEventSubscriber;
 use hearth_devices::bus::lock;
 use hearth_devices::persist::Persist;
 use hearth_devices::virtio::block::Block;
 use hearth_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use hearth_devices::virtio::net::{Net, NetError};
-use hearth_devices::virtio::persist::{PersistError, TransportArgs, TransportState};
+use hearth_devices::virtio::persist::{PersistError, TransportArgs};
 use hearth_devices::virtio::rng::{Rng, RngError};
 use hearth_devices::virtio::vsock::Vsock;
 use hearth_devices::virtio::{Interrupt, VirtioDevice};
@@ -46,20 +47,46 @@ pub enum VirtioError {
     Rng(#[from] RngError),
 }
 
-/// A device model behind a virtio-mmio slot.
-#[derive(Clone)]
-pub enum VirtioKind {
-    /// virtio-blk.
-    Block(Arc<Mutex<Block>>),
-    /// virtio-net over a tap.
-    Net(Arc<Mutex<Net>>),
-    /// virtio-rng.
-    Rng(Arc<Mutex<Rng>>),
-    /// virtio-vsock.
-    Vsock(Arc<Mutex<Vsock>>),
+/// What the VMM needs of a virtio device model beyond the transport and the event loop:
+/// its snapshot state, as a variant of [`VirtioDeviceState`]. Each model gets it from one
+/// line of [`slot_device!`].
+pub trait SlotDevice: VirtioDevice + MutEventSubscriber + Send + std::fmt::Debug + 'static {
+    /// Its state, for the snapshot (the VM is paused).
+    fn save_state(&self) -> VirtioDeviceState;
+    /// Rebuilds the device from a slot's saved state; `None` when the state is another
+    /// kind of device's.
+    fn restore_state(state: &VirtioDeviceState) -> Option<Result<Self, VirtioError>>
+    where
+        Self: Sized;
 }
 
+/// Implements [`SlotDevice`] for a model whose `Persist` takes no arguments and whose
+/// state is the [`VirtioDeviceState`] variant of the same name.
+macro_rules! slot_device {
+    ($device:ident) => {
+        impl SlotDevice for $device {
+            fn save_state(&self) -> VirtioDeviceState {
+                VirtioDeviceState::$device(self.save())
+            }
+            fn restore_state(state: &VirtioDeviceState) -> Option<Result<Self, VirtioError>> {
+                match state {
+                    VirtioDeviceState::$device(s) => {
+                        Some($device::restore((), s).map_err(Into::into))
+                    }
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+slot_device!(Block);
+slot_device!(Net);
+slot_device!(Rng);
+slot_device!(Vsock);
+
 /// One virtio-mmio slot of the VM.
+#[derive(Debug)]
 pub struct VirtioSlot {
     /// MMIO window.
     pub base: u64,
@@ -68,7 +95,7 @@ pub struct VirtioSlot {
     /// The transport.
     pub transport: Arc<Mutex<MmioTransport>>,
     /// The device.
-    pub kind: VirtioKind,
+    pub device: Arc<Mutex<dyn SlotDevice>>,
 }
 
 impl VirtioSlot {
@@ -78,79 +105,24 @@ impl VirtioSlot {
             base: self.base,
             irq: self.irq,
             transport: lock(&self.transport).save(),
-            device: match &self.kind {
-                VirtioKind::Block(d) => VirtioDeviceState::Block(lock(d).save()),
-                VirtioKind::Net(d) => VirtioDeviceState::Net(lock(d).save()),
-                VirtioKind::Rng(d) => VirtioDeviceState::Rng(lock(d).save()),
-                VirtioKind::Vsock(d) => VirtioDeviceState::Vsock(lock(d).save()),
-            },
+            device: lock(&self.device).save_state(),
         }
     }
 }
 
 /// Puts `device` on the next virtio-mmio slot: register window on the MMIO bus, queue
 /// notifications on ioeventfds, its interrupt on an irqfd, its queue work on the event
-/// loop.
-pub fn add_device<D>(
+/// loop. With `saved`, the transport (and the device's queues) carry on from a snapshot,
+/// and the slot must be where it was.
+fn add_device<D: SlotDevice>(
     devices: &mut DeviceManager,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
-    device: Arc<Mutex<D>>,
-    saved: Option<&TransportState>,
-) -> Result<(u64, u32, Arc<Mutex<MmioTransport>>), VirtioError>
-where
-    D: VirtioDevice + event_manager::MutEventSubscriber + Send + 'static,
-{
-    let (base, irq) = devices.allocate_virtio_slot()?;
-    let irq_evt = DeviceManager::irqfd(vm, irq)?;
-    let interrupt = Arc::new(Interrupt::new(irq_evt));
-    for (index, evt) in lock(&device).queue_events().iter().enumerate() {
-        vm.register_ioevent(
-            evt,
-            &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
-            index as u32,
-        )
-        .map_err(|source| DeviceError::Register {
-            what: format!("ioeventfd for queue {index} at {base:#x}"),
-            source,
-        })?;
-    }
-    let as_virtio: Arc<Mutex<dyn VirtioDevice>> = device.clone();
-    let transport = match saved {
-        Some(state) => MmioTransport::restore(
-            TransportArgs {
-                mem: mem.clone(),
-                device: as_virtio,
-                interrupt,
-            },
-            state,
-        )?,
-        None => MmioTransport::new(mem.clone(), as_virtio, interrupt),
-    };
-    let transport = Arc::new(Mutex::new(transport));
-    devices
-        .mmio
-        .insert(base, MMIO_WINDOW_SIZE, transport.clone())
-        .map_err(DeviceError::from)?;
-    let as_subscriber: Subscriber = device;
-    devices.subscribers.push(as_subscriber);
-    Ok((base, irq, transport))
-}
-
-/// Puts a built or restored device on the next slot and records it; a restored one must
-/// land where it was.
-fn attach<D>(
-    devices: &mut DeviceManager,
-    vm: &VmFd,
-    mem: &GuestMemoryMmap,
-    device: Arc<Mutex<D>>,
-    kind: VirtioKind,
+    device: D,
     saved: Option<&VirtioSlotState>,
-) -> Result<(), VirtioError>
-where
-    D: VirtioDevice + event_manager::MutEventSubscriber + Send + 'static,
-{
-    let (base, irq, transport) = add_device(devices, vm, mem, device, saved.map(|s| &s.transport))?;
+) -> Result<(), VirtioError> {
+    let device = Arc::new(Mutex::new(device));
+    let (base, irq) = devices.allocate_virtio_slot()?;
     if let Some(s) = saved {
         if (s.base, s.irq) != (base, irq) {
             return Err(VirtioError::Mismatch(format!(
@@ -159,19 +131,88 @@ where
             )));
         }
     }
+    let irq_evt = DeviceManager::irqfd(vm, irq)?;
+    let interrupt = Arc::new(Interrupt::new(irq_evt));
+    for (index, evt) in (0u32..).zip(lock(&device).queue_events()) {
+        vm.register_ioevent(
+            evt,
+            &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+            index,
+        )
+        .map_err(|source| DeviceError::Register {
+            what: format!("ioeventfd for queue {index} at {base:#x}"),
+            source,
+        })?;
+    }
+    let as_virtio: Arc<Mutex<dyn VirtioDevice>> = device.clone();
+    let transport = match saved {
+        Some(s) => MmioTransport::restore(
+            TransportArgs {
+                mem: mem.clone(),
+                device: as_virtio,
+                interrupt,
+            },
+            &s.transport,
+        )?,
+        None => MmioTransport::new(mem.clone(), as_virtio, interrupt),
+    };
+    let transport = Arc::new(Mutex::new(transport));
+    devices
+        .mmio
+        .insert(base, MMIO_WINDOW_SIZE, transport.clone())
+        .map_err(DeviceError::from)?;
+    let as_subscriber: Subscriber = device.clone();
+    devices.subscribers.push(as_subscriber);
     devices.virtio.push(VirtioSlot {
         base,
         irq,
         transport,
-        kind,
+        device,
     });
     Ok(())
 }
 
+/// Adds devices to the next slots, built from the configuration or, with saved slots,
+/// rebuilt from them.
+struct SlotFiller<'a> {
+    devices: &'a mut DeviceManager,
+    vm: &'a VmFd,
+    mem: &'a GuestMemoryMmap,
+    saved: Option<&'a [VirtioSlotState]>,
+}
+
+impl SlotFiller<'_> {
+    /// Adds a `D`: `build()` makes it, unless the next saved slot rebuilds it (and must
+    /// then hold a `D`, `what` in the error when not).
+    fn add<D: SlotDevice, E>(
+        &mut self,
+        what: &str,
+        build: impl FnOnce() -> Result<D, E>,
+    ) -> Result<(), VirtioError>
+    where
+        VirtioError: From<E>,
+    {
+        let index = self.devices.virtio.len();
+        let saved = match self.saved {
+            None => None,
+            Some(slots) => Some(slots.get(index).ok_or_else(|| {
+                VirtioError::Mismatch(format!("no saved state for virtio device {index}"))
+            })?),
+        };
+        let device = match saved {
+            None => build()?,
+            Some(s) => D::restore_state(&s.device).ok_or_else(|| {
+                VirtioError::Mismatch(format!("the saved device is not {what}"))
+            })??,
+        };
+        add_device(self.devices, self.vm, self.mem, device, saved)
+    }
+}
+
 /// Adds the configured virtio devices in a fixed order: disks (the guest's vda, vdb,
-/// ...), network devices (eth0, ...), the entropy device, the vsock device. With `saved`, each is rebuilt
-/// from its snapshot state instead, and must be the same kind of device. Disks and taps
-/// are opened here, so a missing one fails the VM before it starts.
+/// ...), network devices (eth0, ...), the entropy device, the vsock device. With `saved`,
+/// each is rebuilt from its snapshot state instead, and must be the same kind of device.
+/// Disks and taps are opened here, so a missing one fails the VM before it starts.
 pub fn add_all(
     devices: &mut DeviceManager,
     vm: &VmFd,
@@ -179,62 +220,25 @@ pub fn add_all(
     config: &VmConfig,
     saved: Option<&[VirtioSlotState]>,
 ) -> Result<(), VirtioError> {
-    let slot = |index: usize| -> Result<Option<&VirtioSlotState>, VirtioError> {
-        match saved {
-            None => Ok(None),
-            Some(slots) => slots.get(index).map(Some).ok_or_else(|| {
-                VirtioError::Mismatch(format!("no saved state for virtio device {index}"))
-            }),
-        }
+    let mut slots = SlotFiller {
+        devices,
+        vm,
+        mem,
+        saved,
     };
-    let mismatch = |what: &str| VirtioError::Mismatch(format!("the saved device is not {what}"));
-
     for disk in &config.disks {
-        let s = slot(devices.virtio.len())?;
-        let block = match s.map(|s| &s.device) {
-            None => Block::new(disk.clone())?,
-            Some(VirtioDeviceState::Block(state)) => Block::restore((), state)?,
-            Some(_) => return Err(mismatch("a disk")),
-        };
-        let block = Arc::new(Mutex::new(block));
-        attach(devices, vm, mem, block.clone(), VirtioKind::Block(block), s)?;
+        slots.add("a disk", || Block::new(disk.into()))?;
     }
     for net in &config.net {
-        let s = slot(devices.virtio.len())?;
-        let net = match s.map(|s| &s.device) {
-            None => Net::new(net.clone())?,
-            Some(VirtioDeviceState::Net(state)) => Net::restore((), state)?,
-            Some(_) => return Err(mismatch("a network device")),
-        };
-        log::debug!(
-            "virtio-net on tap {} with MAC {}",
-            net.config().tap,
-            net.mac()
-        );
-        let net = Arc::new(Mutex::new(net));
-        attach(devices, vm, mem, net.clone(), VirtioKind::Net(net), s)?;
+        slots.add("a network device", || Net::new(net.clone()))?;
     }
     if config.rng {
-        let s = slot(devices.virtio.len())?;
-        let rng = match s.map(|s| &s.device) {
-            None => Rng::new()?,
-            Some(VirtioDeviceState::Rng(state)) => Rng::restore((), state)?,
-            Some(_) => return Err(mismatch("an entropy device")),
-        };
-        let rng = Arc::new(Mutex::new(rng));
-        attach(devices, vm, mem, rng.clone(), VirtioKind::Rng(rng), s)?;
+        slots.add("an entropy device", Rng::new)?;
     }
+    // It listens on its Unix socket from here on, so host processes can connect while
+    // the guest boots.
     if let Some(vsock) = &config.vsock {
-        let s = slot(devices.virtio.len())?;
-        // It listens on its Unix socket from here on, so host processes can connect
-        // while the guest boots.
-        let vsock = match s.map(|s| &s.device) {
-            None => Vsock::new(vsock.clone())?,
-            Some(VirtioDeviceState::Vsock(state)) => Vsock::restore((), state)?,
-            Some(_) => return Err(mismatch("a vsock device")),
-        };
-        let vsock = Arc::new(Mutex::new(vsock));
-        attach(devices, vm, mem, vsock.clone(), VirtioKind::Vsock(vsock), s)?;
+        slots.add("a vsock device", || Vsock::new(vsock.clone()))?;
     }
     Ok(())
 }

@@ -1,23 +1,29 @@
 //! virtio devices over the virtio-mmio transport (virtio 1.x, "modern").
 //!
-//! A device implements [`VirtioDevice`] (what the transport needs) and, to do its work,
-//! `event_manager::MutEventSubscriber` (what the event loop calls). The transport runs on
-//! vCPU threads; it hands the device its queues on activation, and the device's event
-//! handler picks them up on the event loop thread.
+//! A device embeds a [`VirtioCommon`] (features, queues, their eventfds, activation) and
+//! implements [`VirtioDevice`] (what the transport needs, provided over the common part:
+//! one line, [`virtio_device!`](crate::virtio_device)) and [`VirtioEvents`] (what the
+//! event loop calls; its `MutEventSubscriber` is one line too,
+//! [`virtio_event_subscriber!`](crate::virtio_event_subscriber)). The transport
+//! runs on vCPU threads and writes the driver's queue registers into the device's queues;
+//! the event loop thread serves them once the driver set DRIVER_OK.
 
 pub mod block;
+pub mod device;
 pub mod mmio;
 pub mod net;
 pub mod persist;
+pub mod queue;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod test_utils;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+
+pub use device::{Active, VirtioCommon, VirtioDevice, VirtioEvents};
 
 /// Interrupt status bit: the device used buffers in a queue.
 pub const VIRTIO_MMIO_INT_VRING: u32 = 0x1;
@@ -98,28 +104,14 @@ pub enum ActivateError {
     /// Telling the event loop about the activation failed.
     #[error("cannot signal the device's activation to the event loop: {0}")]
     Notify(#[source] std::io::Error),
-}
-
-/// Has the event loop watch each queue eventfd, queue `i` with data `first_data + i`.
-/// Returns whether all are watched; on failure says which device stops working (`what`).
-pub fn watch_queue_events(
-    ops: &mut event_manager::EventOps,
-    evts: &[EventFd],
-    first_data: u32,
-    what: &str,
-) -> bool {
-    for (i, evt) in (0u32..).zip(evts) {
-        let events = event_manager::Events::with_data(
-            evt,
-            first_data + i,
-            vmm_sys_util::epoll::EventSet::IN,
-        );
-        if let Err(e) = ops.add(events) {
-            eprintln!("{what}: cannot watch queue {i}: {e}; the device will not work");
-            return false;
-        }
-    }
-    true
+    /// Restored or replaced queues that do not fit the device.
+    #[error("the device has {expected} queue(s), but {given} were given")]
+    QueueCount {
+        /// The device's.
+        expected: usize,
+        /// Given.
+        given: usize,
+    },
 }
 
 /// Copies `data.len()` bytes of a device's configuration space from `offset`; bytes past
@@ -135,59 +127,14 @@ pub fn read_config_space(space: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
-/// The queues a device takes at activation: exactly `N`, each one ready except those
-/// listed in `optional` (which a driver may leave out).
-pub fn expect_queues<const N: usize>(
-    device: &str,
-    queues: Vec<Queue>,
-    optional: &[usize],
-) -> Result<[Queue; N], ActivateError> {
-    let count = queues.len();
-    let queues = <[Queue; N]>::try_from(queues).map_err(|_| ActivateError::BadQueue {
-        index: count.min(N),
-        reason: format!("{device} has {N} queue(s), but {count} were set up"),
-    })?;
-    for (index, q) in queues.iter().enumerate() {
-        if !optional.contains(&index) && !q.ready() {
-            return Err(ActivateError::BadQueue {
-                index,
-                reason: "the driver did not set QueueReady before DRIVER_OK".into(),
-            });
-        }
-    }
-    Ok(queues)
-}
-
-/// What a virtio device offers the virtio-mmio transport.
-pub trait VirtioDevice: Send {
-    /// The virtio device ID (2 block, 1 net, 4 rng, 19 vsock).
-    fn device_type(&self) -> u32;
-    /// The largest size of each of the device's queues; its length is the queue count.
-    fn queue_max_sizes(&self) -> &[u16];
-    /// The feature bits the device offers (including VIRTIO_F_VERSION_1).
-    fn avail_features(&self) -> u64;
-    /// The features the driver accepted (a subset of `avail_features`).
-    fn set_acked_features(&mut self, features: u64);
-    /// What `set_acked_features` last set.
-    fn acked_features(&self) -> u64;
-    /// The live state of the queues while activated (empty otherwise), for snapshots.
-    fn queue_states(&self) -> Vec<virtio_queue::QueueState>;
-    /// Reads the device-specific configuration space.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes the device-specific configuration space.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// One eventfd per queue, registered by the VMM as an ioeventfd on QueueNotify with
-    /// the queue index as datamatch, so that notifications skip the vCPU thread.
-    fn queue_events(&self) -> &[EventFd];
-    /// The driver set DRIVER_OK: start serving `queues`.
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        interrupt: Arc<Interrupt>,
-    ) -> Result<(), ActivateError>;
-    /// Whether `activate` succeeded since the last reset.
-    fn is_activated(&self) -> bool;
-    /// The driver reset the device: drop the queues and go back to the initial state.
-    fn reset(&mut self);
+/// Gives `device` these queues and activates it (tests drive devices without a transport).
+#[cfg(test)]
+pub(crate) fn activate_with<D: VirtioDevice + ?Sized>(
+    device: &mut D,
+    mem: &vm_memory::GuestMemoryMmap,
+    queues: Vec<virtio_queue::Queue>,
+    interrupt: &std::sync::Arc<Interrupt>,
+) {
+    device.common_mut().set_queues(queues).unwrap();
+    device.activate(mem.clone(), interrupt.clone()).unwrap();
 }

@@ -9,6 +9,7 @@ use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 
 use super::mmio::{MmioState, MmioTransport};
+use super::status::{DEVICE_NEEDS_RESET, DRIVER_OK};
 use super::{ActivateError, Interrupt, VirtioDevice};
 use crate::bus::lock;
 use crate::persist::Persist;
@@ -68,17 +69,15 @@ impl From<SavedQueue> for QueueState {
     }
 }
 
-/// Everything the transport and the generic device side need to carry on.
+/// Everything the transport and the common part of the device need to carry on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransportState {
     /// The transport's registers.
     pub mmio: MmioState,
-    /// Queues as the transport shows them to the driver.
-    pub queues: Vec<SavedQueue>,
-    /// The device's live queues when it is active (their ring positions move on).
-    pub active_queues: Option<Vec<SavedQueue>>,
-    /// Features the driver accepted.
+    /// Features the driver accepted (or is accepting, before FEATURES_OK).
     pub acked_features: u64,
+    /// The device's queues: registers and, once active, ring positions.
+    pub queues: Vec<SavedQueue>,
     /// InterruptStatus.
     pub interrupt_status: u32,
 }
@@ -121,6 +120,7 @@ fn to_queues(saved: &[SavedQueue]) -> Result<Vec<Queue>, PersistError> {
 }
 
 /// What restoring a transport needs besides its state.
+#[derive(Clone)]
 pub struct TransportArgs {
     /// Guest memory (already restored).
     pub mem: GuestMemoryMmap,
@@ -128,6 +128,14 @@ pub struct TransportArgs {
     pub device: Arc<Mutex<dyn VirtioDevice>>,
     /// Its interrupt line (a fresh irqfd).
     pub interrupt: Arc<Interrupt>,
+}
+
+impl std::fmt::Debug for TransportArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportArgs")
+            .field("interrupt", &self.interrupt)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Persist for MmioTransport {
@@ -139,31 +147,35 @@ impl Persist for MmioTransport {
         let device = lock(self.device());
         TransportState {
             mmio: self.state().clone(),
-            queues: self.queues().iter().map(|q| q.state().into()).collect(),
-            active_queues: device
-                .is_activated()
-                .then(|| device.queue_states().into_iter().map(Into::into).collect()),
             acked_features: device.acked_features(),
+            queues: device
+                .common()
+                .queues()
+                .iter()
+                .map(|q| q.state().into())
+                .collect(),
             interrupt_status: self.interrupt().status(),
         }
     }
 
     fn restore(args: TransportArgs, state: &TransportState) -> Result<Self, PersistError> {
-        let expected = lock(&args.device).queue_max_sizes().len();
-        if state.queues.len() != expected {
-            return Err(PersistError::QueueCount {
-                saved: state.queues.len(),
-                expected,
-            });
-        }
-        let queues = to_queues(&state.queues)?;
         {
             let mut device = lock(&args.device);
+            let expected = device.common().queues().len();
+            if state.queues.len() != expected {
+                return Err(PersistError::QueueCount {
+                    saved: state.queues.len(),
+                    expected,
+                });
+            }
+            device.common_mut().set_queues(to_queues(&state.queues)?)?;
             device.set_acked_features(state.acked_features);
-            if let Some(active) = &state.active_queues {
+            // The device was serving its queues unless its activation had failed.
+            let status = state.mmio.device_status;
+            if status & DRIVER_OK != 0 && status & DEVICE_NEEDS_RESET == 0 {
                 // Activation also makes the device look at its queues once, which serves
                 // any notification that was pending when the snapshot was taken.
-                device.activate(args.mem.clone(), to_queues(active)?, args.interrupt.clone())?;
+                device.activate(args.mem.clone(), args.interrupt.clone())?;
             }
         }
         args.interrupt.set_status(state.interrupt_status);
@@ -172,7 +184,6 @@ impl Persist for MmioTransport {
             args.device,
             args.interrupt,
             state.mmio.clone(),
-            queues,
         ))
     }
 }

@@ -19,6 +19,12 @@ pub struct I8042 {
     inner: I8042Device<EventFdTrigger>,
 }
 
+impl std::fmt::Debug for I8042 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("I8042").finish_non_exhaustive()
+    }
+}
+
 impl I8042 {
     /// A controller that signals `reset` when the guest asks for a CPU reset.
     pub fn new(reset: EventFdTrigger) -> Self {
@@ -38,7 +44,8 @@ impl BusDevice for I8042 {
                 // up at once, instead of timing out on commands this model ignores;
                 // `reboot=k` only waits for the input buffer to be empty.
                 STATUS_OFFSET => STATUS_OUTPUT_FULL,
-                _ => self.inner.read(offset as u8),
+                // Its window is five ports wide, so the offset fits.
+                _ => self.inner.read(u8::try_from(offset).unwrap_or(u8::MAX)),
             };
         }
     }
@@ -47,8 +54,8 @@ impl BusDevice for I8042 {
         if let Some(&b) = data.first() {
             // A failed eventfd write leaves the guest spinning on its reset; nothing
             // better to do than say so.
-            if let Err(e) = self.inner.write(offset as u8, b) {
-                eprintln!("hearth: i8042: cannot signal the guest's reset: {e}");
+            if let Err(e) = self.inner.write(u8::try_from(offset).unwrap_or(u8::MAX), b) {
+                log::error!("i8042: cannot signal the guest's reset: {e}");
             }
         }
     }

@@ -16,6 +16,7 @@ const INPUT: u32 = 0;
 const SPACE: u32 = 1;
 
 /// The event-loop side of the serial port.
+#[derive(Debug)]
 pub struct SerialInput {
     serial: Arc<Mutex<Serial>>,
     input: File,

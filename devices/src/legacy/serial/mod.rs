@@ -44,6 +44,14 @@ pub struct Serial {
     input_space: EventFd,
 }
 
+impl std::fmt::Debug for Serial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serial")
+            .field("input_space", &self.input_space)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Errors from building the serial port.
 #[derive(Debug, thiserror::Error)]
 pub enum SerialError {

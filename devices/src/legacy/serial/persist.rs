@@ -42,6 +42,12 @@ pub struct SerialArgs {
     pub out: Box<dyn Write + Send>,
 }
 
+impl std::fmt::Debug for SerialArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialArgs").finish_non_exhaustive()
+    }
+}
+
 impl Persist for Serial {
     type State = SavedSerial;
     type Args = SerialArgs;

@@ -1,67 +1,23 @@
-//! The event-loop side of virtio-blk: picks up the queue when the transport activates the
-//! device (on a vCPU thread), then serves the queue whenever its eventfd fires.
+//! The event-loop side of virtio-blk: serves the queue whenever it is notified.
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
-use vmm_sys_util::epoll::EventSet;
+use event_manager::EventOps;
 
 use super::Block;
-use crate::virtio::VirtioDevice;
+use crate::virtio::VirtioEvents;
 
-const ACTIVATE: u32 = 0;
-/// Queue `i` is watched with data `QUEUE + i`.
-const QUEUE: u32 = 1;
-
-impl Block {
-    fn register_queue_events(&mut self, ops: &mut EventOps) {
-        if !self.queue_evts_registered {
-            self.queue_evts_registered =
-                crate::virtio::watch_queue_events(ops, &self.queue_evts, QUEUE, "virtio-blk");
-        }
+impl VirtioEvents for Block {
+    fn queue_event(&mut self, _index: usize, _ops: &mut EventOps) {
+        // Notifications while the device is reset never get here: the driver has to set
+        // it up again before it may use the queue.
+        self.process_queue();
     }
 }
 
-impl MutEventSubscriber for Block {
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(
-            &self.activate_evt,
-            ACTIVATE,
-            EventSet::IN,
-        )) {
-            eprintln!(
-                "virtio-blk: cannot watch the activation event: {e}; the disk will not serve I/O"
-            );
-        }
-        // A device restored already active (snapshots) gets no activation event.
-        if self.is_activated() {
-            self.register_queue_events(ops);
-        }
-    }
-
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match events.data() {
-            ACTIVATE => {
-                // Only drains the counter: EAGAIN just means there was nothing left.
-                let _ = self.activate_evt.read();
-                if self.is_activated() {
-                    self.register_queue_events(ops);
-                    // Serve whatever the driver queued before the queue was watched.
-                    self.process_queue();
-                }
-            }
-            data => {
-                let index = (data - QUEUE) as usize;
-                if let Some(evt) = self.queue_evts.get(index) {
-                    let _ = evt.read();
-                }
-                // Notifications while the device is reset are dropped: the driver has to
-                // set it up again before it may use the queue.
-                self.process_queue();
-            }
-        }
-    }
-}
+crate::virtio_event_subscriber!(Block);
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
@@ -79,7 +35,7 @@ mod tests {
     use crate::bus::lock;
     use crate::virtio::block::test_utils::{add_chain, desc, guest_memory, write_header};
     use crate::virtio::block::{BlockConfig, QUEUE_SIZE};
-    use crate::virtio::{Interrupt, VIRTIO_MMIO_INT_VRING};
+    use crate::virtio::{activate_with, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING};
 
     #[test]
     fn activation_then_notification_serves_the_queue() {
@@ -102,10 +58,11 @@ mod tests {
 
         // Before activation a notification is drained and ignored.
         lock(&block).queue_events()[0].write(1).unwrap();
+        assert_eq!(manager.run_with_timeout(0).unwrap(), 1);
         assert_eq!(
             manager.run_with_timeout(0).unwrap(),
             0,
-            "queue not watched yet"
+            "drained, and nothing else to do"
         );
 
         // A request queued before activation is served once the event loop picks it up.
@@ -120,9 +77,7 @@ mod tests {
             ],
         );
         let q: Queue = vq.create_queue().unwrap();
-        lock(&block)
-            .activate(mem.clone(), vec![q], interrupt.clone())
-            .unwrap();
+        activate_with(&mut *lock(&block), &mem, vec![q], &interrupt);
         assert!(manager.run_with_timeout(100).unwrap() >= 1);
         assert_eq!(vq.used().idx().load(), 1);
         assert_eq!(interrupt.status(), VIRTIO_MMIO_INT_VRING);
@@ -161,9 +116,7 @@ mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         q.set_next_avail(2);
         q.set_next_used(2);
-        lock(&block)
-            .activate(mem.clone(), vec![q], interrupt)
-            .unwrap();
+        activate_with(&mut *lock(&block), &mem, vec![q], &interrupt);
         manager.run_with_timeout(100).unwrap();
         assert_eq!(vq.used().idx().load(), 3);
     }

@@ -2,16 +2,18 @@
 //!
 //! [`Block`] is what the VMM builds and hands to the virtio-mmio transport (as a
 //! [`VirtioDevice`](super::VirtioDevice)) and to the event loop (as a
-//! `MutEventSubscriber`). [`Disk`] is the backing file and the request engine: it turns a
-//! descriptor chain into file I/O, straight between guest memory and the file.
+//! `MutEventSubscriber`). [`Disk`] is the backing file; [`Request`] turns a descriptor
+//! chain into file I/O, straight between guest memory and the file.
 
 mod device;
+mod disk;
 mod event_handler;
 pub mod persist;
 mod request;
 
 pub use device::{Block, BlockConfig, BlockError};
-pub use request::{Disk, RequestError};
+pub use disk::{Disk, DiskError};
+pub use request::{execute_chain, process_queue, ParsedChain, Request, RequestError, RequestType};
 
 /// Helpers other modules' tests use to build requests.
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! One virtio-blk request at a time: check a descriptor chain against the disk, then move
+//! One virtio-blk request at a time, in two steps: [`Request::parse`] checks a descriptor
+//! chain against guest memory, [`Request::execute`] checks it against the disk and moves
 //! the data straight between guest memory and the backing file.
 //!
 //! The expected layout is the one every driver uses (Linux, FreeBSD, OVMF, SeaBIOS): a
@@ -8,18 +9,18 @@
 //! status cannot be written is still returned to the driver (used length 0) so that its
 //! ring keeps moving.
 
-use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions};
 
-use super::{DISK_ID_LEN, QUEUE_SIZE, SECTOR_SHIFT, SECTOR_SIZE};
+use super::{Disk, QUEUE_SIZE, SECTOR_SHIFT, SECTOR_SIZE};
+use crate::virtio::queue::{drain_queue, write_to_buffers, DrainError};
 
 /// The size of `struct virtio_blk_outhdr` (type, ioprio, sector).
 const HEADER_LEN: u32 = 16;
@@ -88,92 +89,48 @@ pub enum RequestError {
     /// Moving data between guest memory and the file failed.
     #[error("moving request data failed: {0}")]
     Transfer(#[source] GuestMemoryError),
-    /// The driver broke the queue itself (e.g. an available index too far ahead).
-    #[error("the virtio queue is unusable: {0}")]
-    Queue(#[source] virtio_queue::Error),
-    /// The available ring claims buffers that cannot be popped.
-    #[error("the available ring announces buffers that cannot be read")]
-    StuckRing,
 }
 
-/// The backing file of a virtio-blk device and the engine that serves its requests.
+/// What a request asks the disk to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestType {
+    /// Read sectors into the data buffers.
+    In,
+    /// Write the data buffers to sectors.
+    Out,
+    /// Make written data durable.
+    Flush,
+    /// Return the serial number.
+    GetId,
+}
+
+/// A request whose chain is well formed and whose buffers are in guest memory; whether it
+/// fits the disk is [`Request::execute`]'s to check.
 #[derive(Debug)]
-pub struct Disk {
-    pub(super) file: File,
-    /// Size in sectors; a partial sector at the end of the file is not exposed.
-    pub(super) nsectors: u64,
-    pub(super) read_only: bool,
-    /// The GET_ID serial, zero-padded.
-    pub(super) id: [u8; DISK_ID_LEN],
+pub struct Request {
+    /// What to do.
+    pub request_type: RequestType,
+    /// The first sector (In and Out).
+    pub sector: u64,
+    /// The data buffers, in order.
+    pub data: Vec<Descriptor>,
+    /// Their total length.
+    pub data_len: u64,
 }
 
-impl Disk {
-    /// The disk size in 512-byte sectors.
-    pub fn capacity(&self) -> u64 {
-        self.nsectors
-    }
+/// A chain taken apart: where its status goes, and the request or why it is refused.
+#[derive(Debug)]
+pub struct ParsedChain {
+    /// The status byte.
+    pub status: GuestAddress,
+    /// The request.
+    pub request: Result<Request, RequestError>,
+}
 
-    /// Whether writes are refused.
-    pub fn is_read_only(&self) -> bool {
-        self.read_only
-    }
-
-    /// The serial number GET_ID returns (zero-padded, not NUL-terminated when 20 bytes long).
-    pub fn id(&self) -> &[u8; DISK_ID_LEN] {
-        &self.id
-    }
-
-    /// Serves every request the driver made available in `queue` and returns whether the
-    /// driver should now be interrupted. Uses the standard virtio-queue loop: notifications
-    /// stay off while draining and the ring is checked again after turning them back on,
-    /// so a request added meanwhile is never left waiting. Errs only when the queue itself
-    /// is broken; failed requests are completed with an error status instead.
-    pub fn process_queue<M: GuestMemory>(
-        &mut self,
-        mem: &M,
-        queue: &mut Queue,
-    ) -> Result<bool, RequestError> {
-        let mut used_any = false;
-        let mut idle_rounds = 0;
-        loop {
-            queue
-                .disable_notification(mem)
-                .map_err(RequestError::Queue)?;
-            let mut progressed = false;
-            while let Some(chain) = queue.iter(mem).map_err(RequestError::Queue)?.next() {
-                progressed = true;
-                let head = chain.head_index();
-                let len = self.execute(mem, chain);
-                // Fails only for a head index past the queue, which the driver cannot be
-                // told about anyway; the following chains may still be fine.
-                if queue.add_used(mem, head, len).is_ok() {
-                    used_any = true;
-                }
-            }
-            if !queue
-                .enable_notification(mem)
-                .map_err(RequestError::Queue)?
-            {
-                break;
-            }
-            // More is available: normally the driver added it while notifications were off.
-            // Twice in a row without popping anything means the ring cannot be read, and
-            // looping on would hang the event loop.
-            idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
-            if idle_rounds > 1 {
-                return Err(RequestError::StuckRing);
-            }
-        }
-        if !used_any {
-            return Ok(false);
-        }
-        queue.needs_notification(mem).map_err(RequestError::Queue)
-    }
-
-    /// Serves one request and returns the used length for it: the bytes written into
-    /// guest memory (data read, plus the status byte), or 0 when the chain has no
-    /// writable status byte.
-    pub fn execute<M: GuestMemory>(&mut self, mem: &M, chain: DescriptorChain<&M>) -> u32 {
+impl Request {
+    /// Parses `chain`. `None` when it has no writable status byte: nothing can be told to
+    /// the driver, the chain goes back with a used length of 0.
+    pub fn parse<M: GuestMemory>(mem: &M, chain: DescriptorChain<&M>) -> Option<ParsedChain> {
         let mut descs: Vec<Descriptor> = Vec::with_capacity(4);
         let mut last = None;
         let mut too_many = false;
@@ -189,37 +146,23 @@ impl Disk {
         }
         // A chain whose last descriptor still says NEXT was cut short by virtio-queue: its
         // real status descriptor is unknown, so nothing in it is written.
-        let Some(status_addr) = last
+        let status = last
             .filter(|d| !d.has_next())
-            .and_then(|d| status_address(mem, &d))
-        else {
-            return 0;
-        };
-        let result = if too_many {
+            .and_then(|d| status_address(mem, &d))?;
+        let request = if too_many {
             Err(RequestError::TooManyDescriptors)
         } else {
             descs.pop();
-            self.handle(mem, &descs)
+            Self::parse_descriptors(mem, &descs)
         };
-        let (status, written) = match result {
-            Ok(written) => (VIRTIO_BLK_S_OK, written),
-            Err(RequestError::Unsupported(_)) => (VIRTIO_BLK_S_UNSUPP, 0),
-            Err(_) => (VIRTIO_BLK_S_IOERR, 0),
-        };
-        // The status byte was checked to be in guest memory just above.
-        if mem.write_obj(status as u8, status_addr).is_err() {
-            return 0;
-        }
-        written.saturating_add(1)
+        Some(ParsedChain { status, request })
     }
 
-    /// Serves the request in `descs` (header and data, status left out); returns how many
-    /// data bytes were written into guest memory.
-    fn handle<M: GuestMemory>(
-        &mut self,
+    /// Parses header and data (the status left out).
+    fn parse_descriptors<M: GuestMemory>(
         mem: &M,
         descs: &[Descriptor],
-    ) -> Result<u32, RequestError> {
+    ) -> Result<Request, RequestError> {
         let (header, data) = descs.split_first().ok_or(RequestError::NoHeader)?;
         if header.is_write_only() {
             return Err(RequestError::HeaderWriteOnly);
@@ -241,85 +184,120 @@ impl Disk {
             mem.read_obj(sector_addr)
                 .map_err(RequestError::HeaderUnreadable)?,
         );
+        let (request_type, device_writes) = match request_type {
+            VIRTIO_BLK_T_IN => (RequestType::In, Some(true)),
+            VIRTIO_BLK_T_OUT => (RequestType::Out, Some(false)),
+            // A flush carries no data: whatever is there is ignored.
+            VIRTIO_BLK_T_FLUSH => (RequestType::Flush, None),
+            VIRTIO_BLK_T_GET_ID => (RequestType::GetId, Some(true)),
+            other => return Err(RequestError::Unsupported(other)),
+        };
+        let data_len = match device_writes {
+            Some(writes) => check_buffers(mem, data, writes)?,
+            None => 0,
+        };
+        if matches!(request_type, RequestType::In | RequestType::Out) && data_len % SECTOR_SIZE != 0
+        {
+            return Err(RequestError::UnalignedLength(data_len));
+        }
+        Ok(Request {
+            request_type,
+            sector,
+            data: if device_writes.is_some() {
+                data.to_vec()
+            } else {
+                Vec::new()
+            },
+            data_len,
+        })
+    }
 
-        match request_type {
-            VIRTIO_BLK_T_IN => {
-                let len = self.check_data(mem, data, sector, true)?;
-                self.seek(sector)?;
-                for d in data {
-                    mem.read_exact_volatile_from(d.addr(), &mut self.file, d.len() as usize)
+    /// Serves the request on `disk`; returns how many data bytes were written into guest
+    /// memory.
+    pub fn execute<M: GuestMemory>(&self, disk: &mut Disk, mem: &M) -> Result<u32, RequestError> {
+        match self.request_type {
+            RequestType::In => {
+                self.check_range(disk)?;
+                disk.seek(self.sector).map_err(RequestError::Io)?;
+                for d in &self.data {
+                    mem.read_exact_volatile_from(d.addr(), &mut disk.file, d.len() as usize)
                         .map_err(RequestError::Transfer)?;
                 }
                 // A chain carries less than 4 GiB (virtio-queue stops it there).
-                Ok(u32::try_from(len).unwrap_or(u32::MAX))
+                Ok(u32::try_from(self.data_len).unwrap_or(u32::MAX))
             }
-            VIRTIO_BLK_T_OUT => {
-                if self.read_only {
+            RequestType::Out => {
+                if disk.is_read_only() {
                     return Err(RequestError::ReadOnly);
                 }
-                self.check_data(mem, data, sector, false)?;
-                self.seek(sector)?;
-                for d in data {
-                    mem.write_all_volatile_to(d.addr(), &mut self.file, d.len() as usize)
+                self.check_range(disk)?;
+                disk.seek(self.sector).map_err(RequestError::Io)?;
+                for d in &self.data {
+                    mem.write_all_volatile_to(d.addr(), &mut disk.file, d.len() as usize)
                         .map_err(RequestError::Transfer)?;
                 }
                 Ok(0)
             }
-            VIRTIO_BLK_T_FLUSH => {
-                self.file.sync_data().map_err(RequestError::Io)?;
+            RequestType::Flush => {
+                disk.file.sync_data().map_err(RequestError::Io)?;
                 Ok(0)
             }
-            VIRTIO_BLK_T_GET_ID => {
-                check_buffers(mem, data, true)?;
-                let mut id = &self.id[..];
-                let mut written = 0;
-                for d in data {
-                    let n = id.len().min(d.len() as usize);
-                    let (now, rest) = id.split_at(n);
-                    mem.write_slice(now, d.addr())
-                        .map_err(RequestError::Transfer)?;
-                    id = rest;
-                    written += n as u32;
-                }
-                Ok(written)
+            RequestType::GetId => {
+                let written =
+                    write_to_buffers(mem, &self.data, disk.id()).map_err(RequestError::Transfer)?;
+                // At most DISK_ID_LEN.
+                Ok(u32::try_from(written).unwrap_or(u32::MAX))
             }
-            other => Err(RequestError::Unsupported(other)),
         }
     }
 
-    /// Checks the data descriptors of a read (`device_writes`) or write and returns the
-    /// number of bytes they move.
-    fn check_data<M: GuestMemory>(
-        &self,
-        mem: &M,
-        data: &[Descriptor],
-        sector: u64,
-        device_writes: bool,
-    ) -> Result<u64, RequestError> {
-        let len = check_buffers(mem, data, device_writes)?;
-        if len % SECTOR_SIZE != 0 {
-            return Err(RequestError::UnalignedLength(len));
-        }
-        let end = sector
+    /// Checks that the sectors the request moves lie on the disk.
+    fn check_range(&self, disk: &Disk) -> Result<(), RequestError> {
+        let end = self
+            .sector
             .checked_mul(SECTOR_SIZE)
-            .and_then(|start| start.checked_add(len));
+            .and_then(|start| start.checked_add(self.data_len));
         match end {
-            // nsectors comes from a file size, so shifting it back cannot overflow.
-            Some(end) if end <= self.nsectors << SECTOR_SHIFT => Ok(len),
+            // The capacity comes from a file size, so shifting it back cannot overflow.
+            Some(end) if end <= disk.capacity() << SECTOR_SHIFT => Ok(()),
             _ => Err(RequestError::OutOfRange {
-                sector,
-                len,
-                capacity: self.nsectors,
+                sector: self.sector,
+                len: self.data_len,
+                capacity: disk.capacity(),
             }),
         }
     }
+}
 
-    fn seek(&mut self, sector: u64) -> Result<(), RequestError> {
-        self.file
-            .seek(SeekFrom::Start(sector << SECTOR_SHIFT))
-            .map(drop)
-            .map_err(RequestError::Io)
+/// Serves one chain and returns its used length: the bytes written into guest memory
+/// (data read, plus the status byte), or 0 when the chain has no writable status byte.
+pub fn execute_chain<M: GuestMemory>(disk: &mut Disk, mem: &M, chain: DescriptorChain<&M>) -> u32 {
+    let Some(parsed) = Request::parse(mem, chain) else {
+        return 0;
+    };
+    let result = parsed.request.and_then(|r| r.execute(disk, mem));
+    let (status, written) = match result {
+        Ok(written) => (VIRTIO_BLK_S_OK, written),
+        Err(RequestError::Unsupported(_)) => (VIRTIO_BLK_S_UNSUPP, 0),
+        Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+    };
+    // The status byte was checked to be in guest memory when parsing.
+    #[allow(clippy::cast_possible_truncation)] // the status values are 0, 1 and 2
+    if mem.write_obj(status as u8, parsed.status).is_err() {
+        return 0;
     }
+    written.saturating_add(1)
+}
+
+/// Serves every request the driver made available in `queue` and returns whether the
+/// driver should now be interrupted. Failed requests are completed with an error status;
+/// only a broken queue is an error.
+pub fn process_queue<M: GuestMemory>(
+    disk: &mut Disk,
+    mem: &M,
+    queue: &mut Queue,
+) -> Result<bool, DrainError> {
+    drain_queue(mem, queue, |chain| execute_chain(disk, mem, chain))
 }
 
 /// Checks that every buffer has the given direction and lies in guest memory; returns
@@ -361,7 +339,10 @@ fn status_address<M: GuestMemory>(mem: &M, desc: &Descriptor) -> Option<GuestAdd
 }
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 pub(crate) mod tests {
+    use std::fs::File;
     use std::io::{Read, Write};
     use std::os::unix::fs::FileExt;
 
@@ -375,41 +356,13 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::virtio::block::BlockConfig;
+    pub(crate) use crate::virtio::test_utils::{add_chain, desc, guest_memory, MEM_SIZE};
 
-    pub(crate) const MEM_SIZE: usize = 0x10_0000;
     const HDR: u64 = 0x2_0000;
     const DATA: u64 = 0x3_0000;
     const STATUS: u64 = 0x4_0000;
     const R: u32 = 0;
     const W: u32 = VRING_DESC_F_WRITE;
-
-    pub(crate) fn desc(addr: u64, len: u32, flags: u32) -> RawDescriptor {
-        RawDescriptor::from(Descriptor::new(addr, len, flags as u16, 0))
-    }
-
-    /// Puts one chain made of `descs` at index `at` of the descriptor table (linking them
-    /// with NEXT) and makes it available.
-    pub(crate) fn add_chain(
-        vq: &MockSplitQueue<GuestMemoryMmap>,
-        at: u16,
-        descs: &[RawDescriptor],
-    ) {
-        let linked: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let d = Descriptor::from(*d);
-                let last = i == descs.len() - 1;
-                let (flags, next) = if last {
-                    (d.flags() & !(VRING_DESC_F_NEXT as u16), 0)
-                } else {
-                    (d.flags() | VRING_DESC_F_NEXT as u16, at + i as u16 + 1)
-                };
-                RawDescriptor::from(Descriptor::new(d.addr().0, d.len(), flags, next))
-            })
-            .collect();
-        vq.add_desc_chains(&linked, at).unwrap();
-    }
 
     pub(crate) fn write_header(mem: &GuestMemoryMmap, addr: u64, request_type: u32, sector: u64) {
         mem.write_obj(request_type.to_le(), GuestAddress(addr))
@@ -417,10 +370,6 @@ pub(crate) mod tests {
         mem.write_obj(0u32, GuestAddress(addr + 4)).unwrap();
         mem.write_obj(sector.to_le(), GuestAddress(addr + 8))
             .unwrap();
-    }
-
-    pub(crate) fn guest_memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
     }
 
     struct Setup {
@@ -474,7 +423,7 @@ pub(crate) mod tests {
                 add_chain(&vq, at, c);
                 at += c.len() as u16;
             }
-            let notify = self.disk.process_queue(&self.mem, &mut q).unwrap();
+            let notify = process_queue(&mut self.disk, &self.mem, &mut q).unwrap();
             let used = vq.used().idx().load();
             let lens = (0..used)
                 .map(|i| vq.used().ring().ref_at(i as usize).unwrap().load().len())
@@ -855,7 +804,7 @@ pub(crate) mod tests {
             4,
             &[desc(HDR, 16, R), desc(DATA, 512, W), desc(STATUS, 1, W)],
         );
-        assert!(s.disk.process_queue(&s.mem, &mut q).unwrap());
+        assert!(process_queue(&mut s.disk, &s.mem, &mut q).unwrap());
         assert_eq!(vq.used().idx().load(), 4);
         let lens: Vec<u32> = (0..4)
             .map(|i| vq.used().ring().ref_at(i).unwrap().load().len())
@@ -898,8 +847,8 @@ pub(crate) mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         vq.avail().idx().store(QUEUE_SIZE + 1);
         assert!(matches!(
-            s.disk.process_queue(&s.mem, &mut q),
-            Err(RequestError::Queue(_))
+            process_queue(&mut s.disk, &s.mem, &mut q),
+            Err(DrainError::Queue(_))
         ));
     }
 

@@ -2,15 +2,15 @@
 //! which a driver discovers, negotiates with, sets up and resets one virtio device.
 //!
 //! It runs on vCPU threads. Queue notifications normally bypass it (the VMM registers each
-//! of the device's queue eventfds as an ioeventfd on [`QUEUE_NOTIFY_OFFSET`]); on
-//! DRIVER_OK it hands the device copies of the queues the driver set up.
+//! of the device's queue eventfds as an ioeventfd on [`QUEUE_NOTIFY_OFFSET`]). The queue
+//! and feature registers are the device's own (in its [`VirtioCommon`](super::VirtioCommon)):
+//! the transport writes them there, and on DRIVER_OK activates the device.
 
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_mmio as regs;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -62,9 +62,9 @@ const CONFIG: u64 = regs::VIRTIO_MMIO_CONFIG as u64;
 /// The driver-visible status bits set in order during initialisation (virtio 1.2, 3.1.1).
 const INIT_SEQUENCE: [u32; 4] = [ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK];
 
-/// The transport's registers: plain data, ready to be saved in a snapshot. The queue
-/// registers live in the transport's `Queue`s (`Queue::state()` / `Queue::try_from` save
-/// and restore them); InterruptStatus lives in the shared [`Interrupt`].
+/// The transport's registers: plain data, ready to be saved in a snapshot. The queue and
+/// feature registers live in the device; InterruptStatus lives in the shared
+/// [`Interrupt`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MmioState {
     /// The Status register.
@@ -73,8 +73,6 @@ pub struct MmioState {
     pub device_features_sel: u32,
     /// DriverFeaturesSel: which half DriverFeatures writes.
     pub driver_features_sel: u32,
-    /// The features the driver accepted so far (only offered ones are kept).
-    pub driver_features: u64,
     /// QueueSel.
     pub queue_sel: u32,
     /// ConfigGeneration: changes whenever the device changes its configuration space.
@@ -87,8 +85,17 @@ pub struct MmioTransport {
     mem: GuestMemoryMmap,
     interrupt: Arc<Interrupt>,
     state: MmioState,
-    queues: Vec<Queue>,
     activation_error: Option<ActivateError>,
+}
+
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("state", &self.state)
+            .field("interrupt", &self.interrupt)
+            .field("activation_error", &self.activation_error)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MmioTransport {
@@ -98,39 +105,28 @@ impl MmioTransport {
         device: Arc<Mutex<dyn VirtioDevice>>,
         interrupt: Arc<Interrupt>,
     ) -> Self {
-        // A size virtio-queue rejects (0, not a power of two, over 32768) is a bug in the
-        // device model; such a queue shows QueueNumMax 0, which tells drivers it is absent.
-        let queues = lock(&device)
-            .queue_max_sizes()
-            .iter()
-            .map(|&size| Queue::new(size).unwrap_or_default())
-            .collect();
-        Self {
-            device,
-            mem,
-            interrupt,
-            state: MmioState::default(),
-            queues,
-            activation_error: None,
-        }
+        Self::from_parts(mem, device, interrupt, MmioState::default())
     }
 
-    /// A transport with saved registers and queues (snapshot restore).
+    /// A transport with saved registers (snapshot restore).
     pub fn from_parts(
         mem: GuestMemoryMmap,
         device: Arc<Mutex<dyn VirtioDevice>>,
         interrupt: Arc<Interrupt>,
         state: MmioState,
-        queues: Vec<Queue>,
     ) -> Self {
         Self {
             device,
             mem,
             interrupt,
             state,
-            queues,
             activation_error: None,
         }
+    }
+
+    /// Guest memory.
+    pub fn mem(&self) -> &GuestMemoryMmap {
+        &self.mem
     }
 
     /// The interrupt line.
@@ -148,19 +144,19 @@ impl MmioTransport {
         &self.state
     }
 
-    /// The queues as the driver set them up.
-    pub fn queues(&self) -> &[Queue] {
-        &self.queues
-    }
-
     /// Why the last DRIVER_OK did not activate the device (the driver sees
     /// DEVICE_NEEDS_RESET); cleared by a reset.
     pub fn activation_error(&self) -> Option<&ActivateError> {
         self.activation_error.as_ref()
     }
 
-    fn selected_queue(&self) -> Option<&Queue> {
-        self.queues.get(self.state.queue_sel as usize)
+    /// Reads a register of the selected queue (0 when there is no such queue).
+    fn read_queue(&self, f: impl FnOnce(&Queue) -> u32) -> u32 {
+        let device = lock(&self.device);
+        let queue = usize::try_from(self.state.queue_sel)
+            .ok()
+            .and_then(|sel| device.common().queues().get(sel));
+        queue.map_or(0, f)
     }
 
     /// Applies `f` to the selected queue, if the driver may still change queues.
@@ -170,7 +166,11 @@ impl MmioTransport {
         if self.state.device_status & (DRIVER_OK | FAILED) != 0 {
             return;
         }
-        if let Some(queue) = self.queues.get_mut(self.state.queue_sel as usize) {
+        let mut device = lock(&self.device);
+        let queue = usize::try_from(self.state.queue_sel)
+            .ok()
+            .and_then(|sel| device.common_mut().queues_mut().get_mut(sel));
+        if let Some(queue) = queue {
             f(queue);
         }
     }
@@ -180,18 +180,24 @@ impl MmioTransport {
         if self.state.device_status & (FEATURES_OK | FAILED) != 0 {
             return;
         }
-        let offered = lock(&self.device).avail_features();
         let (mask, value) = match self.state.driver_features_sel {
             0 => (0xffff_ffffu64, u64::from(value)),
             1 => (0xffff_ffff_0000_0000u64, u64::from(value) << 32),
             _ => return,
         };
-        self.state.driver_features = (self.state.driver_features & !mask) | (value & offered);
+        // The device keeps only what it offers.
+        let mut device = lock(&self.device);
+        let acked = device.acked_features();
+        device.set_acked_features((acked & !mask) | value);
     }
 
     fn notify(&self, value: u32) {
         // Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index.
-        if let Some(evt) = lock(&self.device).queue_events().get(value as usize) {
+        let device = lock(&self.device);
+        let evt = usize::try_from(value)
+            .ok()
+            .and_then(|index| device.queue_events().get(index));
+        if let Some(evt) = evt {
             // A full counter already wakes the event loop.
             let _ = evt.write(1);
         }
@@ -249,49 +255,17 @@ impl MmioTransport {
 
     /// FEATURES_OK: the device accepts the driver's features unless the driver is a legacy
     /// one (no VIRTIO_F_VERSION_1), which this transport cannot serve.
-    fn accept_features(&mut self) -> bool {
-        let features = self.state.driver_features;
-        if features & (1 << VIRTIO_F_VERSION_1) == 0 {
-            return false;
-        }
-        lock(&self.device).set_acked_features(features);
-        true
+    fn accept_features(&self) -> bool {
+        lock(&self.device).acked_features() & (1 << VIRTIO_F_VERSION_1) != 0
     }
 
-    fn activate(&mut self) -> Result<(), ActivateError> {
-        let event_idx = self.state.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let mut queues = Vec::with_capacity(self.queues.len());
-        for (index, queue) in self.queues.iter_mut().enumerate() {
-            queue.set_event_idx(event_idx);
-            if queue.ready() && !queue.is_valid(&self.mem) {
-                return Err(ActivateError::BadQueue {
-                    index,
-                    reason: format!(
-                        "its rings (size {}, descriptors at {:#x}, driver area at {:#x}, \
-                         device area at {:#x}) are not all inside guest memory",
-                        queue.size(),
-                        queue.desc_table(),
-                        queue.avail_ring(),
-                        queue.used_ring()
-                    ),
-                });
-            }
-            // The device gets its own copy: the transport keeps answering register reads.
-            let copy = Queue::try_from(queue.state()).map_err(|e| ActivateError::BadQueue {
-                index,
-                reason: e.to_string(),
-            })?;
-            queues.push(copy);
-        }
-        lock(&self.device).activate(self.mem.clone(), queues, self.interrupt.clone())
+    fn activate(&self) -> Result<(), ActivateError> {
+        lock(&self.device).activate(self.mem.clone(), self.interrupt.clone())
     }
 
     /// Writing 0 to Status: the device and the transport go back to their initial state.
     fn reset(&mut self) {
         lock(&self.device).reset();
-        for queue in &mut self.queues {
-            queue.reset();
-        }
         self.interrupt.set_status(0);
         self.state = MmioState {
             config_generation: self.state.config_generation,
@@ -308,14 +282,15 @@ impl MmioTransport {
             VENDOR => VENDOR_ID,
             DEVICE_FEATURES => {
                 let features = lock(&self.device).avail_features();
+                #[allow(clippy::cast_possible_truncation)] // the halves, as the register shows them
                 match self.state.device_features_sel {
                     0 => features as u32,
                     1 => (features >> 32) as u32,
                     _ => 0,
                 }
             }
-            QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
-            QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            QUEUE_NUM_MAX => self.read_queue(|q| u32::from(q.max_size())),
+            QUEUE_READY => self.read_queue(|q| u32::from(q.ready())),
             INTERRUPT_STATUS => self.interrupt.status(),
             STATUS => self.state.device_status,
             // No shared memory regions: a length of -1 says the selected one is absent.
@@ -386,19 +361,19 @@ impl BusDevice for MmioTransport {
 }
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
+    use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
+    use crate::virtio::VirtioCommon;
 
     /// A device that records what the transport does to it.
     struct Dummy {
-        sizes: Vec<u16>,
-        acked: Option<u64>,
-        config: [u8; 8],
-        evts: Vec<EventFd>,
-        activated: Option<Vec<Queue>>,
+        common: VirtioCommon,
         refuse: bool,
         resets: usize,
     }
@@ -406,61 +381,41 @@ mod tests {
     impl Dummy {
         fn new(sizes: &[u16]) -> Self {
             Self {
-                sizes: sizes.to_vec(),
-                acked: None,
-                config: *b"abcdefgh",
-                evts: sizes
-                    .iter()
-                    .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-                    .collect(),
-                activated: None,
+                // Takes whatever queues the driver sets up: the transport does not judge.
+                common: VirtioCommon::new(42, OFFERED, sizes, b"abcdefgh".to_vec())
+                    .unwrap()
+                    .with_optional_queues(&(0..sizes.len()).collect::<Vec<_>>()),
                 refuse: false,
                 resets: 0,
             }
+        }
+
+        fn queues(&self) -> &[Queue] {
+            self.common.queues()
         }
     }
 
     const OFFERED: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << 3) | (1 << VIRTIO_RING_F_EVENT_IDX);
 
     impl VirtioDevice for Dummy {
-        fn device_type(&self) -> u32 {
-            42
+        fn common(&self) -> &VirtioCommon {
+            &self.common
         }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &self.sizes
-        }
-        fn avail_features(&self) -> u64 {
-            OFFERED
-        }
-        fn set_acked_features(&mut self, features: u64) {
-            self.acked = Some(features);
-        }
-        fn acked_features(&self) -> u64 {
-            self.acked.unwrap_or(0)
-        }
-        fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
-            self.activated.iter().flatten().map(|q| q.state()).collect()
-        }
-        fn read_config(&self, offset: u64, data: &mut [u8]) {
-            for (i, b) in data.iter_mut().enumerate() {
-                *b = self.config.get(offset as usize + i).copied().unwrap_or(0);
-            }
+        fn common_mut(&mut self) -> &mut VirtioCommon {
+            &mut self.common
         }
         fn write_config(&mut self, offset: u64, data: &[u8]) {
+            let offset = usize::try_from(offset).unwrap();
             for (i, b) in data.iter().enumerate() {
-                if let Some(c) = self.config.get_mut(offset as usize + i) {
+                if let Some(c) = self.common.config_space_mut().get_mut(offset + i) {
                     *c = *b;
                 }
             }
         }
-        fn queue_events(&self) -> &[EventFd] {
-            &self.evts
-        }
         fn activate(
             &mut self,
-            _mem: GuestMemoryMmap,
-            queues: Vec<Queue>,
-            _interrupt: Arc<Interrupt>,
+            mem: GuestMemoryMmap,
+            interrupt: Arc<Interrupt>,
         ) -> Result<(), ActivateError> {
             if self.refuse {
                 return Err(ActivateError::BadQueue {
@@ -468,15 +423,9 @@ mod tests {
                     reason: "refused".into(),
                 });
             }
-            self.activated = Some(queues);
-            Ok(())
+            self.common.activate(mem, interrupt)
         }
-        fn is_activated(&self) -> bool {
-            self.activated.is_some()
-        }
-        fn reset(&mut self) {
-            self.activated = None;
-            self.acked = None;
+        fn reset_device(&mut self) {
             self.resets += 1;
         }
     }
@@ -615,17 +564,16 @@ mod tests {
         // A legacy driver (no VERSION_1): FEATURES_OK does not stick.
         h.negotiate(1 << 3);
         assert_eq!(h.status(), ACKNOWLEDGE | DRIVER);
-        assert_eq!(h.dev.lock().unwrap().acked, None);
         h.w(STATUS, 0);
+        assert_eq!(h.dev.lock().unwrap().acked_features(), 0);
 
         h.negotiate(u64::MAX);
         assert_eq!(h.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK);
-        assert_eq!(h.dev.lock().unwrap().acked, Some(OFFERED));
-        assert_eq!(h.t.state().driver_features, OFFERED);
+        assert_eq!(h.dev.lock().unwrap().acked_features(), OFFERED);
         // Features are frozen after FEATURES_OK.
         h.w(DRIVER_FEATURES_SEL, 0);
         h.w(DRIVER_FEATURES, 0);
-        assert_eq!(h.t.state().driver_features, OFFERED);
+        assert_eq!(h.dev.lock().unwrap().acked_features(), OFFERED);
     }
 
     #[test]
@@ -641,7 +589,8 @@ mod tests {
         assert_eq!(h.status(), Harness::ALL);
         assert!(h.t.activation_error().is_none());
         let dev = h.dev.lock().unwrap();
-        let queues = dev.activated.as_ref().unwrap();
+        assert!(dev.is_activated());
+        let queues = dev.queues();
         assert_eq!(queues.len(), 2);
         assert!(queues[0].ready());
         assert_eq!(queues[0].size(), 16);
@@ -662,9 +611,10 @@ mod tests {
         h.w(QUEUE_READY, 0);
         h.w(QUEUE_DESC_LOW, 0x8000);
         assert_eq!(h.r(QUEUE_READY), 1);
-        assert_eq!(h.t.queues()[0].size(), 16);
-        assert_eq!(h.t.queues()[0].desc_table(), 0x1_0000);
-        assert!(!h.t.queues()[0].event_idx_enabled());
+        let dev = h.dev.lock().unwrap();
+        assert_eq!(dev.queues()[0].size(), 16);
+        assert_eq!(dev.queues()[0].desc_table(), 0x1_0000);
+        assert!(!dev.queues()[0].event_idx_enabled());
     }
 
     #[test]
@@ -674,10 +624,14 @@ mod tests {
         h.w(QUEUE_SEL, 0);
         for bad in [0, 3, 512, 0x1_0010] {
             h.w(QUEUE_NUM, bad);
-            assert_eq!(h.t.queues()[0].size(), 256, "size {bad}");
+            assert_eq!(h.dev.lock().unwrap().queues()[0].size(), 256, "size {bad}");
         }
         h.w(QUEUE_DESC_LOW, 0x1001);
-        assert_eq!(h.t.queues()[0].desc_table(), 0, "misaligned");
+        assert_eq!(
+            h.dev.lock().unwrap().queues()[0].desc_table(),
+            0,
+            "misaligned"
+        );
         // Writes to a queue that does not exist go nowhere.
         h.w(QUEUE_SEL, 7);
         h.w(QUEUE_READY, 1);
@@ -729,11 +683,11 @@ mod tests {
         assert_eq!(h.status(), 0);
         assert_eq!(h.r(INTERRUPT_STATUS), 0);
         assert_eq!(*h.t.state(), MmioState::default());
-        let q = &h.t.queues()[0];
+        let dev = h.dev.lock().unwrap();
+        let q = &dev.queues()[0];
         assert!(!q.ready());
         assert_eq!(q.size(), 256);
         assert_eq!(q.desc_table(), 0);
-        let dev = h.dev.lock().unwrap();
         assert!(!dev.is_activated());
         assert_eq!(dev.resets, 1);
         drop(dev);
@@ -754,8 +708,11 @@ mod tests {
         h.w(QUEUE_NOTIFY_OFFSET, 1);
         h.w(QUEUE_NOTIFY_OFFSET, 9);
         let dev = h.dev.lock().unwrap();
-        assert_eq!(dev.evts[1].read().unwrap(), 1);
-        assert!(dev.evts[0].read().is_err(), "queue 0 was not notified");
+        assert_eq!(dev.queue_events()[1].read().unwrap(), 1);
+        assert!(
+            dev.queue_events()[0].read().is_err(),
+            "queue 0 was not notified"
+        );
     }
 
     #[test]
@@ -847,9 +804,9 @@ mod tests {
             .chain(&disk[4 * 512..])
             .all(|&b| b == 0));
 
-        // Reset: the device stops, the transport forgets the queue.
+        // Reset: the device stops and forgets the queue.
         t.write(STATUS, &0u32.to_le_bytes());
         assert!(!lock(&block).is_activated());
-        assert!(!t.queues()[0].ready());
+        assert!(!lock(&block).common().queues()[0].ready());
     }
 }

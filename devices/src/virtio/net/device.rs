@@ -5,20 +5,19 @@
 use std::fmt;
 use std::io;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
+use virtio_queue::{QueueOwnedT, QueueT};
 
 use super::frame::{transmit, write_rx_frame, FrameError, NetCounters};
 use super::tap::{Tap, TapError};
-use super::{CONFIG_SPACE_SIZE, ETH_HDR_LEN, MAX_FRAME_LEN, NET_HDR_LEN, QUEUE_SIZE};
-use crate::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING};
+use super::{
+    CONFIG_SPACE_SIZE, ETH_HDR_LEN, MAX_FRAME_LEN, NET_HDR_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
+};
+use crate::virtio::{VirtioCommon, VIRTIO_MMIO_INT_VRING};
 
 /// Frames moved from the tap per event-loop turn at most, so that a busy tap cannot
 /// starve the other devices; the tap stays readable and the loop comes back.
@@ -36,7 +35,7 @@ impl MacAddr {
         // SAFETY: getrandom writes at most `len` bytes into the buffer, which is valid
         // and writable for that long.
         let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-        if n != bytes.len() as isize {
+        if usize::try_from(n).ok() != Some(bytes.len()) {
             // Practically unreachable (6 bytes never block or fall short once the pool is
             // up); the process id still keeps two VMs on one host apart.
             bytes[2..].copy_from_slice(&std::process::id().to_be_bytes());
@@ -134,17 +133,6 @@ pub enum NetError {
     EventFd(#[source] io::Error),
 }
 
-/// The device's queues, in index order.
-const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE, QUEUE_SIZE];
-
-/// What activation hands the event loop.
-pub(super) struct Active {
-    pub(super) mem: GuestMemoryMmap,
-    pub(super) rx: Queue,
-    pub(super) tx: Queue,
-    pub(super) interrupt: Arc<Interrupt>,
-}
-
 /// How a turn of the receive path ended: whether the event loop should keep watching the
 /// tap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,20 +148,12 @@ pub(super) enum RxState {
 }
 
 /// A virtio-net device over one tap.
+#[derive(Debug)]
 pub struct Net {
+    common: VirtioCommon,
     config: NetConfig,
     mac: MacAddr,
     pub(super) tap: Tap,
-    avail_features: u64,
-    acked_features: u64,
-    config_space: [u8; CONFIG_SPACE_SIZE],
-    pub(super) queue_evts: [EventFd; 2],
-    /// Written by `activate` (on a vCPU thread) so that the event loop starts watching
-    /// the queues and the tap.
-    pub(super) activate_evt: EventFd,
-    pub(super) active: Option<Active>,
-    /// Whether the event loop watches `queue_evts` (it keeps doing so across resets).
-    pub(super) queue_evts_registered: bool,
     /// Whether the event loop watches the tap for frames.
     pub(super) tap_watched: bool,
     /// Whether a tap read error was already reported (once per device, so that a broken
@@ -201,22 +181,25 @@ impl Net {
         if mac.is_multicast() || mac.0 == [0; 6] {
             return Err(NetError::NotUnicast(mac));
         }
+        log::debug!("virtio-net on tap {} with MAC {mac}", config.tap);
         // struct virtio_net_config: mac, then status (VIRTIO_NET_F_STATUS is not offered,
         // so the link is always up and the field reads 0).
-        let mut config_space = [0u8; CONFIG_SPACE_SIZE];
+        // The MAC is read-only without VIRTIO_NET_F_CTRL_MAC_ADDR (not offered), and legacy
+        // drivers, which wrote it there, are not served.
+        let mut config_space = vec![0u8; CONFIG_SPACE_SIZE];
         config_space[..6].copy_from_slice(&mac.0);
-        let eventfd = || EventFd::new(libc::EFD_NONBLOCK).map_err(NetError::EventFd);
+        let common = VirtioCommon::new(
+            VIRTIO_ID_NET,
+            (1u64 << VIRTIO_F_VERSION_1) | (1u64 << VIRTIO_NET_F_MAC),
+            &[QUEUE_SIZE, QUEUE_SIZE],
+            config_space,
+        )
+        .map_err(NetError::EventFd)?;
         Ok(Net {
+            common,
             config,
             mac,
             tap,
-            avail_features: (1u64 << VIRTIO_F_VERSION_1) | (1u64 << VIRTIO_NET_F_MAC),
-            acked_features: 0,
-            config_space,
-            queue_evts: [eventfd()?, eventfd()?],
-            activate_evt: eventfd()?,
-            active: None,
-            queue_evts_registered: false,
             tap_watched: false,
             tap_error_reported: false,
             rx_buf: vec![0u8; MAX_FRAME_LEN],
@@ -258,25 +241,12 @@ impl Net {
     /// Sends what the driver queued for transmission and interrupts it if buffers came
     /// back.
     pub(super) fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
+        let (tap, buf, counters) = (&mut self.tap, &mut self.tx_buf, &mut self.counters);
         // Errs when the driver broke its own ring: the queue stays stuck until it resets
-        // the device. Chains returned before that still deserve an interrupt; a spurious
-        // one is harmless.
-        let notify = transmit(
-            &active.mem,
-            &mut active.tx,
-            &mut self.tap,
-            &mut self.tx_buf,
-            &mut self.counters,
-        )
-        .unwrap_or(true);
-        if notify {
-            // Fails only when the irqfd counter is saturated, i.e. an interrupt is already
-            // pending.
-            let _ = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING);
-        }
+        // the device.
+        self.common.serve_queue(TX_QUEUE, |mem, queue| {
+            transmit(mem, queue, tap, buf, counters).unwrap_or(true)
+        });
     }
 
     /// Moves frames from the tap into the driver's receive buffers, at most
@@ -287,10 +257,10 @@ impl Net {
     /// and the rest stay queued in the kernel until the driver posts buffers (its
     /// notification of the receive queue brings the event loop back here).
     pub(super) fn process_rx(&mut self) -> RxState {
-        let Some(active) = self.active.as_mut() else {
+        let Some((mem, queues, interrupt)) = self.common.active_queues() else {
             return RxState::WaitForBuffers;
         };
-        let mem = &active.mem;
+        let rx = &mut queues[RX_QUEUE];
         let mut used_any = false;
         let mut reads = 0;
         let state = loop {
@@ -321,7 +291,7 @@ impl Net {
                         Err(e) => {
                             if !self.tap_error_reported {
                                 self.tap_error_reported = true;
-                                eprintln!(
+                                log::error!(
                                     "virtio-net: reading tap {} failed: {e}; the guest receives nothing more",
                                     self.tap.name()
                                 );
@@ -333,7 +303,7 @@ impl Net {
             };
             // A broken ring (Err) is treated like an empty one: nothing can be placed until
             // the driver resets the device.
-            let chain = match active.rx.iter(mem) {
+            let chain = match rx.iter(mem) {
                 Ok(mut chains) => chains.next(),
                 Err(_) => None,
             };
@@ -366,14 +336,14 @@ impl Net {
                     0
                 }
             };
-            if active.rx.add_used(mem, head, used_len).is_ok() {
+            if rx.add_used(mem, head, used_len).is_ok() {
                 used_any = true;
             }
         };
-        let notify = used_any && active.rx.needs_notification(mem).unwrap_or(true);
+        let notify = used_any && rx.needs_notification(mem).unwrap_or(true);
         if notify {
             // Fails only when an interrupt is already pending.
-            let _ = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING);
+            let _ = interrupt.trigger(VIRTIO_MMIO_INT_VRING);
         }
         state
     }
@@ -384,83 +354,23 @@ impl Net {
     }
 }
 
-impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_NET
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
-    }
-
-    fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
-    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
-        self.active
-            .iter()
-            .flat_map(|a| [a.rx.state(), a.tx.state()])
-            .collect()
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::virtio::read_config_space(&self.config_space, offset, data);
-    }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        // The MAC is read-only without VIRTIO_NET_F_CTRL_MAC_ADDR (not offered), and
-        // legacy drivers, which wrote it here, are not served.
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        interrupt: Arc<Interrupt>,
-    ) -> Result<(), ActivateError> {
-        let [rx, tx] = crate::virtio::expect_queues("virtio-net", queues, &[])?;
-        self.activate_evt.write(1).map_err(ActivateError::Notify)?;
-        self.active = Some(Active {
-            mem,
-            rx,
-            tx,
-            interrupt,
-        });
-        Ok(())
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn reset(&mut self) {
-        // The queue eventfds stay registered; the event loop ignores them until the next
-        // activation, and stops watching the tap the next time it fires. A frame waiting
-        // in `rx_pending` is kept for the next driver rather than lost.
-        self.active = None;
-        self.acked_features = 0;
-    }
-}
+// A frame waiting in `rx_pending` across a reset is kept for the next driver rather
+// than lost; the event loop stops watching the tap the next time it fires.
+crate::virtio_device!(Net);
 
 #[cfg(test)]
 pub(crate) mod tests {
     use std::fs::File;
     use std::os::fd::{FromRawFd, OwnedFd};
+    use std::sync::Arc;
+
+    use virtio_queue::Queue;
+    use vm_memory::GuestMemoryMmap;
+    use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
+    use crate::virtio::VirtioDevice;
+    use crate::virtio::{ActivateError, Interrupt};
 
     /// A connected pair of non-blocking SOCK_SEQPACKET sockets: one message per read and
     /// write, like a tap, and end of file once the other side shuts down.
@@ -591,31 +501,26 @@ pub(crate) mod tests {
             q.set_ready(true);
             q
         };
-        let err = net
-            .activate(mem.clone(), vec![ready()], interrupt.clone())
-            .unwrap_err();
+        let err = net.common_mut().set_queues(vec![ready()]).unwrap_err();
         assert!(err.to_string().contains("2 queue(s)"), "{err}");
-        let err = net
-            .activate(
-                mem.clone(),
-                vec![ready(), Queue::new(16).unwrap()],
-                interrupt.clone(),
-            )
-            .unwrap_err();
+        net.common_mut()
+            .set_queues(vec![ready(), Queue::new(16).unwrap()])
+            .unwrap();
+        let err = net.activate(mem.clone(), interrupt.clone()).unwrap_err();
         assert!(
             matches!(err, ActivateError::BadQueue { index: 1, .. }),
             "{err}"
         );
         assert!(!net.is_activated());
-        net.activate(mem, vec![ready(), ready()], interrupt)
-            .unwrap();
+        net.common_mut().set_queues(vec![ready(), ready()]).unwrap();
+        net.activate(mem, interrupt).unwrap();
         assert!(net.is_activated());
-        assert_eq!(net.queue_states().len(), 2);
+        assert_eq!(net.common().queues().len(), 2);
         net.set_acked_features(u64::MAX);
         assert_eq!(net.acked_features(), net.avail_features());
         net.reset();
         assert!(!net.is_activated());
         assert_eq!(net.acked_features(), 0);
-        assert!(net.queue_states().is_empty());
+        assert!(net.common().queues().iter().all(|q| !q.ready()));
     }
 }

@@ -1,38 +1,22 @@
-//! The event-loop side of virtio-net: picks the queues up when the transport activates
-//! the device (on a vCPU thread), sends on transmit notifications, and receives while the
-//! tap is readable and the driver has buffers posted.
+//! The event-loop side of virtio-net: sends on transmit notifications, and receives while
+//! the tap is readable and the driver has buffers posted.
 //!
 //! The tap is watched only while the device can place a frame. When the receive queue
 //! runs dry the tap is dropped from the epoll set (a level-triggered tap would otherwise
 //! wake the loop again and again), and frames wait in the kernel's tap queue; the
 //! driver's next receive-queue notification resumes reading.
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events};
 use vmm_sys_util::epoll::EventSet;
 
 use super::device::RxState;
 use super::{Net, RX_QUEUE, TX_QUEUE};
-use crate::virtio::VirtioDevice;
+use crate::virtio::device::DEVICE_EVENT_BASE;
+use crate::virtio::VirtioEvents;
 
-const ACTIVATE: u32 = 0;
-/// Queue `i` is watched with data `QUEUE + i`.
-const QUEUE: u32 = 1;
-const RX: u32 = QUEUE + RX_QUEUE as u32;
-const TX: u32 = QUEUE + TX_QUEUE as u32;
-const TAP: u32 = 3;
+const TAP: u32 = DEVICE_EVENT_BASE;
 
 impl Net {
-    fn register_queue_events(&mut self, ops: &mut EventOps) {
-        if !self.queue_evts_registered {
-            self.queue_evts_registered = crate::virtio::watch_queue_events(
-                ops,
-                &self.queue_evts,
-                QUEUE,
-                &format!("virtio-net {}", self.tap.name()),
-            );
-        }
-    }
-
     /// Starts or stops watching the tap.
     fn watch_tap(&mut self, watch: bool, ops: &mut EventOps) {
         if watch == self.tap_watched {
@@ -46,7 +30,7 @@ impl Net {
         };
         match result {
             Ok(()) => self.tap_watched = watch,
-            Err(e) => eprintln!(
+            Err(e) => log::error!(
                 "virtio-net {}: cannot {} the tap in the event loop: {e}",
                 self.tap.name(),
                 if watch { "watch" } else { "stop watching" }
@@ -61,54 +45,30 @@ impl Net {
     }
 }
 
-impl MutEventSubscriber for Net {
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(
-            &self.activate_evt,
-            ACTIVATE,
-            EventSet::IN,
-        )) {
-            eprintln!(
-                "virtio-net {}: cannot watch the activation event: {e}; the network device will not work",
-                self.tap.name()
-            );
-        }
-        // A device restored already active (snapshots) gets no activation event.
-        if self.is_activated() {
-            self.register_queue_events(ops);
-            self.receive(ops);
+impl VirtioEvents for Net {
+    fn queue_event(&mut self, index: usize, ops: &mut EventOps) {
+        match index {
+            // New receive buffers (or activation): place the waiting frame, then read the
+            // tap again.
+            RX_QUEUE => self.receive(ops),
+            TX_QUEUE => self.process_tx(),
+            _ => {}
         }
     }
 
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match events.data() {
-            ACTIVATE => {
-                // Only drains the counter: EAGAIN just means there was nothing left.
-                let _ = self.activate_evt.read();
-                if self.is_activated() {
-                    self.register_queue_events(ops);
-                    // Serve whatever the driver queued before the queues were watched.
-                    self.process_tx();
-                    self.receive(ops);
-                }
-            }
-            RX => {
-                let _ = self.queue_evts[RX_QUEUE].read();
-                // New receive buffers: place the waiting frame, then read the tap again.
-                // (While the device is reset this just keeps the tap unwatched.)
-                self.receive(ops);
-            }
-            TX => {
-                let _ = self.queue_evts[TX_QUEUE].read();
-                self.process_tx();
-            }
-            TAP => self.receive(ops),
-            _ => {}
+    fn source_event(&mut self, events: Events, ops: &mut EventOps) {
+        if events.data() == TAP {
+            // While the device is reset this stops watching the tap.
+            self.receive(ops);
         }
     }
 }
 
+crate::virtio_event_subscriber!(Net);
+
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use std::fs::File;
     use std::io::{Read, Write};
@@ -125,7 +85,7 @@ mod tests {
     use crate::virtio::net::device::tests::{net_with_peer, seqpacket_pair};
     use crate::virtio::net::frame::tests::{add_chain, desc, frame, guest_memory, R, W};
     use crate::virtio::net::{NET_HDR_LEN, QUEUE_SIZE};
-    use crate::virtio::{Interrupt, VIRTIO_MMIO_INT_VRING};
+    use crate::virtio::{activate_with, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING};
 
     const RX_RING: u64 = 0x4_0000;
     const TX_RING: u64 = 0x6_0000;
@@ -167,9 +127,12 @@ mod tests {
         fn activate(&mut self) {
             let rx: Queue = self.rxq.create_queue().unwrap();
             let tx: Queue = self.txq.create_queue().unwrap();
-            lock(&self.net)
-                .activate(self.mem.clone(), vec![rx, tx], self.interrupt.clone())
-                .unwrap();
+            activate_with(
+                &mut *lock(&self.net),
+                self.mem,
+                vec![rx, tx],
+                &self.interrupt,
+            );
             self.turn();
         }
 
@@ -368,9 +331,7 @@ mod tests {
         let mut rx: Queue = s.rxq.create_queue().unwrap();
         rx.set_next_avail(0);
         let tx: Queue = s.txq.create_queue().unwrap();
-        lock(&s.net)
-            .activate(mem.clone(), vec![rx, tx], s.interrupt.clone())
-            .unwrap();
+        activate_with(&mut *lock(&s.net), &mem, vec![rx, tx], &s.interrupt);
         s.turn();
         assert_eq!(s.received(), vec![guest_view(b"while reset")]);
     }

@@ -9,11 +9,13 @@
 
 use std::io;
 
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryError, Permissions};
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::{Bytes, GuestMemory, GuestMemoryError};
 
 use super::{ETH_HDR_LEN, MAX_FRAME_LEN, NET_HDR_LEN, QUEUE_SIZE};
+use crate::virtio::queue::{
+    collect_chain, drain_queue, write_to_buffers, ChainError, ChainLimits, DrainError,
+};
 
 /// The longest chain looked at. Without VIRTIO_RING_F_INDIRECT_DESC a chain cannot be
 /// longer than the queue, but virtio-queue follows indirect tables anyway (up to 65535
@@ -57,36 +59,9 @@ pub struct NetCounters {
 /// Why a chain did not make a frame (transmit) or could not take one (receive).
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    /// The head index is past the queue, so the chain has no descriptor at all.
-    #[error("the descriptor chain is empty (its head index is past the descriptor table)")]
-    Empty,
-    /// virtio-queue stopped the walk early: a loop, a next index past the table, or a bad
-    /// indirect table.
-    #[error("the descriptor chain is broken (a loop, a next index past the table, or a bad indirect table)")]
-    Broken,
-    /// More descriptors than the device walks.
-    #[error("the descriptor chain is longer than {MAX_DESCRIPTORS} descriptors")]
-    TooManyDescriptors,
-    /// A transmit chain with a device-writable descriptor, or a receive chain with a
-    /// device-readable one.
-    #[error("descriptor {index} of the chain points the wrong way: transmit buffers must be device-readable, receive buffers device-writable")]
-    WrongDirection {
-        /// Its position in the chain.
-        index: usize,
-    },
-    /// A buffer is not (entirely) in guest memory.
-    #[error("the buffer at {addr:#x} ({len} bytes) is not in guest memory")]
-    BadBuffer {
-        /// Guest physical address.
-        addr: u64,
-        /// Length.
-        len: u32,
-    },
-    /// A transmit chain longer than any frame.
-    #[error(
-        "the transmit chain carries more than {MAX_FRAME_LEN} bytes, more than the largest frame"
-    )]
-    TooLong,
+    /// The chain's buffers are unusable (direction, memory, length, a broken walk).
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     /// A transmit chain shorter than the 12-byte virtio-net header.
     #[error("the transmit chain carries {0} bytes, less than the 12-byte virtio-net header")]
     ShortHeader(usize),
@@ -115,56 +90,6 @@ pub enum FrameError {
     /// The sink (the tap) refused the frame.
     #[error("the tap refused the frame: {0}")]
     Sink(#[source] io::Error),
-    /// The driver broke the queue itself (e.g. an available index too far ahead).
-    #[error("the virtio queue is unusable: {0}")]
-    Queue(#[source] virtio_queue::Error),
-    /// The available ring announces buffers that cannot be popped.
-    #[error("the available ring announces buffers that cannot be read")]
-    StuckRing,
-}
-
-/// Walks `chain` (bounded) and checks every descriptor's direction and memory range;
-/// returns the descriptors and their total length.
-fn checked_descriptors<M: GuestMemory>(
-    mem: &M,
-    chain: DescriptorChain<&M>,
-    device_writes: bool,
-    max_len: u64,
-) -> Result<(Vec<Descriptor>, u64), FrameError> {
-    let access = if device_writes {
-        Permissions::Write
-    } else {
-        Permissions::Read
-    };
-    let mut descs = Vec::with_capacity(4);
-    let mut total = 0u64;
-    // virtio-queue bounds the walk (queue size, or indirect table size) and stops at
-    // loops, indices past the table and unreadable descriptors.
-    for desc in chain {
-        if descs.len() == MAX_DESCRIPTORS {
-            return Err(FrameError::TooManyDescriptors);
-        }
-        if desc.is_write_only() != device_writes {
-            return Err(FrameError::WrongDirection { index: descs.len() });
-        }
-        total += u64::from(desc.len());
-        if total > max_len {
-            return Err(FrameError::TooLong);
-        }
-        if !mem.check_range(desc.addr(), desc.len() as usize, access) {
-            return Err(FrameError::BadBuffer {
-                addr: desc.addr().raw_value(),
-                len: desc.len(),
-            });
-        }
-        descs.push(desc);
-    }
-    match descs.last() {
-        None => Err(FrameError::Empty),
-        // The walk ended on a descriptor that still says NEXT: virtio-queue cut it short.
-        Some(last) if last.has_next() => Err(FrameError::Broken),
-        Some(_) => Ok((descs, total)),
-    }
 }
 
 /// Copies the frame of a transmit chain into `buf` (virtio-net header first) after
@@ -177,9 +102,13 @@ pub fn read_tx_frame<M: GuestMemory>(
     buf: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
     buf.clear();
-    let (descs, total) = checked_descriptors(mem, chain, false, MAX_FRAME_LEN as u64)?;
+    let limits = ChainLimits {
+        descriptors: MAX_DESCRIPTORS,
+        bytes: MAX_FRAME_LEN as u64,
+    };
+    let (descs, total) = collect_chain(mem, chain, false, limits)?;
     // At most MAX_FRAME_LEN, checked above.
-    let total = total as usize;
+    let total = usize::try_from(total).map_err(|_| ChainError::TooLong(limits.bytes))?;
     if total < NET_HDR_LEN {
         return Err(FrameError::ShortHeader(total));
     }
@@ -210,23 +139,18 @@ pub fn write_rx_frame<M: GuestMemory>(
     chain: DescriptorChain<&M>,
     frame: &[u8],
 ) -> Result<u32, FrameError> {
-    let (descs, capacity) = checked_descriptors(mem, chain, true, u64::MAX)?;
+    let limits = ChainLimits {
+        descriptors: MAX_DESCRIPTORS,
+        bytes: u64::MAX,
+    };
+    let (descs, capacity) = collect_chain(mem, chain, true, limits)?;
     if capacity < frame.len() as u64 {
         return Err(FrameError::TooSmall {
             capacity,
             needed: frame.len(),
         });
     }
-    let mut rest = frame;
-    for d in &descs {
-        if rest.is_empty() {
-            break;
-        }
-        let n = rest.len().min(d.len() as usize);
-        let (now, later) = rest.split_at(n);
-        mem.write_slice(now, d.addr()).map_err(FrameError::Memory)?;
-        rest = later;
-    }
+    write_to_buffers(mem, &descs, frame).map_err(FrameError::Memory)?;
     // A frame is at most MAX_FRAME_LEN bytes (the caller's buffer).
     Ok(u32::try_from(frame.len()).unwrap_or(u32::MAX))
 }
@@ -244,99 +168,42 @@ pub fn transmit<M: GuestMemory, S: FrameSink + ?Sized>(
     sink: &mut S,
     buf: &mut Vec<u8>,
     counters: &mut NetCounters,
-) -> Result<bool, FrameError> {
-    let mut used_any = false;
-    let mut idle_rounds = 0;
-    loop {
-        queue.disable_notification(mem).map_err(FrameError::Queue)?;
-        let mut progressed = false;
-        while let Some(chain) = queue.iter(mem).map_err(FrameError::Queue)?.next() {
-            progressed = true;
-            let head = chain.head_index();
-            let sent = read_tx_frame(mem, chain, buf)
-                .and_then(|()| sink.write_frame(buf).map_err(FrameError::Sink));
-            match sent {
-                Ok(()) => {
-                    counters.tx_frames += 1;
-                    counters.tx_bytes += (buf.len() - NET_HDR_LEN) as u64;
-                }
-                // Not logged: a guest must not be able to flood the host's log.
-                Err(_) => counters.tx_dropped += 1,
+) -> Result<bool, DrainError> {
+    drain_queue(mem, queue, |chain| {
+        let sent = read_tx_frame(mem, chain, buf)
+            .and_then(|()| sink.write_frame(buf).map_err(FrameError::Sink));
+        match sent {
+            Ok(()) => {
+                counters.tx_frames += 1;
+                counters.tx_bytes += (buf.len() - NET_HDR_LEN) as u64;
             }
-            // Fails only for a head index past the queue, which the driver cannot be
-            // told about anyway; the following chains may still be fine.
-            if queue.add_used(mem, head, 0).is_ok() {
-                used_any = true;
-            }
+            // Not logged: a guest must not be able to flood the host's log.
+            Err(_) => counters.tx_dropped += 1,
         }
-        if !queue.enable_notification(mem).map_err(FrameError::Queue)? {
-            break;
-        }
-        // More is available: normally the driver added it while notifications were off.
-        // Twice in a row without popping anything means the ring cannot be read, and
-        // looping on would hang the event loop.
-        idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
-        if idle_rounds > 1 {
-            return Err(FrameError::StuckRing);
-        }
-    }
-    if !used_any {
-        return Ok(false);
-    }
-    queue.needs_notification(mem).map_err(FrameError::Queue)
+        // The device wrote nothing.
+        0
+    })
 }
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 pub(crate) mod tests {
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
+    use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::QueueOwnedT;
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     use super::*;
+    pub(crate) use crate::virtio::test_utils::{add_chain, desc, guest_memory, MEM_SIZE};
 
-    pub(crate) const MEM_SIZE: usize = 0x10_0000;
     pub(crate) const BUF: u64 = 0x2_0000;
     pub(crate) const R: u32 = 0;
     pub(crate) const W: u32 = VRING_DESC_F_WRITE;
-
-    pub(crate) fn guest_memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
-    }
-
-    pub(crate) fn desc(addr: u64, len: u32, flags: u32) -> RawDescriptor {
-        RawDescriptor::from(Descriptor::new(addr, len, flags as u16, 0))
-    }
-
-    /// Adds `descs` as one chain starting at descriptor `first`, linking them in order.
-    pub(crate) fn add_chain(
-        vq: &MockSplitQueue<GuestMemoryMmap>,
-        first: u16,
-        descs: &[RawDescriptor],
-    ) {
-        let linked: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let d = Descriptor::from(*d);
-                let last = i + 1 == descs.len();
-                let flags = if last {
-                    d.flags() & !(VRING_DESC_F_NEXT as u16)
-                } else {
-                    d.flags() | VRING_DESC_F_NEXT as u16
-                };
-                RawDescriptor::from(Descriptor::new(
-                    d.addr().0,
-                    d.len(),
-                    flags,
-                    first + i as u16 + 1,
-                ))
-            })
-            .collect();
-        vq.add_desc_chains(&linked, first).unwrap();
-    }
 
     /// A frame: zero header, broadcast destination, a source MAC, ethertype 0x88b5, then
     /// `payload`.
@@ -626,7 +493,7 @@ pub(crate) mod tests {
         let chain = q.iter(&tx.mem).unwrap().next().unwrap();
         assert!(matches!(
             write_rx_frame(&tx.mem, chain, &frame(b"x")),
-            Err(FrameError::Empty)
+            Err(FrameError::Chain(ChainError::Empty))
         ));
     }
 
@@ -645,7 +512,7 @@ pub(crate) mod tests {
                 &mut Vec::new(),
                 &mut NetCounters::default()
             ),
-            Err(FrameError::Queue(_))
+            Err(DrainError::Queue(_))
         ));
     }
 

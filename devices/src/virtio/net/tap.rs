@@ -114,9 +114,12 @@ impl Tap {
         // SAFETY: ifreq is plain data; all zeros is a valid (empty) request.
         let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
         for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-            *dst = src as libc::c_char;
+            *dst = libc::c_char::from_ne_bytes([src]);
         }
-        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+        #[allow(clippy::cast_possible_truncation)] // the flags are in the low 16 bits
+        {
+            ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+        }
         // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `ifr` is, on a
         // /dev/net/tun fd we own.
         let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
@@ -134,6 +137,7 @@ impl Tap {
             });
         }
 
+        #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // 12
         let hdr_len = NET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is valid.
         let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr_len) };

@@ -1,17 +1,13 @@
-//! The virtio-rng device: features, the [`VirtioDevice`] side the transport drives from
-//! vCPU threads, and the queue work the event loop runs.
+//! The virtio-rng device: features and the queue work the event loop runs; the rest of
+//! [`VirtioDevice`] is the common part's.
 
 use std::io;
-use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::{process_queue, QUEUE_SIZE};
-use crate::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING};
+use crate::virtio::VirtioCommon;
 
 /// Why an entropy device could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -21,26 +17,10 @@ pub enum RngError {
     EventFd(#[source] io::Error),
 }
 
-/// The device's only queue.
-const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
-
-/// What activation hands the event loop.
-pub(super) struct Active {
-    pub(super) mem: GuestMemoryMmap,
-    pub(super) queue: Queue,
-    pub(super) interrupt: Arc<Interrupt>,
-}
-
 /// A virtio entropy device fed by the host's getrandom.
+#[derive(Debug)]
 pub struct Rng {
-    acked_features: u64,
-    pub(super) queue_evts: [EventFd; 1],
-    /// Written by `activate` (on a vCPU thread) so that the event loop starts watching
-    /// the queue.
-    pub(super) activate_evt: EventFd,
-    pub(super) active: Option<Active>,
-    /// Whether the event loop watches `queue_evts` (it keeps doing so across resets).
-    pub(super) queue_evts_registered: bool,
+    common: VirtioCommon,
     scratch: Vec<u8>,
     bytes_served: u64,
 }
@@ -48,13 +28,16 @@ pub struct Rng {
 impl Rng {
     /// Builds the device (not yet activated by any driver).
     pub fn new() -> Result<Rng, RngError> {
-        let eventfd = || EventFd::new(libc::EFD_NONBLOCK).map_err(RngError::EventFd);
+        // No configuration space.
+        let common = VirtioCommon::new(
+            VIRTIO_ID_RNG,
+            1u64 << VIRTIO_F_VERSION_1,
+            &[QUEUE_SIZE],
+            Vec::new(),
+        )
+        .map_err(RngError::EventFd)?;
         Ok(Rng {
-            acked_features: 0,
-            queue_evts: [eventfd()?],
-            activate_evt: eventfd()?,
-            active: None,
-            queue_evts_registered: false,
+            common,
             scratch: Vec::new(),
             bytes_served: 0,
         })
@@ -72,92 +55,27 @@ impl Rng {
 
     /// Serves what the driver queued and interrupts it if anything completed.
     pub(super) fn process_queue(&mut self) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        // Errs when the driver broke its own ring (see virtio-blk); interrupt anyway.
-        let notify = process_queue(
-            &active.mem,
-            &mut active.queue,
-            &mut self.scratch,
-            &mut self.bytes_served,
-        )
-        .unwrap_or(true);
-        if notify {
-            // Fails only when an interrupt is already pending.
-            let _ = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING);
-        }
-    }
-}
-
-impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_RNG
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-
-    fn avail_features(&self) -> u64 {
-        1u64 << VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
-    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
-        self.active.iter().map(|a| a.queue.state()).collect()
-    }
-
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        // The entropy device has no configuration space.
-        data.fill(0);
-    }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        interrupt: Arc<Interrupt>,
-    ) -> Result<(), ActivateError> {
-        let [queue] = crate::virtio::expect_queues("virtio-rng", queues, &[])?;
-        self.activate_evt.write(1).map_err(ActivateError::Notify)?;
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
+        let (scratch, served) = (&mut self.scratch, &mut self.bytes_served);
+        // Errs when the driver broke its own ring (see `drain_queue`); interrupt anyway.
+        self.common.serve_queue(0, |mem, queue| {
+            process_queue(mem, queue, scratch, served).unwrap_or(true)
         });
-        Ok(())
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
     }
 }
+
+crate::virtio_device!(Rng);
 
 #[cfg(test)]
 mod tests {
-    use virtio_queue::QueueT;
-    use vm_memory::GuestAddress;
+    use std::sync::Arc;
+
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
+    use crate::virtio::VirtioDevice;
+    use crate::virtio::{ActivateError, Interrupt};
 
     #[test]
     fn features_config_and_activation() {
@@ -173,25 +91,19 @@ mod tests {
 
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
         let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let err = rng
-            .activate(
-                mem.clone(),
-                vec![Queue::new(16).unwrap()],
-                interrupt.clone(),
-            )
-            .unwrap_err();
+        rng.common_mut()
+            .set_queues(vec![Queue::new(16).unwrap()])
+            .unwrap();
+        let err = rng.activate(mem.clone(), interrupt.clone()).unwrap_err();
         assert!(
             matches!(err, ActivateError::BadQueue { index: 0, .. }),
             "{err}"
         );
-        assert!(rng
-            .activate(mem.clone(), vec![], interrupt.clone())
-            .is_err());
-        let mut q = Queue::new(16).unwrap();
-        q.set_ready(true);
-        rng.activate(mem, vec![q], interrupt).unwrap();
+        assert!(rng.common_mut().set_queues(vec![]).is_err());
+        rng.common_mut().queues_mut()[0].set_ready(true);
+        rng.activate(mem, interrupt).unwrap();
         assert!(rng.is_activated());
-        assert_eq!(rng.queue_states().len(), 1);
+        assert_eq!(rng.common().queues().len(), 1);
         rng.reset();
         assert!(!rng.is_activated());
         assert_eq!(rng.acked_features(), 0);

@@ -1,61 +1,21 @@
-//! The event-loop side of virtio-rng: picks up the queue when the transport activates the
-//! device (on a vCPU thread), then serves the queue whenever its eventfd fires.
+//! The event-loop side of virtio-rng: serves the queue whenever it is notified.
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
-use vmm_sys_util::epoll::EventSet;
+use event_manager::EventOps;
 
 use super::Rng;
-use crate::virtio::VirtioDevice;
+use crate::virtio::VirtioEvents;
 
-const ACTIVATE: u32 = 0;
-const QUEUE: u32 = 1;
-
-impl Rng {
-    fn register_queue_event(&mut self, ops: &mut EventOps) {
-        if !self.queue_evts_registered {
-            self.queue_evts_registered =
-                crate::virtio::watch_queue_events(ops, &self.queue_evts, QUEUE, "virtio-rng");
-        }
+impl VirtioEvents for Rng {
+    fn queue_event(&mut self, _index: usize, _ops: &mut EventOps) {
+        self.process_queue();
     }
 }
 
-impl MutEventSubscriber for Rng {
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(
-            &self.activate_evt,
-            ACTIVATE,
-            EventSet::IN,
-        )) {
-            eprintln!(
-                "virtio-rng: cannot watch the activation event: {e}; the guest gets no entropy from it"
-            );
-        }
-        // A device restored already active (snapshots) gets no activation event.
-        if self.is_activated() {
-            self.register_queue_event(ops);
-        }
-    }
-
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match events.data() {
-            ACTIVATE => {
-                // Only drains the counter: EAGAIN just means there was nothing left.
-                let _ = self.activate_evt.read();
-                if self.is_activated() {
-                    self.register_queue_event(ops);
-                    self.process_queue();
-                }
-            }
-            _ => {
-                let _ = self.queue_evts[0].read();
-                // Ignored while the device is reset.
-                self.process_queue();
-            }
-        }
-    }
-}
+crate::virtio_event_subscriber!(Rng);
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
@@ -71,6 +31,7 @@ mod tests {
     use super::*;
     use crate::bus::lock;
     use crate::virtio::rng::QUEUE_SIZE;
+    use crate::virtio::VirtioDevice;
     use crate::virtio::{Interrupt, VIRTIO_MMIO_INT_VRING};
 
     #[test]
@@ -85,9 +46,7 @@ mod tests {
         // Queued before activation: served once the event loop picks the queue up.
         vq.add_desc_chains(&[w(0x2_0000)], 0).unwrap();
         let q: Queue = vq.create_queue().unwrap();
-        lock(&rng)
-            .activate(mem.clone(), vec![q], interrupt.clone())
-            .unwrap();
+        crate::virtio::activate_with(&mut *lock(&rng), &mem, vec![q], &interrupt);
         manager.run_with_timeout(100).unwrap();
         assert_eq!(vq.used().idx().load(), 1);
         assert_eq!(interrupt.status(), VIRTIO_MMIO_INT_VRING);

@@ -3,11 +3,13 @@
 
 use std::io;
 
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryError, Permissions};
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::{GuestMemory, GuestMemoryError};
 
 use super::{MAX_REQUEST_LEN, QUEUE_SIZE};
+use crate::virtio::queue::{
+    collect_chain, drain_queue, write_to_buffers, ChainError, ChainLimits, DrainError,
+};
 
 /// The longest chain looked at (see the virtio-blk request engine for why a bound).
 const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
@@ -15,40 +17,15 @@ const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
 /// Why a request got no bytes (the driver sees a used length of 0).
 #[derive(Debug, thiserror::Error)]
 pub enum EntropyError {
-    /// The head index is past the queue.
-    #[error("the descriptor chain is empty (its head index is past the descriptor table)")]
-    Empty,
-    /// virtio-queue stopped the walk early.
-    #[error("the descriptor chain is broken (a loop, a next index past the table, or a bad indirect table)")]
-    Broken,
-    /// More descriptors than the device walks.
-    #[error("the descriptor chain is longer than {MAX_DESCRIPTORS} descriptors")]
-    TooManyDescriptors,
-    /// A device-readable buffer: the device has nothing to read.
-    #[error(
-        "descriptor {0} of the chain is device-readable; entropy buffers must be device-writable"
-    )]
-    WrongDirection(usize),
-    /// A buffer is not (entirely) in guest memory.
-    #[error("the buffer at {addr:#x} ({len} bytes) is not in guest memory")]
-    BadBuffer {
-        /// Guest physical address.
-        addr: u64,
-        /// Length.
-        len: u32,
-    },
+    /// The chain's buffers are unusable (direction, memory, a broken walk).
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     /// The host's getrandom failed.
     #[error("getrandom failed: {0}")]
     Random(#[source] io::Error),
     /// Writing into guest memory failed.
     #[error("writing the bytes into guest memory failed: {0}")]
     Memory(#[source] GuestMemoryError),
-    /// The driver broke the queue itself.
-    #[error("the virtio queue is unusable: {0}")]
-    Queue(#[source] virtio_queue::Error),
-    /// The available ring announces buffers that cannot be popped.
-    #[error("the available ring announces buffers that cannot be read")]
-    StuckRing,
 }
 
 /// Fills `buf` from getrandom(2) (the urandom pool: it does not block once the kernel's
@@ -68,7 +45,7 @@ pub fn host_random(buf: &mut [u8]) -> io::Result<()> {
             return Err(e);
         }
         // Large requests may come back short (at most 32 MiB per call, or a signal).
-        filled += n as usize;
+        filled += usize::try_from(n).unwrap_or(0);
     }
     Ok(())
 }
@@ -81,129 +58,63 @@ pub fn fill_chain<M: GuestMemory>(
     chain: DescriptorChain<&M>,
     scratch: &mut Vec<u8>,
 ) -> Result<u32, EntropyError> {
-    let mut descs: Vec<Descriptor> = Vec::with_capacity(2);
-    let mut capacity = 0u64;
-    for desc in chain {
-        if descs.len() == MAX_DESCRIPTORS {
-            return Err(EntropyError::TooManyDescriptors);
-        }
-        if !desc.is_write_only() {
-            return Err(EntropyError::WrongDirection(descs.len()));
-        }
-        if !mem.check_range(desc.addr(), desc.len() as usize, Permissions::Write) {
-            return Err(EntropyError::BadBuffer {
-                addr: desc.addr().raw_value(),
-                len: desc.len(),
-            });
-        }
-        capacity += u64::from(desc.len());
-        descs.push(desc);
-    }
-    match descs.last() {
-        None => return Err(EntropyError::Empty),
-        Some(last) if last.has_next() => return Err(EntropyError::Broken),
-        Some(_) => {}
-    }
-    // At most MAX_REQUEST_LEN, so the casts below are lossless.
-    let len = capacity.min(MAX_REQUEST_LEN as u64) as usize;
+    let limits = ChainLimits {
+        descriptors: MAX_DESCRIPTORS,
+        bytes: u64::MAX,
+    };
+    let (descs, capacity) = collect_chain(mem, chain, true, limits)?;
+    let len = usize::try_from(capacity).map_or(MAX_REQUEST_LEN, |c| c.min(MAX_REQUEST_LEN));
     scratch.resize(len, 0);
     host_random(scratch).map_err(EntropyError::Random)?;
-    let mut rest = &scratch[..];
-    for d in &descs {
-        if rest.is_empty() {
-            break;
-        }
-        let n = rest.len().min(d.len() as usize);
-        let (now, later) = rest.split_at(n);
-        mem.write_slice(now, d.addr())
-            .map_err(EntropyError::Memory)?;
-        rest = later;
-    }
-    Ok(len as u32)
+    write_to_buffers(mem, &descs, scratch).map_err(EntropyError::Memory)?;
+    // At most MAX_REQUEST_LEN.
+    Ok(u32::try_from(len).unwrap_or(u32::MAX))
 }
 
 /// Serves every request the driver made available and returns whether to interrupt it.
-/// Uses the standard virtio-queue loop (see the virtio-blk engine). Errs only when the
-/// queue itself is broken.
+/// Errs only when the queue itself is broken.
 pub fn process_queue<M: GuestMemory>(
     mem: &M,
     queue: &mut Queue,
     scratch: &mut Vec<u8>,
     bytes_served: &mut u64,
-) -> Result<bool, EntropyError> {
-    let mut used_any = false;
-    let mut idle_rounds = 0;
-    loop {
-        queue
-            .disable_notification(mem)
-            .map_err(EntropyError::Queue)?;
-        let mut progressed = false;
-        while let Some(chain) = queue.iter(mem).map_err(EntropyError::Queue)?.next() {
-            progressed = true;
-            let head = chain.head_index();
-            // Not logged: a guest must not be able to flood the host's log.
-            let len = fill_chain(mem, chain, scratch).unwrap_or(0);
-            *bytes_served += u64::from(len);
-            if queue.add_used(mem, head, len).is_ok() {
-                used_any = true;
-            }
-        }
-        if !queue
-            .enable_notification(mem)
-            .map_err(EntropyError::Queue)?
-        {
-            break;
-        }
-        idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
-        if idle_rounds > 1 {
-            return Err(EntropyError::StuckRing);
-        }
-    }
-    if !used_any {
-        return Ok(false);
-    }
-    queue.needs_notification(mem).map_err(EntropyError::Queue)
+) -> Result<bool, DrainError> {
+    drain_queue(mem, queue, |chain| {
+        // Not logged: a guest must not be able to flood the host's log.
+        let len = fill_chain(mem, chain, scratch).unwrap_or(0);
+        *bytes_served += u64::from(len);
+        len
+    })
 }
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
+    use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     use super::*;
+    use crate::virtio::test_utils::{add_chain, desc, guest_memory, MEM_SIZE};
 
-    const MEM_SIZE: usize = 0x10_0000;
     const BUF: u64 = 0x2_0000;
     const R: u32 = 0;
     const W: u32 = VRING_DESC_F_WRITE;
 
-    fn desc(addr: u64, len: u32, flags: u32) -> RawDescriptor {
-        RawDescriptor::from(Descriptor::new(addr, len, flags as u16, 0))
-    }
-
     fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+        guest_memory()
     }
 
     /// Runs one chain and returns its used length, checking the queue moved on.
     fn run(mem: &GuestMemoryMmap, chain: &[RawDescriptor]) -> u32 {
         let vq = MockSplitQueue::new(mem, QUEUE_SIZE);
         let mut q: Queue = vq.create_queue().unwrap();
-        let linked: Vec<RawDescriptor> = chain
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let d = Descriptor::from(*d);
-                let next = i + 1 < chain.len();
-                let flags = d.flags() | if next { VRING_DESC_F_NEXT as u16 } else { 0 };
-                RawDescriptor::from(Descriptor::new(d.addr().0, d.len(), flags, i as u16 + 1))
-            })
-            .collect();
-        vq.add_desc_chains(&linked, 0).unwrap();
+        add_chain(&vq, 0, chain);
         let mut served = 0;
         assert!(process_queue(mem, &mut q, &mut Vec::new(), &mut served).unwrap());
         assert_eq!(vq.used().idx().load(), 1);
@@ -323,7 +234,7 @@ mod tests {
         vq.avail().idx().store(QUEUE_SIZE + 1);
         assert!(matches!(
             process_queue(&m, &mut q, &mut Vec::new(), &mut 0),
-            Err(EntropyError::Queue(_))
+            Err(DrainError::Queue(_))
         ));
     }
 

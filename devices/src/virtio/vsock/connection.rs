@@ -263,7 +263,10 @@ impl Connection {
                     return Verdict::Kill;
                 }
                 self.tx_buf.extend(scratch.iter());
-                self.rx_cnt = self.rx_cnt.wrapping_add(len as u32);
+                // At most CONN_BUF_SIZE (checked above).
+                self.rx_cnt = self
+                    .rx_cnt
+                    .wrapping_add(u32::try_from(len).unwrap_or(u32::MAX));
                 self.flush()
             }
             op::CREDIT_UPDATE => Verdict::Keep,
@@ -307,7 +310,9 @@ impl Connection {
                     self.tx_buf.drain(..n);
                     let own = n.min(self.own_bytes);
                     self.own_bytes -= own;
-                    self.fwd_cnt = self.fwd_cnt.wrapping_add((n - own) as u32);
+                    // At most the buffer, which is at most CONN_BUF_SIZE.
+                    let forwarded = u32::try_from(n - own).unwrap_or(u32::MAX);
+                    self.fwd_cnt = self.fwd_cnt.wrapping_add(forwarded);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -437,9 +442,11 @@ impl Connection {
                         self.pending.shutdown = true;
                     }
                     Ok(n) => {
-                        self.tx_cnt = self.tx_cnt.wrapping_add(n as u32);
+                        // At most the peer's credit, a u32.
+                        let n = u32::try_from(n).unwrap_or(u32::MAX);
+                        self.tx_cnt = self.tx_cnt.wrapping_add(n);
                         let mut h = self.header(op::RW);
-                        h.len = n as u32;
+                        h.len = n;
                         return Some(h);
                     }
                     Err(VolatileMemoryError::IOError(e))
@@ -488,9 +495,6 @@ fn send(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
             libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
         )
     };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    // Negative only on failure.
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }

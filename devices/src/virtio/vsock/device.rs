@@ -3,18 +3,16 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
+use virtio_queue::QueueT;
+use vm_memory::Bytes;
 
 use super::muxer::Muxer;
 use super::{EVQ, MAX_GUEST_CID, MIN_GUEST_CID, QUEUE_SIZE, RXQ, TXQ};
-use crate::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING};
+use crate::virtio::{VirtioCommon, VIRTIO_MMIO_INT_VRING};
 
 /// What the user asked for on the command line (`--vsock cid=3,socket=/tmp/vm.sock`) or in
 /// the config file (`"vsock": {"cid": 3, "socket": "/tmp/vm.sock"}`).
@@ -65,29 +63,12 @@ pub enum VsockError {
     EventFd(#[source] io::Error),
 }
 
-/// Size of the configuration space: `le64 guest_cid`.
-const CONFIG_SPACE_SIZE: usize = 8;
-const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE];
-
-/// What activation hands the event loop.
-pub(super) struct Active {
-    pub(super) mem: GuestMemoryMmap,
-    pub(super) queues: [Queue; 3],
-    pub(super) interrupt: Arc<Interrupt>,
-}
-
 /// A virtio-vsock device bridged to host Unix sockets.
+#[derive(Debug)]
 pub struct Vsock {
+    common: VirtioCommon,
     config: VsockConfig,
     pub(super) muxer: Muxer,
-    acked_features: u64,
-    pub(super) queue_evts: [EventFd; 3],
-    /// Written by `activate` and `reset` (on a vCPU thread) so that the event loop picks
-    /// up the queues, or the sockets to unregister.
-    pub(super) activate_evt: EventFd,
-    pub(super) active: Option<Active>,
-    /// Whether the event loop watches `queue_evts` (it keeps doing so across resets).
-    pub(super) queue_evts_registered: bool,
     /// TX processing stopped with packets left because the guest owes itself too many
     /// resets: it resumes when the guest takes RX buffers, without a TX notification.
     tx_stalled: bool,
@@ -103,18 +84,23 @@ impl Vsock {
         if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&config.cid) {
             return Err(VsockError::ReservedCid(config.cid));
         }
-        let eventfd = || EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd);
-        let queue_evts = [eventfd()?, eventfd()?, eventfd()?];
-        let activate_evt = eventfd()?;
+        // Stream sockets only; with neither VIRTIO_VSOCK_F_STREAM nor F_SEQPACKET offered,
+        // drivers assume streams (virtio 1.2, 5.10.3). The configuration space is
+        // `le64 guest_cid`, read-only for the driver. The event queue is never used by
+        // this device but for TRANSPORT_RESET; a driver may leave it out.
+        let common = VirtioCommon::new(
+            VIRTIO_ID_VSOCK,
+            1u64 << VIRTIO_F_VERSION_1,
+            &[QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE],
+            config.cid.to_le_bytes().to_vec(),
+        )
+        .map_err(VsockError::EventFd)?
+        .with_optional_queues(&[EVQ]);
         let muxer = Muxer::bind(config.cid, &config.socket)?;
         Ok(Vsock {
+            common,
             config,
             muxer,
-            acked_features: 0,
-            queue_evts,
-            activate_evt,
-            active: None,
-            queue_evts_registered: false,
             tx_stalled: false,
             transport_reset_owed: false,
         })
@@ -137,11 +123,10 @@ impl Vsock {
         if !self.transport_reset_owed {
             return;
         }
-        let Some(active) = self.active.as_mut() else {
+        let Some((mem, queues, interrupt)) = self.common.active_queues() else {
             return;
         };
-        let mem = &active.mem;
-        let queue = &mut active.queues[EVQ];
+        let queue = &mut queues[EVQ];
         if !queue.ready() {
             return;
         }
@@ -163,7 +148,7 @@ impl Vsock {
             self.transport_reset_owed = false;
         }
         // Fails only when the irqfd counter is saturated, i.e. an interrupt is pending.
-        let _ = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING);
+        let _ = interrupt.trigger(VIRTIO_MMIO_INT_VRING);
     }
 
     /// What the device was built from.
@@ -179,10 +164,9 @@ impl Vsock {
     /// Moves packets both ways as far as the guest's buffers allow, and interrupts the
     /// driver if any queue was used. `tx`: the driver notified the TX queue.
     pub(super) fn process_queues(&mut self, tx: bool) {
-        let Some(active) = self.active.as_mut() else {
+        let Some((mem, queues, interrupt)) = self.common.active_queues() else {
             return;
         };
-        let mem = &active.mem;
         let mut notify = false;
         let mut run_tx = tx || self.tx_stalled;
         // Handling TX can owe the guest packets (RESPONSE, RST, ...); filling RX can free
@@ -193,16 +177,10 @@ impl Vsock {
             // so that a guest cannot flood the host's log); what was used before that still
             // deserves an interrupt.
             if run_tx {
-                notify |= self
-                    .muxer
-                    .process_tx(mem, &mut active.queues[TXQ])
-                    .unwrap_or(true);
+                notify |= self.muxer.process_tx(mem, &mut queues[TXQ]).unwrap_or(true);
                 self.tx_stalled = self.muxer.tx_blocked();
             }
-            notify |= self
-                .muxer
-                .process_rx(mem, &mut active.queues[RXQ])
-                .unwrap_or(true);
+            notify |= self.muxer.process_rx(mem, &mut queues[RXQ]).unwrap_or(true);
             run_tx = self.tx_stalled && !self.muxer.tx_blocked();
             if !run_tx {
                 break;
@@ -210,91 +188,28 @@ impl Vsock {
         }
         if notify {
             // Fails only when the irqfd counter is saturated, i.e. an interrupt is pending.
-            let _ = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING);
+            let _ = interrupt.trigger(VIRTIO_MMIO_INT_VRING);
         }
     }
 }
 
-impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_VSOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-
-    fn avail_features(&self) -> u64 {
-        // Stream sockets only; with neither VIRTIO_VSOCK_F_STREAM nor F_SEQPACKET offered,
-        // drivers assume streams (virtio 1.2, 5.10.3).
-        1u64 << VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn acked_features(&self) -> u64 {
-        self.acked_features
-    }
-
-    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
-        self.active
-            .iter()
-            .flat_map(|a| a.queues.iter().map(|q| q.state()))
-            .collect()
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let space: [u8; CONFIG_SPACE_SIZE] = self.config.cid.to_le_bytes();
-        crate::virtio::read_config_space(&space, offset, data);
-    }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        // guest_cid is read-only for the driver.
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        interrupt: Arc<Interrupt>,
-    ) -> Result<(), ActivateError> {
-        // The event queue is never used by this device; a driver may leave it out.
-        let queues = crate::virtio::expect_queues::<3>("virtio-vsock", queues, &[EVQ])?;
-        self.activate_evt.write(1).map_err(ActivateError::Notify)?;
-        self.active = Some(Active {
-            mem,
-            queues,
-            interrupt,
-        });
-        Ok(())
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
+crate::virtio_device!(Vsock {
+    fn reset_device(&mut self) {
         self.tx_stalled = false;
         self.muxer.reset();
-        // The event loop unregisters the closed sockets. Fails only when the counter is
+        // Wakes the event loop, which unregisters the closed sockets (a queue
+        // notification while reset is only drained). Fails only when the counter is
         // saturated, i.e. the event loop will wake up anyway.
-        let _ = self.activate_evt.write(1);
+        let _ = self.queue_events()[EVQ].write(1);
     }
-}
+});
 
 #[cfg(test)]
 mod tests {
     use vmm_sys_util::tempdir::TempDir;
 
     use super::*;
+    use crate::virtio::VirtioDevice;
 
     fn config(dir: &TempDir, cid: u64) -> VsockConfig {
         VsockConfig {

@@ -1,34 +1,59 @@
 //! The event-loop side of virtio-vsock: the listening socket is watched from the start
 //! (host processes may connect before the guest driver is up), the queues once the
-//! transport activates the device, and each connection's socket for what the muxer
-//! wants from it.
+//! driver activated the device, and each connection's socket for what the muxer wants
+//! from it.
 
 use std::os::fd::RawFd;
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events};
 use vmm_sys_util::epoll::EventSet;
 
 use super::muxer::EpollChange;
 use super::{Vsock, RXQ, TXQ};
-use crate::virtio::VirtioDevice;
+use crate::virtio::device::DEVICE_EVENT_BASE;
+use crate::virtio::VirtioEvents;
 
-const ACTIVATE: u32 = 0;
-/// Queue `i` is watched with data `QUEUE + i`.
-const QUEUE: u32 = 1;
-const LISTENER: u32 = 4;
-const STREAM: u32 = 5;
+const LISTENER: u32 = DEVICE_EVENT_BASE;
+const STREAM: u32 = DEVICE_EVENT_BASE + 1;
 
 impl Vsock {
-    fn register_queue_events(&mut self, ops: &mut EventOps) {
-        if !self.queue_evts_registered {
-            self.queue_evts_registered =
-                crate::virtio::watch_queue_events(ops, &self.queue_evts, QUEUE, "virtio-vsock");
+    fn on_stream(&mut self, fd: RawFd, events: EventSet) {
+        self.muxer.on_stream_event(fd, events);
+        self.process_queues(false);
+    }
+}
+
+impl VirtioEvents for Vsock {
+    fn queue_event(&mut self, index: usize, _ops: &mut EventOps) {
+        match index {
+            TXQ => self.process_queues(true),
+            RXQ => self.process_queues(false),
+            // The event queue: a buffer for an owed TRANSPORT_RESET.
+            _ => self.deliver_transport_reset(),
+        }
+    }
+
+    fn init_sources(&mut self, ops: &mut EventOps) {
+        let listener = self.muxer.listener_fd();
+        if let Err(e) = ops.add(Events::with_data_raw(listener, LISTENER, EventSet::IN)) {
+            log::error!(
+                "virtio-vsock: cannot watch {}: {e}; host connections will not be accepted",
+                self.muxer.path().display()
+            );
+        }
+    }
+
+    fn source_event(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            LISTENER => self.muxer.accept(),
+            STREAM => self.on_stream(events.fd(), events.event_set()),
+            _ => {}
         }
     }
 
     /// Applies what the muxer wants watched. A failure leaves that one socket unwatched:
     /// its connection stalls, the others carry on.
-    fn apply_epoll_changes(&mut self, ops: &mut EventOps) {
+    fn after_event(&mut self, ops: &mut EventOps) {
         for change in self.muxer.take_epoll_changes() {
             let result = match &change {
                 EpollChange::Add(fd, set) => ops.add(Events::with_data_raw(*fd, STREAM, *set)),
@@ -41,77 +66,19 @@ impl Vsock {
                 EpollChange::Close(_) => Ok(()),
             };
             if let Err(e) = result {
-                eprintln!("virtio-vsock: cannot update the watch of a connection: {e}");
+                log::warn!("virtio-vsock: cannot update the watch of a connection: {e}");
             }
             // A removed or closed socket is closed only now, after epoll forgot it.
             drop(change);
         }
     }
-
-    fn on_stream(&mut self, fd: RawFd, events: EventSet) {
-        self.muxer.on_stream_event(fd, events);
-        self.process_queues(false);
-    }
 }
 
-impl MutEventSubscriber for Vsock {
-    fn init(&mut self, ops: &mut EventOps) {
-        let listener = self.muxer.listener_fd();
-        if let Err(e) = ops.add(Events::with_data_raw(listener, LISTENER, EventSet::IN)) {
-            eprintln!(
-                "virtio-vsock: cannot watch {}: {e}; host connections will not be accepted",
-                self.muxer.path().display()
-            );
-        }
-        if let Err(e) = ops.add(Events::with_data(
-            &self.activate_evt,
-            ACTIVATE,
-            EventSet::IN,
-        )) {
-            eprintln!("virtio-vsock: cannot watch the activation event: {e}; vsock will not work");
-        }
-        if self.is_activated() {
-            self.register_queue_events(ops);
-        }
-        self.apply_epoll_changes(ops);
-    }
-
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match events.data() {
-            ACTIVATE => {
-                // Only drains the counter: EAGAIN just means there was nothing left.
-                let _ = self.activate_evt.read();
-                if self.is_activated() {
-                    self.register_queue_events(ops);
-                    // Serve what the driver queued, and what host processes asked for,
-                    // before the queues were watched.
-                    self.process_queues(true);
-                    self.deliver_transport_reset();
-                }
-            }
-            LISTENER => {
-                self.muxer.accept();
-            }
-            STREAM => self.on_stream(events.fd(), events.event_set()),
-            data => {
-                let index = (data - QUEUE) as usize;
-                if let Some(evt) = self.queue_evts.get(index) {
-                    let _ = evt.read();
-                }
-                // Notifications while the device is reset are dropped: the driver has to
-                // set it up again first. The event queue needs no service.
-                match index {
-                    TXQ => self.process_queues(true),
-                    RXQ => self.process_queues(false),
-                    _ => self.deliver_transport_reset(),
-                }
-            }
-        }
-        self.apply_epoll_changes(ops);
-    }
-}
+crate::virtio_event_subscriber!(Vsock);
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, statuses) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
@@ -131,7 +98,7 @@ mod tests {
     use crate::virtio::vsock::packet::{op, Header, HEADER_SIZE, TYPE_STREAM};
     use crate::virtio::vsock::tests::add_chain;
     use crate::virtio::vsock::{VsockConfig, EVQ, FIRST_LOCAL_PORT, HOST_CID, MAX_STRAY_RST};
-    use crate::virtio::{Interrupt, VIRTIO_MMIO_INT_VRING};
+    use crate::virtio::{activate_with, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING};
 
     const Q: u16 = 256;
 
@@ -170,9 +137,7 @@ mod tests {
             txvq.create_queue().unwrap(),
             evq.create_queue().unwrap(),
         ];
-        lock(&vsock)
-            .activate(mem.clone(), queues, interrupt.clone())
-            .unwrap();
+        activate_with(&mut *lock(&vsock), mem, queues, &interrupt);
         // No event buffer yet: the event waits.
         manager.run_with_timeout(50).unwrap();
         assert!(lock(&vsock).transport_reset_owed());
@@ -226,9 +191,7 @@ mod tests {
             txvq.create_queue().unwrap(),
             evq.create_queue().unwrap(),
         ];
-        lock(&vsock)
-            .activate(mem.clone(), queues, interrupt.clone())
-            .unwrap();
+        activate_with(&mut *lock(&vsock), mem, queues, &interrupt);
         run_until(&mut manager, || rxvq.used().idx().load() == 1);
         assert_eq!(interrupt.status(), VIRTIO_MMIO_INT_VRING);
         let mut raw = [0u8; HEADER_SIZE];

@@ -68,4 +68,6 @@ pub const FIRST_LOCAL_PORT: u32 = 1 << 30;
 pub const MAX_CONNECT_LINE: usize = 32;
 
 #[cfg(test)]
+// Test values (descriptor flags, lengths, ports) are small constants.
+#[allow(clippy::cast_possible_truncation)]
 mod tests;

@@ -29,6 +29,9 @@ use super::{
     FIRST_LOCAL_PORT, HOST_CID, MAX_CONNECTIONS, MAX_CONNECT_LINE, MAX_PKT_DATA, MAX_STRAY_RST,
 };
 
+/// The header length as a used length.
+#[allow(clippy::cast_possible_truncation)] // 44
+const HEADER_LEN: u32 = HEADER_SIZE as u32;
 /// A change to what the event loop watches.
 #[derive(Debug)]
 pub enum EpollChange {
@@ -404,7 +407,7 @@ impl Muxer {
         let write_header = |h: &Header| hdr_slice.copy_from(&h.to_bytes()[..]);
         if let Some(h) = self.stray_rst.pop_front() {
             write_header(&h);
-            return Some(HEADER_SIZE as u32);
+            return Some(HEADER_LEN);
         }
         while let Some(key) = self.rx_ready.pop_front() {
             let Some(conn) = self.conns.get_mut(&key) else {
@@ -420,7 +423,7 @@ impl Muxer {
             }
             if let Some(h) = packet {
                 write_header(&h);
-                return Some(HEADER_SIZE as u32 + h.len);
+                return Some(HEADER_LEN + h.len);
             }
         }
         None
@@ -569,9 +572,12 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    #[allow(clippy::cast_possible_truncation)] // AF_UNIX is 1
+    {
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    }
     for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([*src]);
     }
     // SAFETY: plain socket(2) call; the returned fd is checked before use.
     let fd = unsafe {
@@ -593,7 +599,8 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
         libc::connect(
             fd.as_raw_fd(),
             (&addr as *const libc::sockaddr_un).cast(),
-            len as libc::socklen_t,
+            // At most the size of sockaddr_un (checked above).
+            libc::socklen_t::try_from(len).unwrap_or(libc::socklen_t::MAX),
         )
     };
     if rc < 0 {

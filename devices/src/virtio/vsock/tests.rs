@@ -20,7 +20,7 @@ use vmm_sys_util::tempdir::TempDir;
 use super::muxer::host_port_path;
 use super::packet::{op, Header, HEADER_SIZE, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::*;
-use crate::virtio::block::test_utils::desc;
+pub(super) use crate::virtio::test_utils::{add_chain, desc};
 
 const MEM_SIZE: u64 = 0x40_0000;
 const RXQ_BASE: u64 = 0x0;
@@ -292,38 +292,6 @@ fn assert_eof(s: &mut UnixStream) {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
         other => panic!("expected end of file, got {other:?}"),
     }
-}
-
-/// Puts a chain (linked with NEXT) at descriptor `at` and makes it available. Unlike the
-/// mock's own helper, the available ring wraps, so a test can queue more chains than the
-/// queue size over its life.
-pub(super) fn add_chain(
-    vq: &MockSplitQueue<'static, GuestMemoryMmap>,
-    at: u16,
-    descs: &[RawDescriptor],
-) {
-    use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
-    use virtio_queue::desc::split::Descriptor;
-    for (i, d) in descs.iter().enumerate() {
-        let d = Descriptor::from(*d);
-        let last = i == descs.len() - 1;
-        let (flags, next) = if last {
-            (d.flags() & !(VRING_DESC_F_NEXT as u16), 0)
-        } else {
-            (d.flags() | VRING_DESC_F_NEXT as u16, at + i as u16 + 1)
-        };
-        let linked = Descriptor::new(d.addr().0, d.len(), flags, next);
-        vq.desc_table()
-            .store(at + i as u16, RawDescriptor::from(linked))
-            .unwrap();
-    }
-    let idx = vq.avail().idx().load();
-    vq.avail()
-        .ring()
-        .ref_at(usize::from(idx % QSIZE))
-        .unwrap()
-        .store(at);
-    vq.avail().idx().store(idx.wrapping_add(1));
 }
 
 fn ops(pkts: &[(Header, Vec<u8>)]) -> Vec<u16> {
