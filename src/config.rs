@@ -93,6 +93,9 @@ pub struct DiskConfig {
     /// file's device and inode numbers when absent.
     #[serde(default)]
     pub id: Option<String>,
+    /// Limits on the disk's requests (Firecracker's `rate_limiter`).
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl From<&DiskConfig> for hearth_devices::virtio::block::BlockConfig {
@@ -108,6 +111,9 @@ impl From<&DiskConfig> for hearth_devices::virtio::block::BlockConfig {
 pub type NetConfig = hearth_devices::virtio::net::NetConfig;
 /// A MAC address (`06:00:ac:10:00:02`).
 pub type MacAddr = hearth_devices::virtio::net::MacAddr;
+
+/// A rate limiter's buckets, as the device models take them.
+pub type RateLimiterConfig = hearth_devices::rate_limiter::RateLimiterConfig;
 
 /// A virtio-vsock device, as the device model takes it.
 pub type VsockConfig = hearth_devices::virtio::vsock::VsockConfig;
@@ -158,6 +164,9 @@ pub struct VmConfig {
     /// A virtio entropy device fed by the host's getrandom.
     #[serde(default)]
     pub rng: bool,
+    /// Limits on the entropy device (Firecracker's `entropy.rate_limiter`).
+    #[serde(default)]
+    pub rng_rate_limiter: Option<RateLimiterConfig>,
     /// A virtio-vsock device bridged to host Unix sockets.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
@@ -193,6 +202,7 @@ impl VmConfig {
             api_sock: None,
             net: Vec::new(),
             rng: false,
+            rng_rate_limiter: None,
             vsock: None,
         }
     }
@@ -346,12 +356,16 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
         path: PathBuf::new(),
         read_only: false,
         id: None,
+        rate_limiter: None,
     };
-    for (k, v) in parse_options(WHAT, spec, &["path", "readonly", "id"])? {
+    let mut limits = crate::rate_limit::SpecLimits::default();
+    let keys = ["path", "readonly", "id", "bw", "ops"];
+    for (k, v) in parse_options(WHAT, spec, &keys)? {
         match k {
             "path" if v.is_empty() => return Err(bad("path is empty")),
             "path" => disk.path = PathBuf::from(v),
             "readonly" => disk.read_only = parse_on_off(WHAT, spec, k, v)?,
+            "bw" | "ops" => limits.set(k, v).map_err(|e| bad(&e))?,
             _ if v.len() > 20 => return Err(bad("id is longer than 20 bytes")),
             _ => disk.id = Some(v.to_string()),
         }
@@ -359,6 +373,7 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
     if disk.path.as_os_str().is_empty() {
         return Err(bad("path=FILE is required"));
     }
+    disk.rate_limiter = limits.get("");
     Ok(disk)
 }
 
@@ -378,9 +393,14 @@ pub fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
     let mut net = NetConfig {
         tap: String::new(),
         mac: None,
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
     };
-    for (k, v) in parse_options(WHAT, spec, &["tap", "mac"])? {
+    let mut limits = crate::rate_limit::SpecLimits::default();
+    let keys = ["tap", "mac", "rx_bw", "rx_ops", "tx_bw", "tx_ops"];
+    for (k, v) in parse_options(WHAT, spec, &keys)? {
         match k {
+            "rx_bw" | "rx_ops" | "tx_bw" | "tx_ops" => limits.set(k, v).map_err(&bad)?,
             "tap" if v.is_empty() => {
                 return Err(bad(
                     "tap is empty; give the name of a host tap interface".into()
@@ -396,6 +416,8 @@ pub fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
     if net.tap.is_empty() {
         return Err(bad("tap=NAME is required".into()));
     }
+    net.rx_rate_limiter = limits.get("rx_");
+    net.tx_rate_limiter = limits.get("tx_");
     Ok(net)
 }
 
@@ -490,7 +512,8 @@ mod tests {
             DiskConfig {
                 path: "/a.img".into(),
                 read_only: true,
-                id: Some("data0".into())
+                id: Some("data0".into()),
+                rate_limiter: None,
             }
         );
         let d = parse_disk("path=/b").unwrap();
@@ -560,6 +583,8 @@ mod tests {
         c.net.push(NetConfig {
             tap: "much-too-long-tap-name".into(),
             mac: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         });
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("at most 15"), "{e}");

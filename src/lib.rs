@@ -20,6 +20,7 @@ pub mod device_manager;
 pub mod jailer;
 pub mod kvm;
 pub mod memory;
+pub mod rate_limit;
 pub mod seccomp;
 pub mod snapshot;
 pub mod vcpu;

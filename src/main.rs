@@ -125,16 +125,23 @@ struct RunArgs {
     /// command line.
     #[arg(long)]
     no_cmdline_workarounds: bool,
-    /// A virtio block device: path=FILE[,readonly=on][,id=SERIAL]; repeat for more.
+    /// A virtio block device: path=FILE[,readonly=on][,id=SERIAL][,bw=SIZE/MS][,ops=N/MS];
+    /// repeat for more. bw and ops are rate limits (token buckets: SIZE bytes or N
+    /// requests per MS milliseconds, an optional /BURST after).
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     disk: Vec<DiskConfig>,
-    /// A virtio network device over an existing host tap: tap=NAME[,mac=MAC]; repeat for
-    /// more. Without mac, a random locally administered address is used.
+    /// A virtio network device over an existing host tap: tap=NAME[,mac=MAC] plus rate
+    /// limits rx_bw=, rx_ops=, tx_bw=, tx_ops= (as for --disk); repeat for more. Without
+    /// mac, a random locally administered address is used.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     net: Vec<NetConfig>,
     /// A virtio entropy device fed by the host's getrandom.
     #[arg(long)]
     rng: bool,
+    /// Rate limits for the entropy device (implies --rng): bw=SIZE/MS[/BURST] and/or
+    /// ops=N/MS[/BURST], e.g. bw=64K/1000.
+    #[arg(long, value_name = "SPEC")]
+    rng_rate_limiter: Option<String>,
     /// Serve a control socket (pause, resume, snapshot) at PATH.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -202,6 +209,10 @@ impl RunArgs {
         }
         if self.rng {
             config.rng = true;
+        }
+        if let Some(spec) = self.rng_rate_limiter {
+            config.rng = true;
+            config.rng_rate_limiter = Some(hearth::rate_limit::parse_rate_limiter(&spec)?);
         }
         if let Some(a) = self.api_sock {
             config.api_sock = Some(a);

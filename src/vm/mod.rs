@@ -16,6 +16,7 @@
 mod build;
 mod event_loop;
 mod persist;
+mod rate_limit;
 mod running;
 
 use kvm_ioctls::VmFd;
@@ -143,6 +144,9 @@ pub enum VmError {
     /// The control socket.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// A rate limit change names a device the VM does not have.
+    #[error("the VM has no {0:?} to rate limit")]
+    NoSuchDevice(crate::rate_limit::RateLimitTarget),
     /// seccomp filters could not be read or installed.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),

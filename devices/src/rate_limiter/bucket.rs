@@ -92,6 +92,11 @@ impl TokenBucket {
             tokens -= self.one_time_burst;
             self.one_time_burst = 0;
         }
+        if self.budget == self.size {
+            // A full bucket earns nothing: its refill clock starts now, or an idle spell
+            // would count twice (the full bucket, then the refill of the whole spell).
+            self.last_update = Instant::now();
+        }
         if tokens > self.budget {
             self.replenish();
             if tokens > self.size {
@@ -191,6 +196,14 @@ mod tests {
         assert_eq!(b.reduce(240), BucketReduction::Success);
         assert_eq!(b.reduce(30_000), BucketReduction::Failure);
         assert!(b.time_until(100) <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn an_idle_full_bucket_does_not_bank_a_second_bucket() {
+        let mut b = TokenBucket::new(1000, 0, 100).unwrap();
+        sleep(Duration::from_millis(150));
+        assert_eq!(b.reduce(1000), BucketReduction::Success);
+        assert_eq!(b.reduce(500), BucketReduction::Failure);
     }
 
     #[test]

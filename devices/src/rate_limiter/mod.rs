@@ -35,7 +35,7 @@ pub struct TokenBucketConfig {
     /// Tokens (bytes or requests) the bucket holds.
     pub size: u64,
     /// Extra tokens available once, at the start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub one_time_burst: Option<u64>,
     /// Milliseconds to refill the whole bucket.
     pub refill_time: u64,
@@ -47,11 +47,53 @@ pub struct TokenBucketConfig {
 #[serde(deny_unknown_fields)]
 pub struct RateLimiterConfig {
     /// Bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub bandwidth: Option<TokenBucketConfig>,
     /// Requests.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub ops: Option<TokenBucketConfig>,
+}
+
+/// A count with an optional binary suffix: `4096`, `64K`, `1M`, `2G`.
+fn parse_count(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+impl std::str::FromStr for TokenBucketConfig {
+    type Err = String;
+
+    /// `SIZE/REFILL_MS[/ONE_TIME_BURST]`, e.g. `1M/1000` (1 MiB per second) or
+    /// `100/1000/500`; sizes take K, M and G suffixes.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}' is not SIZE/REFILL_MS[/BURST] (e.g. 1M/1000)");
+        let mut parts = s.split('/');
+        let size = parts.next().and_then(parse_count).ok_or_else(bad)?;
+        let refill_time = parts
+            .next()
+            .and_then(|p| p.parse::<u64>().ok())
+            .ok_or_else(bad)?;
+        let one_time_burst = match parts.next() {
+            Some(b) => Some(parse_count(b).ok_or_else(bad)?),
+            None => None,
+        };
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        if size == 0 || refill_time == 0 {
+            return Err(format!("'{s}': size and refill time must be above 0"));
+        }
+        Ok(Self {
+            size,
+            one_time_burst,
+            refill_time,
+        })
+    }
 }
 
 impl RateLimiterConfig {
@@ -65,6 +107,41 @@ impl RateLimiterConfig {
 
 fn make(c: Option<TokenBucketConfig>) -> Option<TokenBucket> {
     c.and_then(|c| TokenBucket::new(c.size, c.one_time_burst.unwrap_or(0), c.refill_time))
+}
+
+/// Which of a device's limiters a setting is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimiterSlot {
+    /// A device with one limiter (block, entropy).
+    Device,
+    /// A network device's receive side.
+    Rx,
+    /// A network device's transmit side.
+    Tx,
+}
+
+/// A device whose queues can be rate limited, now or while the VM runs.
+pub trait RateLimited {
+    /// Sets the limits of `slot` (a default config removes them). Returns false when the
+    /// device has no such limiter.
+    fn set_rate_limiter(&mut self, _slot: LimiterSlot, _config: &RateLimiterConfig) -> bool {
+        false
+    }
+}
+
+/// Watches a limiter's timer on the event loop under `data`.
+pub fn watch_timer(
+    limiter: &RateLimiter,
+    data: u32,
+    ops: &mut event_manager::EventOps,
+    what: &str,
+) {
+    let events = event_manager::Events::with_data(limiter, data, vmm_sys_util::epoll::EventSet::IN);
+    if let Err(e) = ops.add(events) {
+        log::error!(
+            "{what}: cannot watch the rate limiter's timer: {e}; a throttled queue would stall"
+        );
+    }
 }
 
 /// What a request consumes.
@@ -300,6 +377,22 @@ mod tests {
         assert_eq!(c.bandwidth.unwrap().size, 1 << 20);
         assert_eq!(c.ops.unwrap().one_time_burst, None);
         assert!(serde_json::from_str::<RateLimiterConfig>(r#"{"bandwith": {}}"#).is_err());
+    }
+
+    #[test]
+    fn bucket_specs_parse_or_say_why_not() {
+        let b: TokenBucketConfig = "1M/1000".parse().unwrap();
+        assert_eq!(
+            (b.size, b.refill_time, b.one_time_burst),
+            (1 << 20, 1000, None)
+        );
+        let b: TokenBucketConfig = "100/500/64K".parse().unwrap();
+        assert_eq!(b.one_time_burst, Some(64 << 10));
+        for bad in [
+            "", "1M", "1M/", "x/1000", "1M/1s", "1/2/3/4", "0/1000", "1M/0",
+        ] {
+            assert!(bad.parse::<TokenBucketConfig>().is_err(), "{bad}");
+        }
     }
 
     #[test]
