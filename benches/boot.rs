@@ -557,6 +557,13 @@ fn main() {
             program: hearth.clone(),
             args: hearth_args(&["--execution", "emulated"]),
         },
+        // seccomp is on by default: this one shows what it costs.
+        Variant {
+            name: "hearth --no-seccomp",
+            kind: Kind::Hearth,
+            program: hearth.clone(),
+            args: hearth_args(&["--no-seccomp"]),
+        },
     ];
     if let Some(fc) = &firecracker {
         let config = firecracker_config(&guest);

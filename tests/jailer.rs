@@ -144,6 +144,11 @@ fn jailed_hearth_runs_confined_and_the_guest_uses_disk_and_vsock() {
     };
     assert_eq!(field("Uid:"), UID.to_string(), "{status}");
     assert_eq!(field("Gid:"), GID.to_string(), "{status}");
+    let groups = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .unwrap();
+    assert_eq!(groups.trim(), "", "no supplementary groups: {status}");
     // Its root is the chroot: it holds the guest and no host /etc.
     let proc_root = PathBuf::from(format!("/proc/{pid}/root"));
     assert!(proc_root.join("guest.elf").exists());
@@ -196,6 +201,9 @@ fn jailed_hearth_runs_confined_and_the_guest_uses_disk_and_vsock() {
     let mut got = String::new();
     let _ = conn.read_to_string(&mut got);
     assert_eq!(got, "from-the-jail");
+    // The VM runs: its main thread has its seccomp filter too.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("Seccomp:\t2"), "{status}");
     // Wait for the VM to end, bounded.
     let start = Instant::now();
     while Path::new(&format!("/proc/{pid}")).exists() {
