@@ -1,10 +1,16 @@
-//! Compiles the seccomp filters in resources/seccomp (one Firecracker-format JSON file
-//! per thread kind, named after it) into the compact form `hearth::seccomp` embeds.
+//! Build steps: the seccomp filters in resources/seccomp (one Firecracker-format JSON
+//! file per thread kind, named after it) compiled into the form `hearth::seccomp`
+//! embeds.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 fn main() {
+    seccomp_filters();
+}
+
+/// resources/seccomp/*.json -> $OUT_DIR/seccomp.bin.
+fn seccomp_filters() {
     let dir = Path::new("resources/seccomp");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut all = String::from("{");
