@@ -58,10 +58,42 @@ fn ns(pid: &str, kind: &str) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
 }
 
+/// Kills the jailed hearth if it still runs and removes its cgroups, on success or panic.
+struct Cleanup {
+    pid: Option<i32>,
+    cgroups: Vec<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                // SAFETY: kill takes plain integers; the pid is the test's own child VMM.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let start = Instant::now();
+                while Path::new(&format!("/proc/{pid}")).exists()
+                    && start.elapsed() < Duration::from_secs(10)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        remove_cgroups(&self.cgroups);
+    }
+}
+
 /// Removes the test's cgroups (they outlive the process, as with Firecracker's jailer).
+/// KVM's own threads for the VM leave them a moment after the process: retry a while.
 fn remove_cgroups(paths: &[PathBuf]) {
+    let start = Instant::now();
     for p in paths {
-        let _ = std::fs::remove_dir(p);
+        while p.exists() && std::fs::remove_dir(p).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                eprintln!("cannot remove cgroup {}", p.display());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         if let Some(parent) = p.parent() {
             let _ = std::fs::remove_dir(parent);
         }
@@ -130,6 +162,20 @@ fn jailed_hearth_runs_confined_and_the_guest_uses_disk_and_vsock() {
     assert!(out.success(), "jailer: {out:?} {}", err());
     // --new-pid-ns: the jailer wrote the VMM's pid and left.
     let pid = std::fs::read_to_string(root.join("hearth.pid")).unwrap();
+    // Whatever happens below, the jailed hearth goes and its cgroups with it.
+    let _cleanup = Cleanup {
+        pid: pid.trim().parse().ok(),
+        cgroups: ["pids", "memory", "cpu"]
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&cg_name).join(&id))
+            .collect(),
+    };
+    // The jailer may leave before its child has exec'd: look once the guest runs.
+    wait_for_text(
+        &root.join("serial.txt"),
+        "boot-marker",
+        Duration::from_secs(60),
+    );
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("hearth {pid} is gone ({e}): {}", err()));
     let field = |name: &str| {
@@ -170,10 +216,7 @@ fn jailed_hearth_runs_confined_and_the_guest_uses_disk_and_vsock() {
         "{limits}"
     );
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let cg_paths: Vec<PathBuf> = ["pids", "memory", "cpu"]
-        .iter()
-        .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&cg_name).join(&id))
-        .collect();
+
     for (controller, file, value) in [
         ("pids", "pids.max", "64"),
         ("memory", "memory.limit_in_bytes", "536870912"),
@@ -202,6 +245,12 @@ fn jailed_hearth_runs_confined_and_the_guest_uses_disk_and_vsock() {
     let _ = conn.read_to_string(&mut got);
     assert_eq!(got, "from-the-jail");
     // The VM runs: its main thread has its seccomp filter too.
+    // The jailer may leave before its child has exec'd: look once the guest runs.
+    wait_for_text(
+        &root.join("serial.txt"),
+        "boot-marker",
+        Duration::from_secs(60),
+    );
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("Seccomp:\t2"), "{status}");
     // Wait for the VM to end, bounded.
@@ -218,7 +267,6 @@ fn jailed_hearth_runs_confined_and_the_guest_uses_disk_and_vsock() {
     assert!(serial.contains("vsock send port=52 ok"), "{serial}");
     let disk = std::fs::read(root.join("disk.img")).unwrap();
     assert!(disk[..1024].iter().all(|b| *b == 9) && disk[1024] == 0);
-    remove_cgroups(&cg_paths);
 }
 
 #[test]
