@@ -23,7 +23,10 @@ impl SeccompArgs {
     /// (how scripts/seccomp-audit.sh runs the whole test suite on audit-only filters).
     pub fn configure(&self) -> Result<(), SeccompError> {
         let from_env = std::env::var_os("HEARTH_SECCOMP_FILTER").map(PathBuf::from);
-        let filters = match (self.seccomp_filter.as_ref().or(from_env.as_ref()), self.no_seccomp) {
+        let filters = match (
+            self.seccomp_filter.as_ref().or(from_env.as_ref()),
+            self.no_seccomp,
+        ) {
             (_, true) => Filters::none(),
             (Some(path), false) => Filters::from_file(path)?,
             (None, false) => Filters::builtin()?,

@@ -235,3 +235,48 @@ fn raising_a_limit_on_a_running_vm_lets_the_guest_speed_up() {
     let out = std::fs::read_to_string(&serial).unwrap();
     assert!(out.contains("blk 0 bench bytes=4194304 "), "{out}");
 }
+
+#[test]
+fn limits_survive_a_snapshot_taken_while_throttled() {
+    let dir = scratch();
+    let serial = dir.as_path().join("serial-1.txt");
+    let mut config = hearth::VmConfig::new(test_guest());
+    // 2 MiB at 256 KiB/s: about 7 s, snapshotted a second in.
+    config.cmdline = "blk.bench=0:2".into();
+    config.serial_out = Some(serial.clone());
+    config.disks =
+        vec![hearth::config::parse_disk(&format!("{},bw=256K/1000", disk(dir.as_path()))).unwrap()];
+    let mut running = hearth::Vm::try_from(config).unwrap().start().unwrap();
+    wait_for_text(&serial, "boot-marker", T);
+    std::thread::sleep(Duration::from_secs(1));
+    let snap = dir.as_path().join("snap");
+    running.snapshot(&snap).unwrap();
+    running.shutdown();
+
+    // At most 1.25 MiB were read before the snapshot (the first 256 KiB and a second's
+    // worth), so the rest takes at least 3 s more under the same limit, after restore.
+    let serial = dir.as_path().join("serial-2.txt");
+    let start = Instant::now();
+    let run = hearth_with_timeout(
+        [
+            "restore",
+            "--dir",
+            snap.to_str().unwrap(),
+            "--resume",
+            "--serial-out",
+            serial.to_str().unwrap(),
+        ],
+        T,
+    );
+    let took = start.elapsed();
+    let out = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert_eq!(run.code(), 0, "{run:#?}\n{out}");
+    assert!(
+        out.contains("blk 0 bench bytes=2097152 "),
+        "the request held back at the snapshot was served after restore: {out}"
+    );
+    assert!(
+        took >= THREE_SECONDS,
+        "the restored VM read the rest in {took:?}"
+    );
+}
