@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use vmm_sys_util::eventfd::EventFd;
 
-pub use device::{Active, VirtioCommon, VirtioDevice, VirtioEvents};
+pub use device::{VirtioCommon, VirtioDevice, VirtioEvents};
 
 /// Interrupt status bit: the device used buffers in a queue.
 pub const VIRTIO_MMIO_INT_VRING: u32 = 0x1;

@@ -187,3 +187,113 @@ impl Persist for MmioTransport {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::virtio_mmio as regs;
+    use virtio_queue::QueueT;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::*;
+    use crate::bus::BusDevice;
+    use crate::virtio::rng::Rng;
+    use crate::virtio::status::{ACKNOWLEDGE, DRIVER, FEATURES_OK};
+
+    fn transport(mem: &GuestMemoryMmap, state: Option<&TransportState>) -> MmioTransport {
+        let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(Rng::new().unwrap()));
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        match state {
+            None => MmioTransport::new(mem.clone(), device, interrupt),
+            Some(state) => MmioTransport::restore(
+                TransportArgs {
+                    mem: mem.clone(),
+                    device,
+                    interrupt,
+                },
+                state,
+            )
+            .unwrap(),
+        }
+    }
+
+    fn w(t: &mut MmioTransport, offset: u32, value: u32) {
+        t.write(u64::from(offset), &value.to_le_bytes());
+    }
+
+    /// Brings the device up as a driver does, with its ring at `base`.
+    fn bring_up(t: &mut MmioTransport, base: u32, driver_ok: bool) {
+        w(t, regs::VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
+        w(t, regs::VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        w(t, regs::VIRTIO_MMIO_DRIVER_FEATURES, 1); // VIRTIO_F_VERSION_1
+        w(
+            t,
+            regs::VIRTIO_MMIO_STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK,
+        );
+        w(t, regs::VIRTIO_MMIO_QUEUE_SEL, 0);
+        w(t, regs::VIRTIO_MMIO_QUEUE_NUM, 16);
+        w(t, regs::VIRTIO_MMIO_QUEUE_DESC_LOW, base);
+        w(t, regs::VIRTIO_MMIO_QUEUE_AVAIL_LOW, base + 0x1000);
+        w(t, regs::VIRTIO_MMIO_QUEUE_USED_LOW, base + 0x2000);
+        w(t, regs::VIRTIO_MMIO_QUEUE_READY, 1);
+        if driver_ok {
+            w(
+                t,
+                regs::VIRTIO_MMIO_STATUS,
+                ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+            );
+        }
+    }
+
+    #[test]
+    fn each_queue_is_saved_once_and_restored_into_the_device() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut t = transport(&mem, None);
+        bring_up(&mut t, 0x1_0000, true);
+        assert!(lock(t.device()).is_activated());
+        let saved = t.save();
+        assert_eq!(saved.queues.len(), 1, "one copy of the device's one queue");
+        assert_eq!(saved.acked_features, 1 << 32);
+        assert_eq!(saved.queues[0].desc_table, 0x1_0000);
+
+        let restored = transport(&mem, Some(&saved));
+        let device = lock(restored.device());
+        assert!(
+            device.is_activated(),
+            "active again, serving the same rings"
+        );
+        assert_eq!(device.acked_features(), 1 << 32);
+        let q = &device.common().queues()[0];
+        assert_eq!(
+            (q.ready(), q.size(), q.desc_table(), q.used_ring()),
+            (true, 16, 0x1_0000, 0x1_2000)
+        );
+        // The restored device looks at its queue once, for what was pending.
+        assert_eq!(device.queue_events()[0].read().unwrap(), 1);
+        drop(device);
+        assert_eq!(restored.save(), saved);
+    }
+
+    #[test]
+    fn a_device_not_yet_started_is_restored_stopped() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut t = transport(&mem, None);
+        bring_up(&mut t, 0x1_0000, false);
+        let saved = t.save();
+        let restored = transport(&mem, Some(&saved));
+        let device = lock(restored.device());
+        assert!(!device.is_activated());
+        assert!(
+            device.common().queues()[0].ready(),
+            "the driver's setup is kept"
+        );
+
+        // Rings outside guest memory: activation failed, and stays failed.
+        let mut t = transport(&mem, None);
+        bring_up(&mut t, 0x20_0000, true);
+        assert!(!lock(t.device()).is_activated());
+        let restored = transport(&mem, Some(&t.save()));
+        assert!(!lock(restored.device()).is_activated());
+    }
+}
