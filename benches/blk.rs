@@ -6,6 +6,13 @@
 //! measured from outside: the wall time of a run that reads N MiB minus that of a run
 //! that reads nothing, so boot and exit costs cancel out.
 
+// Data patterns and syscall plumbing narrow integers on purpose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod common;
 
 use std::io::Read;

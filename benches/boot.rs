@@ -1,4 +1,6 @@
-//! Boot time and footprint of hearth next to Firecracker, on the minimal test guest.
+//! Start-up, tear-down and footprint of hearth next to Firecracker: the zero-cost guest
+//! (resources/reset-guest, resets at its first instruction) gives the VMM's own cost, the
+//! test guest the cost of a guest that does a little work.
 //! Run by hand: `cargo bench --bench boot`.
 //!
 //! Each VMM boots `resources/test-guest` (1 vCPU, 128 MiB) with `end=reset`: the guest
@@ -73,24 +75,7 @@ fn hearth_bin() -> PathBuf {
 }
 
 fn firecracker_bin() -> Option<PathBuf> {
-    let (path, from_env) = match std::env::var_os("FIRECRACKER_BIN") {
-        Some(p) => (PathBuf::from(p), true),
-        None => (
-            common::root().join("../shared/peers/firecracker-v1.16.1"),
-            false,
-        ),
-    };
-    if path.is_file() {
-        return Some(path);
-    }
-    if from_env {
-        fail(format!("FIRECRACKER_BIN={} is not a file", path.display()));
-    }
-    println!(
-        "Firecracker not found at {} (set FIRECRACKER_BIN): measuring hearth alone, no ratios",
-        path.display()
-    );
-    None
+    common::firecracker_bin("boot")
 }
 
 /// Writes Firecracker's VM description next to the guest.
@@ -107,7 +92,11 @@ fn firecracker_config(guest: &Path) -> PathBuf {
         "network-interfaces": [],
         "machine-config": { "vcpu_count": 1, "mem_size_mib": MEMORY_MIB },
     });
-    let path = guest.with_file_name("firecracker-boot.json");
+    let stem = guest
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("guest");
+    let path = guest.with_file_name(format!("firecracker-{stem}.json"));
     if let Err(e) = std::fs::write(&path, config.to_string()) {
         fail(format!("cannot write {}: {e}", path.display()));
     }
@@ -120,10 +109,21 @@ enum Kind {
     Firecracker,
 }
 
-/// One way of booting the guest.
+/// Which guest a variant boots.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Guest {
+    /// resources/reset-guest: resets at its first instruction, so the whole process is
+    /// the VMM's own cost (start, VM set-up, reset, tear-down).
+    Zero,
+    /// resources/test-guest with `end=reset`: banner, boot marker, reset.
+    Test,
+}
+
+/// One way of booting a guest.
 struct Variant {
     name: &'static str,
     kind: Kind,
+    guest: Guest,
     program: PathBuf,
     args: Vec<String>,
 }
@@ -223,7 +223,11 @@ fn wait_child(pid: libc::pid_t, traced: bool) -> Result<Waited, std::io::Error> 
     let mut hwm_kib = None;
     if traced {
         let options = libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_EXITKILL;
-        if let Err(e) = ptrace(libc::PTRACE_SEIZE, pid, options as usize) {
+        if let Err(e) = ptrace(
+            libc::PTRACE_SEIZE,
+            pid,
+            usize::try_from(options).unwrap_or(0),
+        ) {
             // Not fatal: that run just has no VmHWM (n/a in the table).
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| eprintln!("boot bench: cannot ptrace the VMM ({e}): no VmHWM"));
@@ -242,7 +246,7 @@ fn wait_child(pid: libc::pid_t, traced: bool) -> Result<Waited, std::io::Error> 
         let mut deliver = 0;
         match status >> 16 {
             libc::PTRACE_EVENT_EXIT => hwm_kib = vm_hwm_kib(pid),
-            0 => deliver = libc::WSTOPSIG(status) as usize,
+            0 => deliver = usize::try_from(libc::WSTOPSIG(status)).unwrap_or(0),
             _ => {}
         }
         ptrace(libc::PTRACE_CONT, pid, deliver)?;
@@ -299,7 +303,9 @@ fn run_once(v: &Variant, traced: bool) -> Sample {
         Ok(c) => c,
         Err(e) => fail(format!("cannot start {}: {e}", v.program.display())),
     };
-    let pid = child.id() as libc::pid_t;
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        fail("the child's pid does not fit a pid_t");
+    };
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         fail("the child's stdout and stderr pipes are missing");
     };
@@ -355,7 +361,7 @@ fn run_once(v: &Variant, traced: bool) -> Sample {
         .iter()
         .find(|(_, l)| l == "boot-marker")
         .map(|(t, _)| *t);
-    if seen.is_none() {
+    if seen.is_none() && v.guest == Guest::Test {
         fail(format!(
             "{}: the guest never printed its boot-marker line\n$ {}\n--- stdout\n{}\n--- stderr\n{}",
             v.name,
@@ -420,7 +426,7 @@ fn stats(values: impl Iterator<Item = Option<f64>>) -> Option<(f64, f64, f64)> {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     };
-    let p90 = v[((n as f64 * 0.9).ceil() as usize).clamp(1, n) - 1];
+    let p90 = v[(n * 9).div_ceil(10).clamp(1, n) - 1];
     Some((median, v[0], p90))
 }
 
@@ -428,7 +434,7 @@ fn stats(values: impl Iterator<Item = Option<f64>>) -> Option<(f64, f64, f64)> {
 fn utc_now() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
         .unwrap_or(0);
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
@@ -518,15 +524,38 @@ fn env_count(name: &str, default: usize) -> usize {
     }
 }
 
+/// Pairwise ratios hearth / Firecracker of one metric, round by round, for one guest.
+fn pair_ratios(
+    variants: &[Variant],
+    samples: &[Vec<Sample>],
+    guest: Guest,
+    get: fn(&Sample) -> Option<f64>,
+) -> Vec<f64> {
+    let find = |kind| {
+        variants
+            .iter()
+            .position(|v| v.kind == kind && v.guest == guest)
+    };
+    let (Some(h), Some(f)) = (find(Kind::Hearth), find(Kind::Firecracker)) else {
+        return Vec::new();
+    };
+    samples[h]
+        .iter()
+        .zip(&samples[f])
+        .filter_map(|(a, b)| Some(get(a)? / get(b)?))
+        .collect()
+}
+
 fn main() {
-    let runs = env_count("BOOT_BENCH_RUNS", 20);
+    let runs = env_count("BOOT_BENCH_RUNS", 21);
     let rss_runs = env_count("BOOT_BENCH_RSS_RUNS", 5);
-    let guest = build_guest();
+    let zero_guest = common::build_tiny_guest("boot", "reset-guest.elf");
+    let test_guest = build_guest();
     let hearth = hearth_bin();
     let firecracker = firecracker_bin();
 
-    let hearth_args = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
+    let hearth_args = |guest: &Path| -> Vec<String> {
+        [
             "run",
             "--kernel",
             &guest.display().to_string(),
@@ -540,62 +569,67 @@ fn main() {
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect();
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
+        .collect()
     };
-    let mut variants = vec![
-        Variant {
-            name: "hearth",
-            kind: Kind::Hearth,
-            program: hearth.clone(),
-            args: hearth_args(&[]),
-        },
-        Variant {
-            name: "hearth --execution emulated",
-            kind: Kind::Hearth,
-            program: hearth.clone(),
-            args: hearth_args(&["--execution", "emulated"]),
-        },
-        // seccomp is on by default: this one shows what it costs.
-        Variant {
-            name: "hearth --no-seccomp",
-            kind: Kind::Hearth,
-            program: hearth.clone(),
-            args: hearth_args(&["--no-seccomp"]),
-        },
-    ];
-    if let Some(fc) = &firecracker {
-        let config = firecracker_config(&guest);
+    let mut variants = Vec::new();
+    for (guest, path, hearth_name, fc_name) in [
+        (
+            Guest::Zero,
+            &zero_guest,
+            "hearth, zero-cost guest",
+            "firecracker, zero-cost guest",
+        ),
+        (
+            Guest::Test,
+            &test_guest,
+            "hearth, test guest",
+            "firecracker, test guest",
+        ),
+    ] {
         variants.push(Variant {
-            name: "firecracker",
-            kind: Kind::Firecracker,
-            program: fc.clone(),
-            args: vec![
-                "--no-api".into(),
-                "--config-file".into(),
-                config.display().to_string(),
-                "--boot-timer".into(),
-            ],
+            name: hearth_name,
+            kind: Kind::Hearth,
+            guest,
+            program: hearth.clone(),
+            args: hearth_args(path),
         });
+        if let Some(fc) = &firecracker {
+            let config = firecracker_config(path);
+            variants.push(Variant {
+                name: fc_name,
+                kind: Kind::Firecracker,
+                guest,
+                program: fc.clone(),
+                args: vec![
+                    "--no-api".into(),
+                    "--config-file".into(),
+                    config.display().to_string(),
+                    "--boot-timer".into(),
+                ],
+            });
+        }
     }
 
-    println!(
-        "boot benchmark: the test guest to its boot marker and a reset, hearth next to Firecracker"
-    );
+    println!("boot benchmark: whole-process start, VM set-up, guest, reset and tear-down, hearth next to Firecracker");
     println!("host:     {}", host_line());
     println!("KVM:      {}", kvm_line());
     println!("date:     {}", utc_now());
+    println!(
+        "load:     {} (/proc/loadavg before the runs)",
+        common::loadavg()
+    );
     println!("command:  {}", command_line());
     println!(
-        "guest:    {} (1 vCPU, {MEMORY_MIB} MiB, cmdline \"{GUEST_CMDLINE}\")",
-        guest.display()
+        "guests:   zero-cost {} (resets at its first instruction); test {} (banner, boot marker, reset); \
+         1 vCPU, {MEMORY_MIB} MiB, cmdline \"{GUEST_CMDLINE}\"",
+        zero_guest.display(),
+        test_guest.display()
     );
     for v in &variants {
-        println!("  {:<28} $ {}", v.name, v.command_line());
+        println!("  {:<30} $ {}", v.name, v.command_line());
     }
     println!(
-        "runs:     {runs} timed per VMM after one warm-up each, then {rss_runs} traced for VmHWM; \
+        "runs:     {runs} timed per variant after one warm-up each, then {rss_runs} traced for VmHWM; \
          alternating (the order rotates every round)"
     );
 
@@ -614,6 +648,7 @@ fn main() {
         samples
     };
     let timed = alternate(runs, false);
+    let load_after = common::loadavg();
     let traced = alternate(rss_runs, true);
 
     // (label, from the traced pass, value)
@@ -635,64 +670,121 @@ fn main() {
     ];
     println!();
     println!(
-        "{:<34} {:<28} {:>9} {:>9} {:>9}",
-        "metric", "VMM", "median", "min", "p90"
+        "{:<34} {:<30} {:>8} {:>8} {:>8} {:>8}",
+        "metric", "VMM, guest", "median", "min", "p90", "max"
     );
     let mut medians = vec![[None; 7]; variants.len()];
     for (m, (label, from_traced, get)) in metrics.iter().enumerate() {
+        let mut first = true;
         for (i, v) in variants.iter().enumerate() {
             let pass = if *from_traced { &traced } else { &timed };
-            let st = stats(pass[i].iter().map(get));
-            let cells = match st {
-                Some((med, min, p90)) => {
-                    medians[i][m] = Some(med);
-                    format!("{med:>9.2} {min:>9.2} {p90:>9.2}")
-                }
-                None => format!("{:>9} {:>9} {:>9}", "n/a", "n/a", "n/a"),
+            let Some((med, min, p90)) = stats(pass[i].iter().map(get)) else {
+                continue;
             };
-            let first = if i == 0 { *label } else { "" };
-            println!("{first:<34} {:<28} {cells}", v.name);
+            let max = pass[i]
+                .iter()
+                .filter_map(get)
+                .fold(f64::NEG_INFINITY, f64::max);
+            medians[i][m] = Some(med);
+            let l = if first { *label } else { "" };
+            first = false;
+            println!(
+                "{l:<34} {:<30} {med:>8.2} {min:>8.2} {p90:>8.2} {max:>8.2}",
+                v.name
+            );
         }
     }
     println!();
     println!("Notes: Firecracker's own boot marker counts from when it starts building the VM;");
     println!("its first KVM_RUN is the timestamp of its vCPU's Resume log line. VmHWM comes from");
-    println!("{rss_runs} traced runs per VMM. ru_maxrss (timed runs) cannot read below the RSS");
+    println!(
+        "{rss_runs} traced runs per variant. ru_maxrss (timed runs) cannot read below the RSS"
+    );
     println!(
         "peak this process had when it spawned the child (it ends at {}).",
-        vm_hwm_kib(std::process::id() as libc::pid_t)
+        libc::pid_t::try_from(std::process::id())
+            .ok()
+            .and_then(vm_hwm_kib)
             .map(|k| format!("{:.2} MiB", k / 1024.0))
             .unwrap_or_else(|| "unknown".into())
     );
+    println!("load:     {load_after} (/proc/loadavg after the timed runs)");
 
     let verdict = |ok: bool| if ok { "MET" } else { "MISSED" };
+    let find = |kind, guest| {
+        variants
+            .iter()
+            .position(|v| v.kind == kind && v.guest == guest)
+    };
+    let med = |i: Option<usize>, m: usize| i.and_then(|i| medians[i][m]).unwrap_or(f64::NAN);
     println!();
-    let fc_index = variants.iter().position(|v| v.kind == Kind::Firecracker);
-    for (i, v) in variants.iter().enumerate() {
-        if v.kind != Kind::Hearth {
+    let (hz, ht) = (
+        find(Kind::Hearth, Guest::Zero),
+        find(Kind::Hearth, Guest::Test),
+    );
+    let (fz, ft) = (
+        find(Kind::Firecracker, Guest::Zero),
+        find(Kind::Firecracker, Guest::Test),
+    );
+    println!(
+        "VMM's own cost (zero-cost guest, whole process, median): hearth {:.2} ms, Firecracker {:.2} ms",
+        med(hz, 0),
+        med(fz, 0)
+    );
+    println!(
+        "the test guest's own cost (test minus zero-cost, medians): {:.2} ms under hearth, {:.2} ms under Firecracker",
+        med(ht, 0) - med(hz, 0),
+        med(ft, 0) - med(fz, 0)
+    );
+    for (guest, label) in [
+        (Guest::Zero, "zero-cost guest"),
+        (Guest::Test, "test guest"),
+    ] {
+        let mut r = pair_ratios(&variants, &timed, guest, |s| Some(s.wall));
+        if r.is_empty() {
             continue;
         }
-        let wall = medians[i][0].unwrap_or(f64::NAN);
-        let rss = medians[i][5].unwrap_or(f64::NAN);
-        match fc_index {
-            Some(f) => {
-                let fc_wall = medians[f][0].unwrap_or(f64::NAN);
-                let fc_rss = medians[f][5].unwrap_or(f64::NAN);
-                let ratio = wall / fc_wall;
-                println!(
-                    "{:<28} wall {wall:.2} / {fc_wall:.2} ms = {ratio:.2}x Firecracker (target <= {TARGET_WALL_RATIO}x: {}); \
-                     peak RSS {rss:.2} / {fc_rss:.2} MiB = {:.2}x (target <= {TARGET_RSS_MIB} MiB: {})",
-                    v.name,
-                    verdict(ratio <= TARGET_WALL_RATIO),
-                    rss / fc_rss,
-                    verdict(rss <= TARGET_RSS_MIB)
-                );
-            }
-            None => println!(
-                "{:<28} wall {wall:.2} ms (no Firecracker to compare); peak RSS {rss:.2} MiB (target <= {TARGET_RSS_MIB} MiB: {})",
-                v.name,
-                verdict(rss <= TARGET_RSS_MIB)
-            ),
-        }
+        let (min, max) = r
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        let m = common::median(&mut r);
+        let target = if guest == Guest::Zero {
+            format!(
+                " (target <= {TARGET_WALL_RATIO}x: {})",
+                verdict(m <= TARGET_WALL_RATIO)
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "{label}: hearth/Firecracker wall, {} pairs: median {m:.2}x{target}, best {min:.2}x, worst {max:.2}x",
+            r.len()
+        );
     }
+    for (i, v) in variants.iter().enumerate() {
+        let (Some(w), Some(worst)) = (
+            medians[i][0],
+            timed[i].iter().map(|s| s.wall).reduce(f64::max),
+        ) else {
+            continue;
+        };
+        println!(
+            "spread {:<30} median {w:.2} ms, worst {worst:.2} ms ({:.2}x the median)",
+            v.name,
+            worst / w
+        );
+    }
+    let first_run = med(hz, 1);
+    println!(
+        "hearth spawn -> first KVM_RUN (zero-cost guest, its own log): median {first_run:.2} ms (target < 3 ms: {})",
+        verdict(first_run < 3.0)
+    );
+    let rss = med(hz, 5);
+    println!(
+        "hearth peak RSS {rss:.2} MiB, Firecracker {:.2} MiB (target <= {TARGET_RSS_MIB} MiB: {})",
+        med(fz, 5),
+        verdict(rss <= TARGET_RSS_MIB)
+    );
 }

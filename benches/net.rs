@@ -16,6 +16,13 @@
 //!
 //! Guest times are converted with the host's TSC rate (KVM does not scale the TSC here).
 
+// Data patterns and syscall plumbing narrow integers on purpose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod common;
 #[path = "../tests/common/net.rs"]
 mod net;

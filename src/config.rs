@@ -15,6 +15,9 @@ pub const DEFAULT_MEMORY: u64 = 128 << 20;
 /// small kernel at 1 MiB.
 pub const MIN_MEMORY: u64 = 2 << 20;
 
+/// The longest kernel command line, in bytes (the buffer less its terminating NUL).
+pub const CMDLINE_LIMIT: usize = crate::arch::layout::CMDLINE_MAX_SIZE - 1;
+
 /// Errors in the VM description.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -30,6 +33,15 @@ pub enum ConfigError {
     /// No kernel.
     #[error("no kernel given: pass --kernel or set \"kernel\" in the config file")]
     NoKernel,
+    /// More vCPUs than hearth supports.
+    #[error("--cpus {0} is more than hearth supports: at most {max} vCPUs (the limit of hearth's MP table)", max = crate::arch::mptable::MAX_CPUS)]
+    TooManyCpus(u32),
+    /// A command line the boot protocol cannot carry.
+    #[error("the kernel command line is {len} bytes; the limit is {max} bytes, including what hearth appends (virtio devices, emulator workarounds)", max = CMDLINE_LIMIT)]
+    CmdlineTooLong {
+        /// Its length.
+        len: usize,
+    },
     /// The config file could not be read.
     #[error("cannot read config file {path}: {source}")]
     ReadFile {
@@ -67,7 +79,8 @@ pub enum ConfigError {
 }
 
 /// Whether to apply the workarounds for KVM's instruction emulator.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutionChoice {
     /// Measure it at startup with a tiny calibration guest.
@@ -87,7 +100,8 @@ pub struct DiskConfig {
     /// The raw disk image (or host block device).
     pub path: PathBuf,
     /// Attach it read-only: the file is opened read-only and the guest sees VIRTIO_BLK_F_RO.
-    #[serde(default)]
+    /// Spelled `readonly` as on the command line; `read_only` is accepted too.
+    #[serde(default, rename = "readonly", alias = "read_only")]
     pub read_only: bool,
     /// The serial number the guest reads with GET_ID (at most 20 bytes); derived from the
     /// file's device and inode numbers when absent.
@@ -122,7 +136,9 @@ pub type VsockConfig = hearth_devices::virtio::vsock::VsockConfig;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
-    /// vmlinux (ELF) or bzImage.
+    /// vmlinux (ELF) or bzImage. May be left out of a config file when `--kernel` is
+    /// given; [`VmConfig::validate`] refuses an empty one.
+    #[serde(default)]
     pub kernel: PathBuf,
     /// An initrd/initramfs.
     #[serde(default)]
@@ -207,16 +223,34 @@ impl VmConfig {
         }
     }
 
-    /// Reads a JSON config file.
+    /// Reads a JSON config file. Relative paths in it are relative to the file's folder,
+    /// wherever hearth is started from.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_json(&text).map_err(|source| ConfigError::ParseFile {
+        let mut config = Self::from_json(&text).map_err(|source| ConfigError::ParseFile {
             path: path.to_owned(),
             source,
-        })
+        })?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        Ok(config)
+    }
+
+    /// Makes every relative path in the description relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.kernel);
+        self.initrd.iter_mut().for_each(fix);
+        self.serial_out.iter_mut().for_each(fix);
+        self.api_sock.iter_mut().for_each(fix);
+        self.disks.iter_mut().for_each(|d| fix(&mut d.path));
+        self.vsock.iter_mut().for_each(|v| fix(&mut v.socket));
     }
 
     /// Parses a JSON description.
@@ -226,8 +260,19 @@ impl VmConfig {
 
     /// Checks what can be checked without KVM or the files.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kernel.as_os_str().is_empty() {
+            return Err(ConfigError::NoKernel);
+        }
         if self.cpus == 0 {
             return Err(ConfigError::NoCpus);
+        }
+        if self.cpus > u32::from(crate::arch::mptable::MAX_CPUS) {
+            return Err(ConfigError::TooManyCpus(self.cpus));
+        }
+        if self.cmdline.len() > CMDLINE_LIMIT {
+            return Err(ConfigError::CmdlineTooLong {
+                len: self.cmdline.len(),
+            });
         }
         if self.memory < MIN_MEMORY {
             return Err(ConfigError::MemoryTooSmall(self.memory));
@@ -277,7 +322,7 @@ fn serialize_size<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     // Binary formats (snapshots) keep the plain byte count.
     if !s.is_human_readable() {
         s.serialize_u64(*v)
-    } else if v % (1 << 20) == 0 {
+    } else if v.is_multiple_of(1 << 20) {
         s.serialize_str(&format!("{}M", v >> 20))
     } else {
         s.serialize_str(&format!("{}K", v >> 10))
@@ -344,7 +389,8 @@ fn parse_on_off(what: &'static str, spec: &str, key: &str, v: &str) -> Result<bo
     }
 }
 
-/// Parses `path=FILE[,readonly=on|off][,id=SERIAL]` (`--disk`).
+/// Parses `path=FILE[,readonly=on|off][,id=SERIAL]` (`--disk`); `read_only=` is accepted
+/// for `readonly=`, as in JSON.
 pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
     const WHAT: &str = "--disk";
     let bad = |reason: &str| ConfigError::DeviceSpec {
@@ -359,12 +405,21 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
         rate_limiter: None,
     };
     let mut limits = crate::rate_limit::SpecLimits::default();
-    let keys = ["path", "readonly", "id", "bw", "ops"];
-    for (k, v) in parse_options(WHAT, spec, &keys)? {
+    let keys = ["path", "readonly", "read_only", "id", "bw", "ops"];
+    let options = parse_options(WHAT, spec, &keys)?;
+    if options
+        .iter()
+        .filter(|(k, _)| k.starts_with("read"))
+        .count()
+        > 1
+    {
+        return Err(bad("'readonly' given twice (read_only is the same option)"));
+    }
+    for (k, v) in options {
         match k {
             "path" if v.is_empty() => return Err(bad("path is empty")),
             "path" => disk.path = PathBuf::from(v),
-            "readonly" => disk.read_only = parse_on_off(WHAT, spec, k, v)?,
+            "readonly" | "read_only" => disk.read_only = parse_on_off(WHAT, spec, k, v)?,
             "bw" | "ops" => limits.set(k, v).map_err(|e| bad(&e))?,
             _ if v.len() > 20 => return Err(bad("id is longer than 20 bytes")),
             _ => disk.id = Some(v.to_string()),
@@ -518,6 +573,14 @@ mod tests {
         );
         let d = parse_disk("path=/b").unwrap();
         assert!(!d.read_only);
+        assert!(parse_disk("path=/b,read_only=on").unwrap().read_only);
+        let e = parse_disk("path=/b,read_only=on,readonly=off").unwrap_err();
+        assert!(e.to_string().contains("given twice"), "{e}");
+        // One spelling in JSON too: readonly, with read_only accepted.
+        let c = VmConfig::from_json(r#"{"kernel": "/k", "disks": [{"path": "/a", "readonly": true}, {"path": "/b", "read_only": true}]}"#).unwrap();
+        assert!(c.disks.iter().all(|d| d.read_only));
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains(r#""readonly":true"#), "{json}");
         for bad in [
             "",
             "/a.img",
@@ -596,9 +659,49 @@ mod tests {
         assert!(c.validate().is_ok());
         c.cpus = 0;
         assert!(matches!(c.validate(), Err(ConfigError::NoCpus)));
+        c.cpus = 1000;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("more than hearth supports: at most 254"), "{e}");
+        c.cpus = 254;
+        assert!(c.validate().is_ok());
         c.cpus = 1;
+        c.cmdline = "x".repeat(4096);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("4096 bytes; the limit is 4095 bytes"), "{e}");
+        c.cmdline = "x".repeat(4095);
+        assert!(c.validate().is_ok());
+        c.cmdline = DEFAULT_CMDLINE.into();
         c.memory = 1 << 20;
         assert!(matches!(c.validate(), Err(ConfigError::MemoryTooSmall(_))));
+        c.memory = DEFAULT_MEMORY;
+        c.kernel = PathBuf::new();
+        assert!(matches!(c.validate(), Err(ConfigError::NoKernel)));
+    }
+
+    #[test]
+    fn config_file_paths_are_relative_to_the_file() {
+        let tmp = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hearth-cfg-").unwrap();
+        let file = tmp.as_path().join("vm.json");
+        std::fs::write(
+            &file,
+            r#"{"kernel": "k", "initrd": "sub/i", "serial_out": "/abs/out",
+                "disks": [{"path": "d.img"}], "api_sock": "api",
+                "vsock": {"cid": 3, "socket": "v.sock"}}"#,
+        )
+        .unwrap();
+        let c = VmConfig::from_file(&file).unwrap();
+        let d = tmp.as_path();
+        assert_eq!(c.kernel, d.join("k"));
+        assert_eq!(c.initrd, Some(d.join("sub/i")));
+        assert_eq!(c.serial_out, Some(PathBuf::from("/abs/out")));
+        assert_eq!(c.disks[0].path, d.join("d.img"));
+        assert_eq!(c.api_sock, Some(d.join("api")));
+        assert_eq!(c.vsock.unwrap().socket, d.join("v.sock"));
+        // No kernel in the file: accepted here, supplied by --kernel later.
+        std::fs::write(&file, r#"{"cpus": 2}"#).unwrap();
+        let c = VmConfig::from_file(&file).unwrap();
+        assert_eq!(c.kernel, PathBuf::new());
+        assert_eq!(c.cpus, 2);
     }
 
     #[test]

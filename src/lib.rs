@@ -11,11 +11,31 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! For more control, [`Vm::start`] returns a [`RunningVm`] to wait on (`wait`,
+//! `wait_timeout`, `try_wait`) and cloneable [`VmHandle`]s that other threads use to
+//! pause, resume, snapshot or stop it. [`Console`] gives each VM its own serial sink (any
+//! `Write`, or a channel) and input (stdin, none, or a file descriptor), so several VMs can
+//! run in one process. Build without the `cli` feature (`default-features = false`) to
+//! leave out clap and the command line.
+//!
+//! # What the library does to the process
+//!
+//! - It installs a handler for SIGRTMIN (`vcpu::kick_signal`), used to kick vCPU threads
+//!   out of KVM_RUN; do not use that signal for anything else.
+//! - With the default [`Console`] input it duplicates fd 0 and reads the guest's input from
+//!   it; use [`Console::no_input`] to leave stdin alone. It never changes terminal modes:
+//!   raw mode, the `Ctrl-a x` escape and SIGINT/SIGTERM handling are the CLI's.
+//! - It prints nothing: diagnostics go through the `log` facade (install a logger to see
+//!   them); the default console output is stdout.
+//! - Each VM starts one thread per vCPU, one event-loop thread and short-lived setup
+//!   threads; dropping a [`RunningVm`] stops the VM and joins them.
 
 pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod config;
+pub mod console;
 pub mod device_manager;
 pub mod jailer;
 pub mod kvm;
@@ -27,5 +47,6 @@ pub mod vcpu;
 pub mod vm;
 
 pub use config::VmConfig;
-pub use vcpu::ExitReason;
-pub use vm::{RestoreOptions, RunningVm, Vm, VmError};
+pub use console::{Console, ConsoleInput};
+pub use vcpu::{exit_status, ExitReason};
+pub use vm::{RestoreOptions, RunningVm, Vm, VmError, VmHandle};

@@ -2,6 +2,7 @@
 
 mod jail_cli;
 mod seccomp_cli;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,27 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use hearth::boot::BootProtocol;
 use hearth::config::{parse_size, ConfigError, DiskConfig, ExecutionChoice, NetConfig, VmConfig};
-use hearth::{Vm, VmError};
+use hearth::{exit_status, Console, Vm, VmError};
+
+/// Why a hearth command failed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// Building, running or controlling the VM.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// A snapshot directory that cannot be used.
+    #[error(transparent)]
+    Snapshot(#[from] hearth::snapshot::SnapshotError),
+    /// A restore that nothing could ever resume.
+    #[error("restore without --resume waits, paused, for `hearth ctl resume`, which needs --api-sock: pass --resume or --api-sock PATH")]
+    RestoreNeverRuns,
+}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError::Vm(e.into())
+    }
+}
 
 /// hearth: a minimal KVM virtual machine monitor.
 #[derive(Parser)]
@@ -62,7 +83,7 @@ enum CtlAction {
     /// Write a snapshot (state + memory) to a directory; the VM stays paused unless
     /// --resume is given.
     Snapshot {
-        /// The snapshot directory (created if needed).
+        /// The snapshot directory (its last level is created if needed).
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
         /// Resume the VM once the snapshot is written.
@@ -225,89 +246,98 @@ impl RunArgs {
     }
 }
 
-fn run(args: RunArgs) -> Result<i32, VmError> {
+fn run(args: RunArgs) -> Result<i32, CliError> {
     init_logging(args.verbose);
-    args.seccomp.configure()?;
+    // Before any thread starts: the signal and console threads filter themselves too.
+    args.seccomp.configure().map_err(VmError::from)?;
+    // Before any thread starts, so that every thread inherits the blocked signals.
+    terminal::handle_stop_signals();
     let config = args.into_config()?;
-    let vm = Vm::try_from(config)?;
+    let console = Console::new().input(terminal::console_input());
+    let vm = Vm::with_console(&config, console)?;
     finish(vm)
 }
 
-fn finish(vm: Vm) -> Result<i32, VmError> {
-    let _terminal = RawTerminal::enter();
-    let reason = vm.run()?;
-    if let hearth::ExitReason::Error(_) = reason {
-        eprintln!("hearth: error: {reason}");
-    } else {
+fn finish(vm: Vm) -> Result<i32, CliError> {
+    let running = vm.start()?;
+    terminal::watch(running.handle());
+    let terminal = terminal::RawTerminal::enter();
+    let reason = running.wait();
+    drop(terminal);
+    let reason = reason?;
+    if let (hearth::ExitReason::Stopped, Some((line, code))) = (&reason, terminal::stop_cause()) {
+        eprintln!("hearth: {line}");
+        return Ok(code);
+    }
+    // Every non-zero exit, and every end the guest did not choose, is explained, with or
+    // without -v.
+    if reason.is_guest_choice() && reason.exit_code() == 0 {
         log::debug!("{reason}");
+    } else {
+        eprintln!("hearth: {reason}");
     }
     Ok(reason.exit_code())
 }
 
-fn restore(args: RestoreArgs) -> Result<i32, VmError> {
+fn restore(args: RestoreArgs) -> Result<i32, CliError> {
     init_logging(args.verbose);
-    args.seccomp.configure()?;
+    if !args.resume && args.api_sock.is_none() {
+        return Err(CliError::RestoreNeverRuns);
+    }
+    args.seccomp.configure().map_err(VmError::from)?;
+    terminal::handle_stop_signals();
     let options = hearth::RestoreOptions {
         resume: args.resume,
         serial_out: args.serial_out,
         api_sock: args.api_sock,
     };
-    if !options.resume && options.api_sock.is_none() {
-        eprintln!("hearth: note: restoring paused without --api-sock: nothing can resume it; pass --resume or --api-sock");
-    }
-    finish(Vm::restore(&args.dir, &options)?)
+    let console = Console::new().input(terminal::console_input());
+    finish(Vm::restore_with_console(&args.dir, &options, console)?)
 }
 
-fn ctl(args: CtlArgs) -> Result<i32, VmError> {
+fn ctl(args: CtlArgs) -> Result<i32, CliError> {
     use hearth::api::Request;
     let request = match args.action {
         CtlAction::Pause => Request::Pause,
         CtlAction::Resume => Request::Resume,
-        CtlAction::Snapshot { dir, resume } => Request::Snapshot {
-            // The VM resolves relative paths from its own working directory.
-            dir: std::path::absolute(&dir).unwrap_or(dir),
-            resume,
-        },
+        CtlAction::Snapshot { dir, resume } => {
+            // The same rules as the VM's, checked here so that a bad path fails before
+            // the VM is paused.
+            hearth::snapshot::check_dir(&dir)?;
+            Request::Snapshot {
+                // The VM resolves relative paths from its own working directory.
+                dir: std::path::absolute(&dir).unwrap_or(dir),
+                resume,
+            }
+        }
     };
-    hearth::api::send(&args.api_sock, &request)?;
+    hearth::api::send(&args.api_sock, &request).map_err(VmError::from)?;
     Ok(0)
 }
 
-fn info() -> Result<i32, VmError> {
-    let kvm = hearth::kvm::open()?;
-    println!("hearth {}", env!("CARGO_PKG_VERSION"));
-    println!("KVM API version: {}", kvm.get_api_version());
-    println!("max vCPUs: {}", kvm.get_max_vcpus());
-    match hearth::kvm::calibrate(&kvm) {
-        Ok(c) => println!(
-            "guest kernel execution: {} ({} iterations of dec/jnz in {:?})",
+fn info() -> Result<i32, CliError> {
+    use std::io::Write;
+    let kvm = hearth::kvm::open().map_err(VmError::from)?;
+    let kvm_max = kvm.get_max_vcpus();
+    let hearth_max = usize::from(hearth::arch::mptable::MAX_CPUS);
+    let execution = match hearth::kvm::calibrate(&kvm) {
+        Ok(c) => format!(
+            "{} ({} iterations of dec/jnz in {:?})",
             c.execution, c.iterations, c.elapsed
         ),
-        Err(e) => println!("guest kernel execution: unknown ({e})"),
-    }
+        Err(e) => format!("unknown ({e})"),
+    };
+    // A reader that goes away (`hearth info | head -1`) is not an error.
+    let _ = write!(
+        std::io::stdout().lock(),
+        "hearth {}\nKVM API version: {}\n\
+         max vCPUs: {} (hearth's own limit is {hearth_max}, its MP table; this KVM allows {kvm_max})\n\
+         guest kernel execution: {execution}\n",
+        env!("CARGO_PKG_VERSION"),
+        kvm.get_api_version(),
+        kvm_max.min(hearth_max),
+    );
     Ok(0)
-}
-
-/// Puts a terminal stdin into raw mode for the guest's console, and back on drop.
-struct RawTerminal(bool);
-
-impl RawTerminal {
-    fn enter() -> Self {
-        use std::io::IsTerminal;
-        use vmm_sys_util::terminal::Terminal;
-        let stdin = std::io::stdin();
-        let raw = stdin.is_terminal() && stdin.lock().set_raw_mode().is_ok();
-        Self(raw)
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        use vmm_sys_util::terminal::Terminal;
-        if self.0 {
-            let _ = std::io::stdin().lock().set_canon_mode();
-        }
-    }
 }
 
 /// When the process started: the reference for every logged time.
@@ -353,23 +383,25 @@ fn main() -> ExitCode {
             .map_err(VmError::from)
             .and_then(|bytes| {
                 std::fs::write(&output, bytes).map_err(|source| {
-                    VmError::from(hearth::seccomp::SeccompError::Read {
+                    VmError::from(hearth::seccomp::SeccompError::Write {
                         path: output,
                         source,
                     })
                 })
             })
-            .map(|()| 0),
+            .map(|()| 0)
+            .map_err(CliError::from),
         Command::Jail(args) => {
             eprintln!("hearth: error: {}", jail_cli::jail(args));
             return ExitCode::from(1);
         }
     };
-    match result {
-        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("hearth: error: {e}");
-            ExitCode::from(1)
+            exit_status::HEARTH_ERROR
         }
-    }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
 }

@@ -1,5 +1,5 @@
 //! The snapshot directory: a state file (magic, format version, length, CRC-64, then the
-//! bincode-encoded [`VmState`]) and a memory file (guest RAM, regions back to back),
+//! postcard-encoded [`VmState`]) and a memory file (guest RAM, regions back to back),
 //! which restore maps MAP_PRIVATE so that the snapshot is never modified.
 
 use std::fs::File;
@@ -31,9 +31,13 @@ pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"HEARTHSN";
-/// The format this hearth writes and reads. Version 2: each virtio queue and the acked
-/// features are saved once (version 1 kept a transport copy beside the device's).
-pub const VERSION: u32 = 2;
+/// The format this hearth writes and reads. Version 3: postcard encoding. Version 2 saved
+/// each virtio queue and the acked features once (version 1 kept a transport copy beside
+/// the device's); both encoded with bincode, which is unmaintained, and are refused by
+/// name.
+pub const VERSION: u32 = 3;
+/// The last format version encoded with bincode.
+const LAST_BINCODE_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8;
 const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_ECMA_182);
 /// State files larger than this are not state files.
@@ -106,6 +110,14 @@ pub enum SnapshotError {
     /// Not a hearth state file.
     #[error("{0} is not a hearth snapshot state file (wrong magic number)")]
     BadMagic(PathBuf),
+    /// Written by an older hearth in the bincode format (version 1).
+    #[error("{path} has snapshot format version {found} (bincode, written by an older hearth); this hearth reads version {VERSION} (postcard) only: take the snapshot again with this hearth")]
+    BincodeVersion {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
     /// Written by another format version.
     #[error("{path} has snapshot format version {found}; this hearth reads version {VERSION}")]
     UnknownVersion {
@@ -138,6 +150,12 @@ pub enum SnapshotError {
         /// The VM's memory size.
         expected: u64,
     },
+    /// The snapshot directory is a file (or another non-directory).
+    #[error("snapshot directory {0} exists and is not a directory")]
+    NotADirectory(PathBuf),
+    /// The snapshot directory's parent is missing: only the last level is created.
+    #[error("cannot create snapshot directory {0}: its parent directory does not exist (hearth creates only the last level)")]
+    NoParent(PathBuf),
     /// Mapping the memory file failed.
     #[error("cannot map memory file {path}: {reason}")]
     Map {
@@ -155,16 +173,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     }
 }
 
-fn bincode_config() -> impl bincode::config::Config {
-    bincode::config::standard()
-        .with_fixed_int_encoding()
-        .with_limit::<{ MAX_STATE_LEN as usize }>()
-}
-
 /// The state file's bytes for `state`.
 pub fn encode_state(state: &VmState) -> Result<Vec<u8>, SnapshotError> {
-    let payload = bincode::serde::encode_to_vec(state, bincode_config())
-        .map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    let payload = postcard::to_allocvec(state).map_err(|e| SnapshotError::Encode(e.to_string()))?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -184,39 +195,41 @@ pub fn decode_state(bytes: &[u8], path: &Path) -> Result<VmState, SnapshotError>
     if bytes.len() < HEADER_LEN {
         return Err(SnapshotError::Truncated(p()));
     }
-    let field = |at: usize, n: usize| {
+    let field = |at: usize| {
         let mut b = [0u8; 8];
-        b[..n].copy_from_slice(&bytes[at..at + n]);
+        b.copy_from_slice(&bytes[at..at + 8]);
         u64::from_le_bytes(b)
     };
-    let version = field(8, 4) as u32;
+    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if (1..=LAST_BINCODE_VERSION).contains(&version) {
+        return Err(SnapshotError::BincodeVersion {
+            path: p(),
+            found: version,
+        });
+    }
     if version != VERSION {
         return Err(SnapshotError::UnknownVersion {
             path: p(),
             found: version,
         });
     }
-    let len = field(12, 8);
-    let crc = field(20, 8);
+    let crc = field(20);
     let payload = &bytes[HEADER_LEN..];
-    if (payload.len() as u64) < len {
-        return Err(SnapshotError::Truncated(p()));
-    }
-    let payload = &payload[..len as usize];
+    let payload = usize::try_from(field(12))
+        .ok()
+        .and_then(|len| payload.get(..len))
+        .ok_or_else(|| SnapshotError::Truncated(p()))?;
     if CRC64.checksum(payload) != crc {
         return Err(SnapshotError::BadChecksum(p()));
     }
-    let (state, used) =
-        bincode::serde::decode_from_slice(payload, bincode_config()).map_err(|e| {
-            SnapshotError::Decode {
-                path: p(),
-                reason: e.to_string(),
-            }
-        })?;
-    if used != payload.len() {
+    let (state, rest) = postcard::take_from_bytes(payload).map_err(|e| SnapshotError::Decode {
+        path: p(),
+        reason: e.to_string(),
+    })?;
+    if !rest.is_empty() {
         return Err(SnapshotError::Decode {
             path: p(),
-            reason: format!("{} bytes left over", payload.len() - used),
+            reason: format!("{} bytes left over", rest.len()),
         });
     }
     Ok(state)
@@ -234,7 +247,7 @@ fn write_memory(f: &File, mem: &GuestMemoryMmap) -> std::io::Result<()> {
     let mut buf = vec![0u8; MEMORY_CHUNK];
     let mut file_offset = 0u64;
     for region in mem.iter() {
-        let len = region.len() as usize;
+        let len = usize::try_from(region.len()).map_err(std::io::Error::other)?;
         let mut at = 0usize;
         while at < len {
             let n = MEMORY_CHUNK.min(len - at);
@@ -252,9 +265,53 @@ fn write_memory(f: &File, mem: &GuestMemoryMmap) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes the state file and the memory file into `dir` (created if needed).
+/// Checks that `dir` can take a snapshot, changing nothing: it is a directory, or it does
+/// not exist and its parent is a directory (only the last level is ever created, so a
+/// typo in a parent is an error rather than a new tree). The CLI checks with this before
+/// asking the VM, which checks again with [`write`].
+pub fn check_dir(dir: &Path) -> Result<(), SnapshotError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(SnapshotError::NotADirectory(dir.to_owned())),
+        // ENOTDIR: a parent is a file, which the parent check names.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            let parent = match dir.parent() {
+                Some(p) if p.as_os_str().is_empty() => Path::new("."),
+                Some(p) => p,
+                None => return Err(SnapshotError::NoParent(dir.to_owned())),
+            };
+            match std::fs::metadata(parent) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(SnapshotError::NotADirectory(parent.to_owned())),
+                Err(_) => Err(SnapshotError::NoParent(dir.to_owned())),
+            }
+        }
+        Err(source) => Err(SnapshotError::Io {
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Creates `dir` (the last level only) unless it is a directory already.
+fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
+    check_dir(dir)?;
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(source) => Err(SnapshotError::Io {
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes the state file and the memory file into `dir` (see [`check_dir`]).
 pub fn write(dir: &Path, state: &VmState, mem: &GuestMemoryMmap) -> Result<(), SnapshotError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    create_dir(dir)?;
     let mem_path = dir.join(MEMORY_FILE);
     let f = File::create(&mem_path).map_err(io_err(&mem_path))?;
     write_memory(&f, mem).map_err(|source| SnapshotError::Io {
@@ -286,7 +343,8 @@ pub fn read_state(dir: &Path) -> Result<VmState, SnapshotError> {
             reason: format!("{len} bytes is too large for a state file"),
         });
     }
-    let mut bytes = Vec::with_capacity(len as usize);
+    // At most MAX_STATE_LEN (256 MiB), checked above.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     f.read_to_end(&mut bytes).map_err(io_err(&path))?;
     decode_state(&bytes, &path)
 }
@@ -312,7 +370,8 @@ pub fn map_memory(dir: &Path, size: u64) -> Result<GuestMemoryMmap, SnapshotErro
     let mut regions = Vec::new();
     let mut offset = 0u64;
     for (addr, len) in ram_ranges(size) {
-        let region = MmapRegionBuilder::new(len as usize)
+        let size = usize::try_from(len).map_err(|e| map_err(e.to_string()))?;
+        let region = MmapRegionBuilder::new(size)
             .with_file_offset(FileOffset::from_arc(file.clone(), offset))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
@@ -351,5 +410,38 @@ mod tests {
         let back = decode_state(&bytes, Path::new("x")).unwrap();
         assert_eq!(back.config, VmConfig::new("/k"));
         assert_eq!(back.cmdline, "console=ttyS0");
+    }
+
+    #[test]
+    fn old_bincode_version_is_refused_by_name() {
+        let mut bytes = encode_state(&sample_state()).unwrap();
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let e = decode_state(&bytes, Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 1 (bincode"), "{e}");
+        bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
+        let e = decode_state(&bytes, Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 7"), "{e}");
+    }
+
+    #[test]
+    fn snapshot_dir_rules() {
+        let tmp = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hearth-snapdir-").unwrap();
+        let d = tmp.as_path();
+        assert!(check_dir(d).is_ok());
+        assert!(check_dir(&d.join("new")).is_ok());
+        create_dir(&d.join("new")).unwrap();
+        assert!(d.join("new").is_dir());
+        let e = create_dir(&d.join("a/b/c")).unwrap_err().to_string();
+        assert!(e.contains("parent directory does not exist"), "{e}");
+        assert!(!d.join("a").exists(), "no parent is created");
+        std::fs::write(d.join("file"), b"x").unwrap();
+        let e = check_dir(&d.join("file")).unwrap_err().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        let e = check_dir(&d.join("file/sub")).unwrap_err().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
     }
 }

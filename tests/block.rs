@@ -188,7 +188,11 @@ fn disk_config_from_file_and_bad_disks() {
         (format!("path={}", hearth_bin()), "readonly=on"),
     ] {
         let run = hearth(["run", "--kernel", &guest, "--disk", &disk]);
-        assert_eq!(run.code(), 1, "{disk}: {run:#?}");
+        assert_eq!(
+            run.code(),
+            hearth::exit_status::HEARTH_ERROR,
+            "{disk}: {run:#?}"
+        );
         assert!(run.stdout.is_empty(), "nothing started: {run:#?}");
         assert_eq!(run.stderr.trim_end().lines().count(), 1, "{run:#?}");
         assert!(run.stderr.contains(expect), "{disk}: {}", run.stderr);

@@ -222,7 +222,7 @@ fn rejected_instruction_is_an_internal_error_not_a_hang() {
     let run = boot_test_guest("fault=popcnt exit=0", &[]);
     assert!(run.stdout.contains("fault: popcnt"), "{run:#?}");
     if emulated {
-        assert_eq!(run.code(), 1, "{run:#?}");
+        assert_eq!(run.code(), hearth::exit_status::KVM_ERROR, "{run:#?}");
         assert!(
             run.stderr.contains("KVM internal error, suberror 1"),
             "{run:#?}"

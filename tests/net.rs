@@ -270,7 +270,7 @@ fn bad_net_specs_fail_with_one_line_errors() {
         ("lo", "lo is not a tap device"),
     ] {
         let run = hearth(["run", "--kernel", &guest, "--net", &format!("tap={tap}")]);
-        assert_eq!(run.code(), 1, "{run:#?}");
+        assert_eq!(run.code(), hearth::exit_status::HEARTH_ERROR, "{run:#?}");
         let err = run.stderr.trim_end();
         assert!(!err.contains('\n'), "one line: {err}");
         assert!(err.starts_with("hearth: error: "), "{err}");
@@ -295,7 +295,7 @@ fn a_busy_tap_and_a_tun_device_fail_with_one_line_errors() {
         .unwrap();
     assert!(status.success());
     let one_line_error = |run: &Run, want: &str| {
-        assert_eq!(run.code(), 1, "{run:#?}");
+        assert_eq!(run.code(), hearth::exit_status::HEARTH_ERROR, "{run:#?}");
         let err = run.stderr.trim_end();
         assert!(!err.contains('\n'), "one line: {err}");
         assert!(err.contains(want), "{err}");

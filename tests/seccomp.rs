@@ -172,7 +172,7 @@ fn a_bad_filter_file_is_refused_with_one_line() {
         ),
     ] {
         let run = boot_test_guest("exit=0", &["--seccomp-filter", file.to_str().unwrap()]);
-        assert_eq!(run.code(), 1, "{run:#?}");
+        assert_eq!(run.code(), 250, "hearth's own error status: {run:#?}");
         assert_eq!(run.stderr.lines().count(), 1, "{run:#?}");
         assert!(run.stderr.contains(want), "{run:#?}");
     }

@@ -223,7 +223,7 @@ fn pause_and_resume_through_the_api() {
     let last = *counts(&paused).last().unwrap();
     wait_for_text(&vm.serial, &format!("count: {}\n", last + 2), T);
     let bad = ctl(dir.as_path().join("nope.sock").as_path(), &["pause"]);
-    assert_eq!(bad.code(), 1);
+    assert_eq!(bad.code(), hearth::exit_status::HEARTH_ERROR);
     assert!(
         bad.stderr.contains("cannot connect to API socket"),
         "{bad:#?}"
@@ -241,7 +241,11 @@ fn copy_dir(from: &Path, to: &Path) {
 fn assert_refused(snap: &Path, expect: &str) {
     let serial = snap.with_extension("serial");
     let run = restore(snap, &serial);
-    assert_eq!(run.code(), 1, "{expect}: {run:#?}");
+    assert_eq!(
+        run.code(),
+        hearth::exit_status::HEARTH_ERROR,
+        "{expect}: {run:#?}"
+    );
     assert_eq!(
         run.stderr.trim_end().lines().count(),
         1,

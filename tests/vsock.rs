@@ -269,7 +269,11 @@ fn bad_vsock_options_are_one_line_errors() {
         ),
     ] {
         let run = hearth(["run", "--kernel", &guest, "--vsock", &spec]);
-        assert_eq!(run.code(), 1, "{spec}: {run:#?}");
+        assert_eq!(
+            run.code(),
+            hearth::exit_status::HEARTH_ERROR,
+            "{spec}: {run:#?}"
+        );
         assert!(run.stdout.is_empty(), "nothing started: {run:#?}");
         assert_eq!(
             run.stderr.trim_end().lines().count(),
@@ -287,7 +291,7 @@ fn bad_vsock_options_are_one_line_errors() {
     });
     std::fs::write(&config, json.to_string()).unwrap();
     let run = hearth(["run", "--config", config.to_str().unwrap()]);
-    assert_eq!(run.code(), 1, "{run:#?}");
+    assert_eq!(run.code(), hearth::exit_status::HEARTH_ERROR, "{run:#?}");
     assert!(
         run.stderr.contains("vsock cid 1 is reserved"),
         "{}",

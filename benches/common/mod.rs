@@ -37,3 +37,65 @@ pub fn env_num(name: &str, default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// Builds the zero-cost guests (resources/reset-guest) into target/bench-guest and
+/// returns the ELF named `name` (`reset-guest.elf`: resets at its first instruction;
+/// `idle-guest.elf`: halts with interrupts on, forever).
+pub fn build_tiny_guest(what: &str, name: &str) -> PathBuf {
+    let out = root().join("target/bench-guest");
+    let ok = Command::new("make")
+        .args(["-s", "-C"])
+        .arg(root().join("resources/reset-guest"))
+        .arg(format!("O={}", out.display()))
+        .arg(out.join(name))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        fail(what, format!("cannot build {name} (needs gcc and make)"));
+    }
+    out.join(name)
+}
+
+/// The peer Firecracker binary: FIRECRACKER_BIN, or ../shared/peers next to the
+/// repository; None (after saying so) when there is none.
+pub fn firecracker_bin(what: &str) -> Option<PathBuf> {
+    let (path, from_env) = match std::env::var_os("FIRECRACKER_BIN") {
+        Some(p) => (PathBuf::from(p), true),
+        None => (root().join("../shared/peers/firecracker-v1.16.1"), false),
+    };
+    if path.is_file() {
+        return Some(path);
+    }
+    if from_env {
+        fail(
+            what,
+            format!("FIRECRACKER_BIN={} is not a file", path.display()),
+        );
+    }
+    println!(
+        "Firecracker not found at {} (set FIRECRACKER_BIN): measuring hearth alone",
+        path.display()
+    );
+    None
+}
+
+/// The 1-, 5- and 15-minute load averages and the running/total tasks.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Median of `v` (which it sorts); NaN when empty.
+pub fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}

@@ -9,4 +9,5 @@ pub mod bus;
 pub mod legacy;
 pub mod persist;
 pub mod rate_limiter;
+pub mod stale_socket;
 pub mod virtio;

@@ -26,7 +26,8 @@ use crate::arch::layout::*;
 use crate::arch::regs::EntryMode;
 
 /// Which entry point to use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum BootProtocol {
     /// PVH when the ELF kernel has a PVH note, the 64-bit Linux entry otherwise.
@@ -68,6 +69,14 @@ pub enum BootError {
     /// Neither ELF nor bzImage.
     #[error("kernel {0} is not a kernel image: expected an ELF vmlinux or a bzImage")]
     NotAKernel(PathBuf),
+    /// An ELF that is a user-space program, not a kernel.
+    #[error("kernel {path} is not a kernel: it is {what}; expected an ELF vmlinux or a bzImage")]
+    ElfProgram {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        what: &'static str,
+    },
     /// The loader rejected the image.
     #[error("cannot load kernel {path}: {source}; if the image is complete, the guest's {mem_mib} MiB of memory may be too small for it")]
     Load {
@@ -171,6 +180,53 @@ fn sniff(file: &mut File) -> std::io::Result<Option<ImageKind>> {
     }
 }
 
+/// What an ELF file is when it is a user-space program rather than a kernel: a
+/// position-independent executable or shared object (ET_DYN: a kernel is ET_EXEC), or a
+/// dynamically linked program (a PT_INTERP header). Such files otherwise fail deep in the
+/// loader with an error that suggests too little memory.
+fn elf_program_kind(file: &mut File) -> std::io::Result<Option<&'static str>> {
+    const ET_DYN: u16 = 3;
+    const PT_INTERP: u32 = 3;
+    let mut h = [0u8; 64];
+    file.seek(SeekFrom::Start(0))?;
+    let n = read_up_to(file, &mut h)?;
+    file.seek(SeekFrom::Start(0))?;
+    // Not a complete 64-bit little-endian header: leave the verdict to the loader.
+    if n < h.len() || h[4] != 2 || h[5] != 1 {
+        return Ok(None);
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([h[at], h[at + 1]]);
+    if u16_at(16) == ET_DYN {
+        return Ok(Some(
+            "a position-independent user-space program or shared library (ELF type ET_DYN)",
+        ));
+    }
+    let phoff = u64::from_le_bytes(h[32..40].try_into().unwrap_or_default());
+    let phentsize = u64::from(u16_at(54));
+    let phnum = u64::from(u16_at(56));
+    if phentsize < 4 {
+        return Ok(None);
+    }
+    for i in 0..phnum {
+        let mut ty = [0u8; 4];
+        let Some(at) = i.checked_mul(phentsize).and_then(|o| o.checked_add(phoff)) else {
+            break;
+        };
+        file.seek(SeekFrom::Start(at))?;
+        if read_up_to(file, &mut ty)? < ty.len() {
+            break;
+        }
+        if u32::from_le_bytes(ty) == PT_INTERP {
+            file.seek(SeekFrom::Start(0))?;
+            return Ok(Some(
+                "a dynamically linked user-space program (it names a program interpreter)",
+            ));
+        }
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(None)
+}
+
 fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -207,6 +263,14 @@ pub fn load_kernel(
         mem_mib: mem_size(mem) >> 20,
         source,
     };
+    if kind == ImageKind::Elf {
+        if let Some(what) = elf_program_kind(&mut file).map_err(read_err)? {
+            return Err(BootError::ElfProgram {
+                path: path.to_owned(),
+                what,
+            });
+        }
+    }
     let himem = Some(GuestAddress(HIMEM_START));
     let result: KernelLoaderResult = match kind {
         ImageKind::Elf => Elf::load(mem, None, &mut file, himem).map_err(load_err)?,

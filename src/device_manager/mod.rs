@@ -77,9 +77,12 @@ impl BusDevice for ExitPort {
 }
 
 /// Firecracker's boot timer: the guest writes 123 when it has booted.
-struct BootMarker {
+#[derive(Debug)]
+pub struct BootMarker {
     /// When this VM started being built: the boot time is the VM's own, not the process's.
-    started: std::time::Instant,
+    pub started: std::time::Instant,
+    /// Where the boot time is kept for the VM's owner.
+    pub booted: Arc<std::sync::OnceLock<std::time::Duration>>,
 }
 
 impl BusDevice for BootMarker {
@@ -88,9 +91,12 @@ impl BusDevice for BootMarker {
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset == 0 && data.first() == Some(&BOOT_MARKER_VALUE) {
-            info!(
+            let took = self.started.elapsed();
+            let _ = self.booted.set(took);
+            // A timing: shown with -v; embedders read it from `RunningVm::boot_time`.
+            debug!(
                 "guest boot marker: booted {:.3} ms after start",
-                self.started.elapsed().as_secs_f64() * 1000.0
+                took.as_secs_f64() * 1000.0
             );
         }
     }
@@ -171,20 +177,11 @@ impl DeviceManager {
         &mut self,
         vm: &VmFd,
         exit: &Arc<ExitSignal>,
-        serial_out: Option<&std::path::Path>,
+        out: Box<dyn Write + Send>,
         serial_in: Option<File>,
         saved_serial: Option<&SavedSerial>,
-        started: std::time::Instant,
+        boot_marker: BootMarker,
     ) -> Result<(), DeviceError> {
-        let out: Box<dyn Write + Send> = match serial_out {
-            Some(path) => {
-                Box::new(File::create(path).map_err(|source| DeviceError::SerialOut {
-                    path: path.to_owned(),
-                    source,
-                })?)
-            }
-            None => Box::new(std::io::stdout()),
-        };
         let irq = EventFdTrigger(Self::irqfd(vm, COM1_IRQ)?);
         let serial = Arc::new(Mutex::new(match saved_serial {
             Some(state) => Serial::restore(SerialArgs { irq, out }, state)?,
@@ -214,11 +211,8 @@ impl DeviceManager {
 
         self.pio
             .insert(EXIT_PORT, 1, Arc::new(Mutex::new(ExitPort(exit.clone()))))?;
-        self.mmio.insert(
-            BOOT_MARKER_ADDR,
-            0x1000,
-            Arc::new(Mutex::new(BootMarker { started })),
-        )?;
+        self.mmio
+            .insert(BOOT_MARKER_ADDR, 0x1000, Arc::new(Mutex::new(boot_marker)))?;
         Ok(())
     }
 

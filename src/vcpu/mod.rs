@@ -19,8 +19,25 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+/// The process exit statuses of hearth's own outcomes (the guest's exit-port byte is the
+/// guest's and passes through unchanged; reset and power-off are 0). Chosen high so that
+/// they do not collide with the small statuses guests and shells use.
+pub mod exit_status {
+    /// hearth itself failed: bad input, a host resource, a snapshot it cannot read.
+    pub const HEARTH_ERROR: i32 = 250;
+    /// KVM stopped the guest with an error: emulation failure, failed entry, unknown exit.
+    pub const KVM_ERROR: i32 = 251;
+    /// The guest triple-faulted.
+    pub const TRIPLE_FAULT: i32 = 252;
+    /// The host stopped the VM (the library's stop, the console's Ctrl-a x).
+    pub const STOPPED: i32 = 253;
+    /// Stopped by a signal (SIGINT, SIGTERM, SIGHUP): 128 plus its number, as shells do.
+    pub const SIGNAL_BASE: i32 = 128;
+}
+
 /// Why the VM ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ExitReason {
     /// The guest wrote a status to the exit port.
     GuestExit(u8),
@@ -30,24 +47,38 @@ pub enum ExitReason {
     PowerOff,
     /// Every running vCPU halted with interrupts disabled: nothing can wake them.
     Halted,
-    /// A triple fault.
-    Shutdown,
+    /// A triple fault; the text names the vCPU, the guest RIP, the instruction bytes and
+    /// the registers.
+    TripleFault(String),
     /// The host asked the VM to stop.
     Stopped,
-    /// Something went wrong: an internal error, a failed entry, an unknown exit.
+    /// KVM stopped a vCPU with an error: an internal error, a failed entry, an unknown
+    /// exit.
     Error(String),
 }
 
 impl ExitReason {
-    /// The process exit status this reason maps to.
+    /// The process exit status this reason maps to (see [`exit_status`]).
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitReason::GuestExit(s) => i32::from(*s),
-            ExitReason::Reset | ExitReason::PowerOff | ExitReason::Halted | ExitReason::Stopped => {
-                0
-            }
-            ExitReason::Shutdown | ExitReason::Error(_) => 1,
+            ExitReason::Reset | ExitReason::PowerOff | ExitReason::Halted => 0,
+            ExitReason::Stopped => exit_status::STOPPED,
+            ExitReason::TripleFault(_) => exit_status::TRIPLE_FAULT,
+            ExitReason::Error(_) => exit_status::KVM_ERROR,
         }
+    }
+
+    /// Whether the guest itself chose this end (exit port, reset, power-off, halt), as
+    /// opposed to a fault, an error or the host.
+    pub fn is_guest_choice(&self) -> bool {
+        matches!(
+            self,
+            ExitReason::GuestExit(_)
+                | ExitReason::Reset
+                | ExitReason::PowerOff
+                | ExitReason::Halted
+        )
     }
 }
 
@@ -58,7 +89,7 @@ impl std::fmt::Display for ExitReason {
             ExitReason::Reset => write!(f, "guest reset the machine"),
             ExitReason::PowerOff => write!(f, "guest powered off"),
             ExitReason::Halted => write!(f, "guest halted with interrupts disabled"),
-            ExitReason::Shutdown => write!(f, "guest triple-faulted (shutdown)"),
+            ExitReason::TripleFault(d) => write!(f, "guest triple-faulted: {d}"),
             ExitReason::Stopped => write!(f, "stopped by the host"),
             ExitReason::Error(e) => write!(f, "{e}"),
         }
@@ -300,7 +331,10 @@ impl Vcpu {
                 self.shared.set_state(index, RunState::HaltedForGood);
                 Some(ExitReason::Halted)
             }
-            Ok(VcpuExit::Shutdown) => Some(ExitReason::Shutdown),
+            Ok(VcpuExit::Shutdown) => Some(ExitReason::TripleFault(format!(
+                "vCPU {index}{}",
+                self.register_dump()
+            ))),
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
                 kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,

@@ -16,6 +16,7 @@
 mod build;
 mod event_loop;
 mod persist;
+mod pit;
 mod rate_limit;
 mod running;
 
@@ -34,7 +35,7 @@ use crate::vcpu::{ExitSignal, SetupError, Vcpu, VcpuShared, VcpuStateError};
 
 pub use build::{build_cmdline, EMULATION_CMDLINE};
 pub use persist::RestoreOptions;
-pub use running::RunningVm;
+pub use running::{RunningVm, VmHandle};
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +160,7 @@ fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// What a VM is made of in every phase, built or running.
 struct VmCore {
     vm_fd: Arc<VmFd>,
+    pit: Arc<std::sync::Mutex<pit::Pit>>,
     mem: GuestMemoryMmap,
     shared: Arc<VcpuShared>,
     exit: Arc<ExitSignal>,
@@ -166,6 +168,8 @@ struct VmCore {
     execution: Execution,
     cmdline: String,
     config: VmConfig,
+    /// How long the guest took to write the boot marker, from the start of the build.
+    booted: Arc<std::sync::OnceLock<std::time::Duration>>,
 }
 
 impl std::fmt::Debug for VmCore {

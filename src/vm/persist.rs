@@ -11,8 +11,10 @@ use kvm_ioctls::VmFd;
 use log::debug;
 
 use super::build::Parts;
-use super::running::RunningVm;
+use super::pit::Pit;
+use super::running::Control;
 use super::{kvm_call, Vm, VmError};
+use crate::console::Console;
 use crate::kvm;
 use crate::snapshot::{self, VmState};
 use crate::vcpu;
@@ -36,7 +38,7 @@ struct KernelState {
 }
 
 impl KernelState {
-    fn save(vm_fd: &VmFd) -> Result<Self, VmError> {
+    fn save(vm_fd: &VmFd, pit: &Pit) -> Result<Self, VmError> {
         let mut irqchips = Vec::new();
         // The two PICs and the IOAPIC.
         for chip_id in 0..3 {
@@ -51,21 +53,19 @@ impl KernelState {
         }
         Ok(Self {
             irqchips,
-            pit: vm_fd.get_pit2().map_err(kvm_call("KVM_GET_PIT2"))?,
+            pit: pit.state()?,
             clock: vm_fd.get_clock().map_err(kvm_call("KVM_GET_CLOCK"))?,
         })
     }
 
-    /// Puts the state back (the PIT must exist).
-    fn restore(vm_fd: &VmFd, state: &VmState) -> Result<(), VmError> {
+    /// Puts the state back, the irqchip before the PIT, whose timer may tick into it.
+    fn restore(vm_fd: &VmFd, pit: &mut Pit, state: &VmState) -> Result<(), VmError> {
         for chip in &state.irqchips {
             vm_fd
                 .set_irqchip(chip)
                 .map_err(kvm_call("KVM_SET_IRQCHIP"))?;
         }
-        vm_fd
-            .set_pit2(&state.pit)
-            .map_err(kvm_call("KVM_SET_PIT2"))?;
+        pit.restore(&state.pit)?;
         let mut clock = state.clock;
         // Only KVM_CLOCK_REALTIME may be passed back; the rest are reports.
         clock.flags = 0;
@@ -74,14 +74,13 @@ impl KernelState {
     }
 }
 
-impl RunningVm {
-    /// Writes a snapshot of the VM to `dir`. The VM is paused for it and stays paused;
-    /// call [`RunningVm::resume`] to carry on.
-    pub fn snapshot(&mut self, dir: &Path) -> Result<(), VmError> {
+impl Control {
+    /// Writes a snapshot of the VM to `dir`. The VM is paused for it and stays paused.
+    pub(super) fn snapshot(&mut self, dir: &Path) -> Result<(), VmError> {
         self.pause()?;
         let started = Instant::now();
         let core = &self.core;
-        let kernel = KernelState::save(&core.vm_fd)?;
+        let kernel = KernelState::save(&core.vm_fd, &lock(&core.pit))?;
         let vcpus = {
             let mut p = lock(&core.shared.pause);
             let mut states = Vec::with_capacity(p.states.len());
@@ -133,6 +132,15 @@ impl Vm {
     /// from the snapshot (which is never modified), disks are reopened, devices and
     /// vCPUs get their saved state. The VM starts paused unless `resume` is set.
     pub fn restore(dir: &Path, options: &RestoreOptions) -> Result<Self, VmError> {
+        Self::restore_with_console(dir, options, Console::new())
+    }
+
+    /// Like [`Vm::restore`], with the guest's console where `console` says.
+    pub fn restore_with_console(
+        dir: &Path,
+        options: &RestoreOptions,
+        console: Console,
+    ) -> Result<Self, VmError> {
         let started = Instant::now();
         let state = snapshot::read_state(dir)?;
         let mut config = state.config.clone();
@@ -147,13 +155,12 @@ impl Vm {
             });
         }
         let mem = snapshot::map_memory(dir, config.memory)?;
-        let mut parts = Parts::build(&kvm, &config, mem, Some(&state), started)?;
-        // The PIT must exist before its state is set.
-        parts.finish_kvm_setup()?;
-        KernelState::restore(&parts.vm_fd, &state)?;
+        let parts = Parts::build(&kvm, &config, mem, Some(&state), started, console)?;
+        KernelState::restore(&parts.vm_fd, &mut lock(&parts.pit), &state)?;
         for (index, (fd, s)) in parts.vcpu_fds.iter().zip(&state.vcpus).enumerate() {
             vcpu::restore_state(fd, s).map_err(|source| VmError::VcpuState { index, source })?;
         }
+        super::build::expedite_grace_period(&parts.vm_fd);
         debug!(
             "restored {} vCPU(s), {} MiB from {}",
             config.cpus,

@@ -1,21 +1,24 @@
 //! Changing a device's rate limits while the VM runs (Firecracker's `PATCH /drives`,
-//! `/network-interfaces` and `/entropy` with a `rate_limiter`).
+//! `/network-interfaces` and `/entropy` with a `rate_limiter`): `RunningVm` and
+//! `VmHandle` call this under the control lock.
 
 use hearth_devices::bus::lock;
 use hearth_devices::rate_limiter::{LimiterSlot, RateLimiterConfig};
 
-use super::{RunningVm, VmError};
+use super::running::Control;
+use super::VmError;
 use crate::rate_limit::RateLimitTarget;
 
-impl RunningVm {
+impl Control {
     /// Puts new limits on a device now (a default config removes them). A throttled
     /// queue picks them up when its timer next fires, within 100 ms. The VM's
     /// configuration follows, so a snapshot keeps them.
-    pub fn set_rate_limiter(
+    pub(super) fn set_rate_limiter(
         &mut self,
         target: RateLimitTarget,
         config: RateLimiterConfig,
     ) -> Result<(), VmError> {
+        self.check_running()?;
         let c = &mut self.core.config;
         let (disks, nets) = (c.disks.len(), c.net.len());
         // Slots are filled disks first, then network devices, then the entropy device.

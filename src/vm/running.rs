@@ -1,10 +1,16 @@
 //! A running VM: its vCPU threads and event loop started, paused and resumed, served
 //! over the control socket, and stopped.
+//!
+//! The state that control needs sits behind one mutex shared by the [`RunningVm`] and any
+//! number of [`VmHandle`]s, so that one thread can wait on the VM while others pause,
+//! snapshot or stop it.
 
 use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hearth_devices::bus::lock;
 use log::debug;
@@ -12,7 +18,7 @@ use log::debug;
 use super::event_loop::EventLoop;
 use super::{Vm, VmCore, VmError};
 use crate::kvm::Execution;
-use crate::vcpu::{self, ExitReason};
+use crate::vcpu::{self, ExitReason, ExitSignal};
 
 /// How often an idle vCPU is checked for a halt it cannot leave.
 const WATCHDOG_INTERVAL: Duration = Duration::from_millis(500);
@@ -68,44 +74,61 @@ impl Vm {
         if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm) {
             core.exit.request(ExitReason::Error(e.to_string()));
         }
-        let mut running = RunningVm {
-            core,
-            handles,
-            event_loop,
-            paused: false,
-            api,
-        };
+        let exit = core.exit.clone();
+        let shared = Arc::new(Shared {
+            control: Mutex::new(Control {
+                core,
+                handles,
+                event_loop,
+                paused: false,
+                ended: None,
+            }),
+            exit,
+        });
         if start_paused {
-            running.pause()?;
+            lock(&shared.control).pause()?;
         }
-        Ok(running)
+        Ok(RunningVm {
+            shared,
+            api,
+            last_kick: Instant::now(),
+        })
     }
 }
 
-/// A VM whose threads are running: pause, resume, snapshot, or wait for its end.
+/// What controlling a running VM needs, behind [`Shared::control`].
 #[derive(Debug)]
-pub struct RunningVm {
+pub(super) struct Control {
     pub(super) core: VmCore,
     handles: Vec<JoinHandle<()>>,
     event_loop: EventLoop,
     pub(super) paused: bool,
-    api: Option<UnixListener>,
+    /// Set once the threads are stopped and joined: why the VM ended.
+    ended: Option<ExitReason>,
 }
 
-impl RunningVm {
-    /// Whether the VM is paused.
-    pub fn is_paused(&self) -> bool {
-        self.paused
-    }
+/// Shared by a [`RunningVm`] and its [`VmHandle`]s.
+#[derive(Debug)]
+struct Shared {
+    control: Mutex<Control>,
+    /// The VM's end, readable without the control lock.
+    exit: Arc<ExitSignal>,
+}
 
-    /// Whether KVM runs this guest's kernel natively or emulates it.
-    pub fn execution(&self) -> Execution {
-        self.core.execution
+impl Control {
+    /// Fails once the VM has ended.
+    pub(super) fn check_running(&self) -> Result<(), VmError> {
+        if self.ended.is_some() {
+            Err(VmError::NotRunning)
+        } else {
+            Ok(())
+        }
     }
 
     /// Stops every vCPU at a consistent point (out of KVM_RUN, its last exit handled)
     /// and parks the event loop between device events.
-    pub fn pause(&mut self) -> Result<(), VmError> {
+    pub(super) fn pause(&mut self) -> Result<(), VmError> {
+        self.check_running()?;
         if self.paused {
             return Ok(());
         }
@@ -137,7 +160,7 @@ impl RunningVm {
     }
 
     /// Lets a paused VM run on.
-    pub fn resume(&mut self) {
+    pub(super) fn resume(&mut self) {
         if self.paused {
             self.event_loop.pause.resume();
             self.core.shared.resume();
@@ -146,66 +169,14 @@ impl RunningVm {
         }
     }
 
-    /// Waits for the VM to end (serving the API socket meanwhile), then stops every
-    /// thread and returns why it ended.
-    pub fn wait(mut self) -> Result<ExitReason, VmError> {
-        while !self.core.exit.is_set() {
-            let mut fds = vec![libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(self.core.exit.event()),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            if let Some(l) = &self.api {
-                fds.push(libc::pollfd {
-                    fd: std::os::fd::AsRawFd::as_raw_fd(l),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
-            #[allow(clippy::cast_possible_truncation)] // 500 ms fits an i32
-            let timeout = WATCHDOG_INTERVAL.as_millis() as i32;
-            // SAFETY: `fds` is a valid array of pollfds for the duration of the call.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-            if n == 0 && !self.paused {
-                kick_all(&self.handles);
-            }
-            if fds.len() > 1 && fds[1].revents & libc::POLLIN != 0 {
-                self.serve_api();
-            }
+    /// Stops and joins every thread, flushes and releases the devices (their sockets are
+    /// removed) and the API socket; returns why the VM ended. Does it once.
+    fn finish(&mut self) -> ExitReason {
+        if let Some(reason) = &self.ended {
+            return reason.clone();
         }
-        Ok(self.stop())
-    }
-
-    fn serve_api(&mut self) {
-        let Some(listener) = &self.api else {
-            return;
-        };
-        let Ok((stream, _)) = listener.accept() else {
-            return;
-        };
-        crate::api::serve(stream, |request| self.handle(request));
-    }
-
-    fn handle(&mut self, request: crate::api::Request) -> Result<(), VmError> {
-        use crate::api::Request;
-        match request {
-            Request::Pause => self.pause(),
-            Request::Resume => {
-                self.resume();
-                Ok(())
-            }
-            Request::Snapshot { dir, resume } => {
-                let was_paused = self.paused;
-                let r = self.snapshot(&dir);
-                if resume || (r.is_err() && !was_paused) {
-                    self.resume();
-                }
-                r
-            }
-        }
-    }
-
-    fn stop(mut self) -> ExitReason {
+        // Whatever ended the VM first is its reason; without one, the host stopped it.
+        self.core.exit.request(ExitReason::Stopped);
         let shared = &self.core.shared;
         shared.stop.store(true, Ordering::SeqCst);
         self.event_loop.pause.resume();
@@ -220,18 +191,245 @@ impl RunningVm {
         }
         self.event_loop.stop();
         self.core.devices.flush();
+        // Drops the devices now rather than with the last handle: taps, disks and the
+        // vsock socket are released when the VM ends.
+        drop(std::mem::take(&mut self.core.devices));
         if let Some(path) = &self.core.config.api_sock {
             let _ = std::fs::remove_file(path);
         }
+        self.paused = false;
         let reason = self.core.exit.reason().unwrap_or(ExitReason::Stopped);
         debug!("VM ended: {reason}");
+        self.ended = Some(reason.clone());
         reason
+    }
+}
+
+/// A VM whose threads are running: pause, resume, snapshot, or wait for its end. Dropping
+/// it stops the VM. [`RunningVm::handle`] gives handles that other threads can use.
+#[derive(Debug)]
+pub struct RunningVm {
+    shared: Arc<Shared>,
+    api: Option<UnixListener>,
+    last_kick: Instant,
+}
+
+/// A cloneable, thread-safe handle to a running VM: pause, resume, snapshot and stop it
+/// from any thread while another waits on the [`RunningVm`]. Once the VM has ended, every
+/// call but [`VmHandle::stop`] fails with [`VmError::NotRunning`].
+#[derive(Clone, Debug)]
+pub struct VmHandle {
+    shared: Arc<Shared>,
+}
+
+impl VmHandle {
+    /// Pauses the VM (see [`RunningVm::pause`]).
+    pub fn pause(&self) -> Result<(), VmError> {
+        lock(&self.shared.control).pause()
+    }
+
+    /// Lets a paused VM run on.
+    pub fn resume(&self) -> Result<(), VmError> {
+        let mut c = lock(&self.shared.control);
+        c.check_running()?;
+        c.resume();
+        Ok(())
+    }
+
+    /// Writes a snapshot to `dir`; the VM stays paused (see [`RunningVm::snapshot`]).
+    pub fn snapshot(&self, dir: &Path) -> Result<(), VmError> {
+        lock(&self.shared.control).snapshot(dir)
+    }
+
+    /// New rate limits for a device (see [`RunningVm::set_rate_limiter`]).
+    pub fn set_rate_limiter(
+        &self,
+        target: crate::rate_limit::RateLimitTarget,
+        config: hearth_devices::rate_limiter::RateLimiterConfig,
+    ) -> Result<(), VmError> {
+        lock(&self.shared.control).set_rate_limiter(target, config)
+    }
+
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        lock(&self.shared.control).paused
+    }
+
+    /// Whether the VM is still running (or paused): no reason to end has been recorded.
+    pub fn is_running(&self) -> bool {
+        !self.shared.exit.is_set()
+    }
+
+    /// Asks the VM to stop. Returns at once; the thread waiting on the [`RunningVm`]
+    /// gets [`ExitReason::Stopped`] (unless the guest ended it first).
+    pub fn stop(&self) {
+        self.shared.exit.request(ExitReason::Stopped);
+    }
+
+    /// How long the guest took to write the boot marker (Firecracker's boot timer: the
+    /// byte 123 to MMIO 0xc0000000), from when this VM started being built.
+    pub fn boot_time(&self) -> Option<Duration> {
+        lock(&self.shared.control).core.booted.get().copied()
+    }
+}
+
+impl RunningVm {
+    /// A handle for other threads.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        lock(&self.shared.control).paused
+    }
+
+    /// Whether KVM runs this guest's kernel natively or emulates it.
+    pub fn execution(&self) -> Execution {
+        lock(&self.shared.control).core.execution
+    }
+
+    /// Stops every vCPU at a consistent point (out of KVM_RUN, its last exit handled)
+    /// and parks the event loop between device events.
+    pub fn pause(&mut self) -> Result<(), VmError> {
+        lock(&self.shared.control).pause()
+    }
+
+    /// Lets a paused VM run on.
+    pub fn resume(&mut self) {
+        lock(&self.shared.control).resume();
+    }
+
+    /// Writes a snapshot of the VM to `dir`. The VM is paused for it and stays paused;
+    /// call [`RunningVm::resume`] to carry on.
+    pub fn snapshot(&mut self, dir: &Path) -> Result<(), VmError> {
+        lock(&self.shared.control).snapshot(dir)
+    }
+
+    /// Puts new limits on a device while the VM runs (a default config removes them); a
+    /// throttled queue picks them up within 100 ms, and snapshots keep them.
+    pub fn set_rate_limiter(
+        &mut self,
+        target: crate::rate_limit::RateLimitTarget,
+        config: hearth_devices::rate_limiter::RateLimiterConfig,
+    ) -> Result<(), VmError> {
+        lock(&self.shared.control).set_rate_limiter(target, config)
+    }
+
+    /// How long the guest took to write the boot marker, from when this VM started being
+    /// built (see [`VmHandle::boot_time`]).
+    pub fn boot_time(&self) -> Option<Duration> {
+        self.handle().boot_time()
+    }
+
+    /// Waits for the VM to end (serving the API socket meanwhile), then stops every
+    /// thread and returns why it ended.
+    pub fn wait(mut self) -> Result<ExitReason, VmError> {
+        loop {
+            if let Some(reason) = self.wait_until(None)? {
+                return Ok(reason);
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for the VM to end: `Some(reason)` once it has (its threads
+    /// then stopped, as with [`RunningVm::wait`]), `None` if it still runs.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitReason>, VmError> {
+        self.wait_until(Some(Instant::now() + timeout))
+    }
+
+    /// Whether the VM has ended, without waiting (serves a pending API request).
+    pub fn try_wait(&mut self) -> Result<Option<ExitReason>, VmError> {
+        self.wait_until(Some(Instant::now()))
+    }
+
+    fn wait_until(&mut self, deadline: Option<Instant>) -> Result<Option<ExitReason>, VmError> {
+        loop {
+            if self.shared.exit.is_set() {
+                return Ok(Some(lock(&self.shared.control).finish()));
+            }
+            let now = Instant::now();
+            if self.last_kick.elapsed() >= WATCHDOG_INTERVAL {
+                // Halted vCPUs are found by kicking them now and then.
+                let c = lock(&self.shared.control);
+                if !c.paused {
+                    kick_all(&c.handles);
+                }
+                self.last_kick = now;
+            }
+            let mut wait = WATCHDOG_INTERVAL.saturating_sub(self.last_kick.elapsed());
+            if let Some(d) = deadline {
+                wait = wait.min(d.saturating_duration_since(now));
+            }
+            let mut fds = vec![libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(self.shared.exit.event()),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            if let Some(l) = &self.api {
+                fds.push(libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(l),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            // At most 500 ms: fits an i32.
+            let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+            // SAFETY: `fds` is a valid array of pollfds for the duration of the call.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            if fds.len() > 1 && fds[1].revents & libc::POLLIN != 0 {
+                self.serve_api();
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) && !self.shared.exit.is_set() {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn serve_api(&mut self) {
+        let Some(listener) = &self.api else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        let shared = &self.shared;
+        crate::api::serve(stream, |request| handle_request(shared, request));
     }
 
     /// Ends the VM from the host side.
     pub fn shutdown(self) -> ExitReason {
-        self.core.exit.request(ExitReason::Stopped);
-        self.stop()
+        self.shared.exit.request(ExitReason::Stopped);
+        lock(&self.shared.control).finish()
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        // Nothing may keep running without its owner: stop it (a no-op once ended).
+        lock(&self.shared.control).finish();
+    }
+}
+
+fn handle_request(shared: &Shared, request: crate::api::Request) -> Result<(), VmError> {
+    use crate::api::Request;
+    let mut c = lock(&shared.control);
+    match request {
+        Request::Pause => c.pause(),
+        Request::Resume => {
+            c.resume();
+            Ok(())
+        }
+        Request::Snapshot { dir, resume } => {
+            let was_paused = c.paused;
+            let r = c.snapshot(&dir);
+            if resume || (r.is_err() && !was_paused) {
+                c.resume();
+            }
+            r
+        }
     }
 }
 

@@ -115,6 +115,169 @@ pub fn wait_bounded(mut child: Child, timeout: Duration, what: &str) -> Run {
     }
 }
 
+/// How long a guest whose speed depends on the machine's load (real Linux on an
+/// emulating KVM) may go without console output, and run in all.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgressBounds {
+    /// Silence while hearth used this much CPU (all its threads, so every vCPU counts):
+    /// hung, whatever else the machine does. A healthy Linux boot is ~30 s of CPU in all
+    /// on an idle machine; under load each emulated instruction costs more, and a 2-vCPU
+    /// boot was seen silent for 60 s of CPU (2 minutes on the clock) while unpacking its
+    /// initramfs.
+    pub stall_cpu: Duration,
+    /// Silence for this long on the clock: hung even if it uses no CPU.
+    pub stall_wall: Duration,
+    /// The whole run.
+    pub total: Duration,
+}
+
+/// The bounds of the real-Linux tests: generous for a machine busy with other work, which
+/// makes them several times slower (8.5 minutes to /init was seen).
+pub const LINUX_BOUNDS: ProgressBounds = ProgressBounds {
+    stall_cpu: Duration::from_secs(300),
+    stall_wall: Duration::from_secs(900),
+    total: Duration::from_secs(1800),
+};
+
+/// The CPU time (user + system) process `pid` has used so far.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is the first; utime
+    // and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads its argument.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    Some(Duration::from_millis(ticks * 1000 / hz.max(1)))
+}
+
+/// Watches a guest's console for progress (see [`ProgressBounds`]).
+#[derive(Debug)]
+pub struct ProgressWatch {
+    pid: u32,
+    bounds: ProgressBounds,
+    start: Instant,
+    last_output: Instant,
+    cpu_at_last_output: Duration,
+}
+
+impl ProgressWatch {
+    /// Starts watching process `pid`.
+    pub fn new(pid: u32, bounds: ProgressBounds) -> Self {
+        Self {
+            pid,
+            bounds,
+            start: Instant::now(),
+            last_output: Instant::now(),
+            cpu_at_last_output: cpu_time(pid).unwrap_or_default(),
+        }
+    }
+
+    /// The guest wrote something.
+    pub fn output(&mut self) {
+        self.last_output = Instant::now();
+        self.cpu_at_last_output = cpu_time(self.pid).unwrap_or(self.cpu_at_last_output);
+    }
+
+    /// Why the guest counts as hung, if it does.
+    pub fn hung(&self) -> Option<String> {
+        let silent = self.last_output.elapsed();
+        let cpu = cpu_time(self.pid)
+            .unwrap_or_default()
+            .saturating_sub(self.cpu_at_last_output);
+        if cpu > self.bounds.stall_cpu {
+            Some(format!(
+                "wrote nothing on its console while hearth used {cpu:.0?} of CPU ({silent:.0?} on the clock): hung"
+            ))
+        } else if silent > self.bounds.stall_wall {
+            Some(format!(
+                "wrote nothing on its console for {silent:.0?}: hung"
+            ))
+        } else if self.start.elapsed() > self.bounds.total {
+            Some(format!("ran longer than {:?}", self.bounds.total))
+        } else {
+            None
+        }
+    }
+
+    /// Time since the watch started.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Waits for `child` while its stdout (the guest's console) makes progress: killed and
+/// failed loudly, with the last console lines, when the guest is silent past `bounds`
+/// (hung) or runs past their total. For guests whose speed depends on the machine's load
+/// (real Linux), where a fixed bound either fails on a busy machine or waits long on a
+/// hung guest.
+pub fn wait_with_progress(mut child: Child, bounds: ProgressBounds, what: &str) -> Run {
+    use std::sync::{Arc, Mutex};
+    let mut watch = ProgressWatch::new(child.id(), bounds);
+    let progress = Arc::new(Mutex::new((String::new(), 0u64)));
+    let mut out = child.stdout.take();
+    let out_t = {
+        let progress = progress.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Some(Ok(n @ 1..)) = out.as_mut().map(|o| o.read(&mut buf)) {
+                let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+                p.0.push_str(&String::from_utf8_lossy(&buf[..n]));
+                p.1 += 1;
+            }
+        })
+    };
+    let mut err = child.stderr.take();
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let mut seen = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for hearth") {
+            break status;
+        }
+        let chunks = progress.lock().unwrap_or_else(|e| e.into_inner()).1;
+        if chunks != seen {
+            seen = chunks;
+            watch.output();
+        }
+        if let Some(why) = watch.hung() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = out_t.join();
+            let stdout = progress.lock().unwrap_or_else(|e| e.into_inner()).0.clone();
+            let stderr = err_t.join().unwrap_or_default();
+            panic!(
+                "{what}: the guest {why}, after {:.0?}; hearth was killed\n\
+                 --- last console lines ---\n{}\n--- last stderr lines ---\n{}",
+                watch.elapsed(),
+                last_lines(&stdout, 40),
+                last_lines(&stderr, 40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = out_t.join();
+    let stdout = progress.lock().unwrap_or_else(|e| e.into_inner()).0.clone();
+    Run {
+        status,
+        stdout,
+        stderr: err_t.join().unwrap_or_default(),
+        elapsed: watch.elapsed(),
+    }
+}
+
 /// Runs `hearth <args>` with stdin from /dev/null, bounded by `timeout`.
 pub fn hearth_with_timeout<I, S>(args: I, timeout: Duration) -> Run
 where

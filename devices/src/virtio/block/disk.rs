@@ -58,6 +58,12 @@ pub enum DiskError {
         /// Its length in bytes.
         len: usize,
     },
+    /// A disk of 0 bytes: nothing a guest could use, most likely a mistake.
+    #[error("disk {}: is empty (0 bytes); give it a size, e.g. truncate -s 64M {}", .path.display(), .path.display())]
+    Empty {
+        /// The disk path.
+        path: PathBuf,
+    },
 }
 
 /// The backing file of a virtio-blk device.
@@ -90,6 +96,10 @@ impl Disk {
                 path: path.clone(),
                 source,
             })?;
+        // Only files: a device without a size (/dev/null) stays an empty disk.
+        if size == 0 && metadata.is_file() {
+            return Err(DiskError::Empty { path: path.clone() });
+        }
         let id = match &config.id {
             Some(id) => {
                 let mut bytes = [0u8; DISK_ID_LEN];

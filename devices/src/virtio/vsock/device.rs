@@ -37,8 +37,8 @@ pub enum VsockError {
     ReservedCid(u64),
     /// Something is in the way of the socket.
     #[error(
-        "vsock socket {}: the path already exists; remove it (a stale socket from an \
-         earlier VM?) or choose another path",
+        "vsock socket {}: the path already exists and is in use (a socket another \
+         process listens on, or not a socket); choose another path",
         .path.display()
     )]
     SocketExists {
@@ -265,6 +265,15 @@ mod tests {
         drop(first);
         assert!(!dir.as_path().join("v.sock").exists(), "removed on drop");
         assert!(Vsock::new(config(&dir, 4)).is_ok(), "free again");
+
+        // A socket file left by a process that died: nobody listens, so it is replaced.
+        let stale = std::os::unix::net::UnixListener::bind(dir.as_path().join("v.sock")).unwrap();
+        drop(stale);
+        assert!(dir.as_path().join("v.sock").exists());
+        assert!(
+            Vsock::new(config(&dir, 5)).is_ok(),
+            "a stale socket is replaced"
+        );
 
         let err = Vsock::new(VsockConfig {
             cid: 3,

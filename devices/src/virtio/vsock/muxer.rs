@@ -93,8 +93,10 @@ pub struct Muxer {
 }
 
 impl Muxer {
-    /// Listens on `path` (which must not exist) for host connections to guest `guest_cid`.
+    /// Listens on `path` for host connections to guest `guest_cid`. A stale socket there
+    /// (nobody listening) is replaced; a live one or any other file is refused.
     pub fn bind(guest_cid: u64, path: &Path) -> Result<Muxer, VsockError> {
+        crate::stale_socket::remove_stale_socket(path);
         if path.symlink_metadata().is_ok() {
             return Err(VsockError::SocketExists {
                 path: path.to_path_buf(),
