@@ -100,7 +100,7 @@ impl RateLimiterConfig {
     /// Whether neither bucket limits anything.
     pub fn is_unlimited(&self) -> bool {
         let off =
-            |b: Option<TokenBucketConfig>| b.map_or(true, |b| b.size == 0 || b.refill_time == 0);
+            |b: Option<TokenBucketConfig>| b.is_none_or(|b| b.size == 0 || b.refill_time == 0);
         off(self.bandwidth) && off(self.ops)
     }
 }
