@@ -450,6 +450,7 @@ pub fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
         mac: None,
         rx_rate_limiter: None,
         tx_rate_limiter: None,
+        id: None,
     };
     let mut limits = crate::rate_limit::SpecLimits::default();
     let keys = ["tap", "mac", "rx_bw", "rx_ops", "tx_bw", "tx_ops"];
@@ -648,6 +649,7 @@ mod tests {
             mac: None,
             rx_rate_limiter: None,
             tx_rate_limiter: None,
+            id: None,
         });
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("at most 15"), "{e}");

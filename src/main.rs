@@ -32,6 +32,8 @@ impl From<ConfigError> for CliError {
     }
 }
 
+mod firecracker;
+
 /// hearth: a minimal KVM virtual machine monitor.
 #[derive(Parser)]
 #[command(version, about, propagate_version = true)]
@@ -89,6 +91,15 @@ enum CtlAction {
         /// Resume the VM once the snapshot is written.
         #[arg(long)]
         resume: bool,
+    },
+    /// Send any Firecracker API request and print the answer's body.
+    Request {
+        /// GET, PUT or PATCH.
+        method: String,
+        /// The path, e.g. /machine-config.
+        path: String,
+        /// A JSON body.
+        body: Option<String>,
     },
 }
 
@@ -252,17 +263,32 @@ fn run(args: RunArgs) -> Result<i32, CliError> {
     args.seccomp.configure().map_err(VmError::from)?;
     // Before any thread starts, so that every thread inherits the blocked signals.
     terminal::handle_stop_signals();
-    let config = args.into_config()?;
+    let mut config = args.into_config()?;
+    let api_sock = config.api_sock.take();
     let console = Console::new().input(terminal::console_input());
     let vm = Vm::with_console(&config, console)?;
-    finish(vm)
+    finish(vm, api_sock)
 }
 
-fn finish(vm: Vm) -> Result<i32, CliError> {
+fn finish(vm: Vm, api_sock: Option<PathBuf>) -> Result<i32, CliError> {
+    // The API socket is up before the vCPUs start, so no early request is refused.
+    let api = match &api_sock {
+        Some(path) => Some(
+            hearth::api::ApiServer::bind(path, hearth::api::server::DEFAULT_MAX_PAYLOAD)
+                .map_err(VmError::from)?,
+        ),
+        None => None,
+    };
     let running = vm.start()?;
     terminal::watch(running.handle());
     let terminal = terminal::RawTerminal::enter();
-    let reason = running.wait();
+    let reason = match api {
+        Some(mut server) => {
+            let mut controller = hearth::api::Controller::with_vm("hearth", running);
+            Ok(server.serve(&mut controller))
+        }
+        None => running.wait(),
+    };
     drop(terminal);
     let reason = reason?;
     if let (hearth::ExitReason::Stopped, Some((line, code))) = (&reason, terminal::stop_cause()) {
@@ -286,32 +312,60 @@ fn restore(args: RestoreArgs) -> Result<i32, CliError> {
     }
     args.seccomp.configure().map_err(VmError::from)?;
     terminal::handle_stop_signals();
-    let options = hearth::RestoreOptions {
+    let mut options = hearth::RestoreOptions {
         resume: args.resume,
         serial_out: args.serial_out,
         api_sock: args.api_sock,
+        ..Default::default()
     };
+    let api_sock = options.api_sock.take();
     let console = Console::new().input(terminal::console_input());
-    finish(Vm::restore_with_console(&args.dir, &options, console)?)
+    finish(
+        Vm::restore_with_console(&args.dir, &options, console)?,
+        api_sock,
+    )
 }
 
 fn ctl(args: CtlArgs) -> Result<i32, CliError> {
-    use hearth::api::Request;
-    let request = match args.action {
-        CtlAction::Pause => Request::Pause,
-        CtlAction::Resume => Request::Resume,
+    use hearth::api::client::call;
+    let sock = &args.api_sock;
+    let vm_state = |state: &str| format!("{{\"state\": \"{state}\"}}");
+    let call = |method: &str, path: &str, body: Option<&str>| {
+        call(sock, method, path, body).map_err(VmError::from)
+    };
+    match args.action {
+        CtlAction::Pause => call("PATCH", "/vm", Some(&vm_state("Paused")))?,
+        CtlAction::Resume => call("PATCH", "/vm", Some(&vm_state("Resumed")))?,
         CtlAction::Snapshot { dir, resume } => {
             // The same rules as the VM's, checked here so that a bad path fails before
-            // the VM is paused.
+            // the VM is paused; the VM resolves relative paths from its own directory.
             hearth::snapshot::check_dir(&dir)?;
-            Request::Snapshot {
-                // The VM resolves relative paths from its own working directory.
-                dir: std::path::absolute(&dir).unwrap_or(dir),
-                resume,
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            let body = serde_json::json!({
+                "snapshot_type": "Full",
+                "snapshot_path": dir.join(hearth::snapshot::STATE_FILE),
+                "mem_file_path": dir.join(hearth::snapshot::MEMORY_FILE),
+            });
+            call("PATCH", "/vm", Some(&vm_state("Paused")))?;
+            let made = call("PUT", "/snapshot/create", Some(&body.to_string()));
+            if resume || made.is_err() {
+                call("PATCH", "/vm", Some(&vm_state("Resumed")))?;
             }
+            made?
+        }
+        CtlAction::Request { method, path, body } => {
+            let answer = hearth::api::client::send(sock, &method, &path, body.as_deref())
+                .map_err(VmError::from)?;
+            if !answer.body.is_empty() {
+                println!("{}", answer.body);
+            }
+            return Ok(if (200..300).contains(&answer.status) {
+                0
+            } else {
+                1
+            });
         }
     };
-    hearth::api::send(&args.api_sock, &request).map_err(VmError::from)?;
     Ok(0)
 }
 
@@ -368,10 +422,20 @@ fn init_logging(verbose: bool) {
 fn main() -> ExitCode {
     START.get_or_init(std::time::Instant::now);
     if jail_cli::called_as_jailer() {
-        use clap::Parser;
         let args = jail_cli::JailerCli::parse().into_args();
         eprintln!("jailer: error: {}", jail_cli::jail(args));
         return ExitCode::from(1);
+    }
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if firecracker::is_firecracker_invocation(&argv) {
+        let args = <firecracker::FirecrackerArgs as Parser>::parse_from(argv);
+        return match firecracker::run(args) {
+            Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("hearth: error: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     let cli = Cli::parse();
     let result = match cli.command {

@@ -31,10 +31,10 @@ pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"HEARTHSN";
-/// The format this hearth writes and reads. Version 3: postcard encoding. Version 2 saved
-/// each virtio queue and the acked features once (version 1 kept a transport copy beside
-/// the device's); both encoded with bincode, which is unmaintained, and are refused by
-/// name.
+/// The format this hearth writes and reads. Version 3: postcard encoding, network
+/// devices keep their interface ID (Firecracker's `iface_id`). Version 2 saved each virtio
+/// queue and the acked features once (version 1 kept a transport copy beside the
+/// device's); both encoded with bincode, which is unmaintained, and are refused by name.
 pub const VERSION: u32 = 3;
 /// The last format version encoded with bincode.
 const LAST_BINCODE_VERSION: u32 = 2;

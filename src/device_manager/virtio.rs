@@ -61,13 +61,21 @@ pub trait SlotDevice:
     fn restore_state(state: &VirtioDeviceState) -> Option<Result<Self, VirtioError>>
     where
         Self: Sized;
+    /// Adds what the device counted to `totals` (for metrics).
+    fn add_counters(&self, _totals: &mut crate::vm::DeviceCounters) {}
+    /// The block device in the slot, if it is one (to swap its file).
+    fn as_block_mut(&mut self) -> Option<&mut Block> {
+        None
+    }
 }
 
 /// Implements [`SlotDevice`] for a model whose `Persist` takes no arguments and whose
 /// state is the [`VirtioDeviceState`] variant of the same name.
 macro_rules! slot_device {
-    ($device:ident) => {
+    // Extra items (trait methods the device overrides) follow the name, comma-separated.
+    ($device:ident $(, $extra:item)* $(,)?) => {
         impl SlotDevice for $device {
+            $($extra)*
             fn save_state(&self) -> VirtioDeviceState {
                 VirtioDeviceState::$device(self.save())
             }
@@ -83,9 +91,43 @@ macro_rules! slot_device {
     };
 }
 
-slot_device!(Block);
-slot_device!(Net);
-slot_device!(Rng);
+slot_device!(
+    Block,
+    fn add_counters(&self, totals: &mut crate::vm::DeviceCounters) {
+        let d = self.disk().counters();
+        let t = &mut totals.block;
+        t.read_count += d.read_count;
+        t.read_bytes += d.read_bytes;
+        t.write_count += d.write_count;
+        t.write_bytes += d.write_bytes;
+        t.flush_count += d.flush_count;
+        t.invalid_reqs_count += d.invalid_reqs_count;
+        t.execute_fails += d.execute_fails;
+    },
+    fn as_block_mut(&mut self) -> Option<&mut Block> {
+        Some(self)
+    }
+);
+slot_device!(
+    Net,
+    fn add_counters(&self, totals: &mut crate::vm::DeviceCounters) {
+        let d = self.counters();
+        let t = &mut totals.net;
+        t.tx_frames += d.tx_frames;
+        t.tx_bytes += d.tx_bytes;
+        t.tx_dropped += d.tx_dropped;
+        t.rx_frames += d.rx_frames;
+        t.rx_bytes += d.rx_bytes;
+        t.rx_dropped += d.rx_dropped;
+        t.rx_bad_buffers += d.rx_bad_buffers;
+    }
+);
+slot_device!(
+    Rng,
+    fn add_counters(&self, totals: &mut crate::vm::DeviceCounters) {
+        totals.entropy_bytes += self.bytes_served();
+    }
+);
 slot_device!(Vsock);
 
 /// One virtio-mmio slot of the VM.

@@ -35,7 +35,7 @@ use crate::vcpu::{ExitSignal, SetupError, Vcpu, VcpuShared, VcpuStateError};
 
 pub use build::{build_cmdline, EMULATION_CMDLINE};
 pub use persist::RestoreOptions;
-pub use running::{RunningVm, VmHandle};
+pub use running::{DeviceCounters, RunningVm, VmHandle, WATCHDOG_INTERVAL};
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +151,12 @@ pub enum VmError {
     /// seccomp filters could not be read or installed.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    /// A disk index past the VM's disks.
+    #[error("the VM has no disk number {0}")]
+    NoSuchDisk(usize),
+    /// A restore override that does not fit the snapshot.
+    #[error("cannot apply the restore override: {0}")]
+    Override(String),
 }
 
 fn kvm_call(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {

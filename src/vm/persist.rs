@@ -28,6 +28,52 @@ pub struct RestoreOptions {
     pub serial_out: Option<PathBuf>,
     /// Serve the control socket here.
     pub api_sock: Option<PathBuf>,
+    /// The vsock device listens here instead of on the snapshot's socket.
+    pub vsock_socket: Option<PathBuf>,
+    /// (interface id, tap): network interfaces to attach to another tap than the
+    /// snapshot's (Firecracker's `network_overrides`).
+    pub taps: Vec<(String, String)>,
+}
+
+impl RestoreOptions {
+    /// Points the saved devices (and their description) at the sockets and taps given
+    /// for this process.
+    fn apply_overrides(&self, state: &mut snapshot::VmState) -> Result<(), VmError> {
+        use snapshot::VirtioDeviceState;
+        if let Some(socket) = &self.vsock_socket {
+            let vsock = state
+                .config
+                .vsock
+                .as_mut()
+                .ok_or(VmError::Override("the snapshot has no vsock device".into()))?;
+            vsock.socket.clone_from(socket);
+            for slot in &mut state.virtio {
+                if let VirtioDeviceState::Vsock(v) = &mut slot.device {
+                    v.config.socket.clone_from(socket);
+                }
+            }
+        }
+        for (id, tap) in &self.taps {
+            let matches = |n: &crate::config::NetConfig| n.id.as_deref() == Some(id.as_str());
+            let net = state
+                .config
+                .net
+                .iter_mut()
+                .find(|n| matches(n))
+                .ok_or_else(|| {
+                    VmError::Override(format!("the snapshot has no network interface '{id}'"))
+                })?;
+            net.tap.clone_from(tap);
+            for slot in &mut state.virtio {
+                if let VirtioDeviceState::Net(n) = &mut slot.device {
+                    if matches(&n.config) {
+                        n.config.tap.clone_from(tap);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The VM-wide state KVM keeps in the kernel: PIC/IOAPIC, PIT, kvmclock.
@@ -142,7 +188,8 @@ impl Vm {
         console: Console,
     ) -> Result<Self, VmError> {
         let started = Instant::now();
-        let state = snapshot::read_state(dir)?;
+        let mut state = snapshot::read_state(dir)?;
+        options.apply_overrides(&mut state)?;
         let mut config = state.config.clone();
         // Output and control go where this process is told, not where the first one's went.
         config.serial_out = options.serial_out.clone();

@@ -1,11 +1,10 @@
-//! A running VM: its vCPU threads and event loop started, paused and resumed, served
-//! over the control socket, and stopped.
+//! A running VM: its vCPU threads and event loop started, paused and resumed, and
+//! stopped. The API (src/api/) drives it from its own thread.
 //!
 //! The state that control needs sits behind one mutex shared by the [`RunningVm`] and any
 //! number of [`VmHandle`]s, so that one thread can wait on the VM while others pause,
 //! snapshot or stop it.
 
-use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -21,7 +20,7 @@ use crate::kvm::Execution;
 use crate::vcpu::{self, ExitReason, ExitSignal};
 
 /// How often an idle vCPU is checked for a halt it cannot leave.
-const WATCHDOG_INTERVAL: Duration = Duration::from_millis(500);
+pub const WATCHDOG_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Vm {
     /// Starts the vCPU threads and the event loop and returns a handle to control them.
@@ -30,10 +29,6 @@ impl Vm {
             what: "vCPU kick signal handler".into(),
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
-        let api = match &self.core.config.api_sock {
-            Some(path) => Some(crate::api::bind(path)?),
-            None => None,
-        };
         let Vm {
             core,
             vcpus,
@@ -90,10 +85,20 @@ impl Vm {
         }
         Ok(RunningVm {
             shared,
-            api,
             last_kick: Instant::now(),
         })
     }
+}
+
+/// Totals of the device models' counters (for Firecracker-style metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceCounters {
+    /// All disks.
+    pub block: hearth_devices::virtio::block::BlockCounters,
+    /// All network devices.
+    pub net: hearth_devices::virtio::net::NetCounters,
+    /// Bytes the entropy device gave the guest.
+    pub entropy_bytes: u64,
 }
 
 /// What controlling a running VM needs, behind [`Shared::control`].
@@ -123,6 +128,37 @@ impl Control {
         } else {
             Ok(())
         }
+    }
+
+    /// Puts another file behind disk `index` (in the guest's order) and tells the guest.
+    fn set_disk_path(&mut self, index: usize, path: &Path) -> Result<(), VmError> {
+        self.check_running()?;
+        let mut disks = self
+            .core
+            .devices
+            .virtio
+            .iter()
+            .filter(|slot| lock(&slot.device).as_block_mut().is_some());
+        let slot = disks.nth(index).ok_or(VmError::NoSuchDisk(index))?;
+        let mut device = lock(&slot.device);
+        let block = device.as_block_mut().ok_or(VmError::NoSuchDisk(index))?;
+        block
+            .set_path(path.to_owned())
+            .map_err(crate::device_manager::virtio::VirtioError::from)?;
+        drop(device);
+        if let Some(disk) = self.core.config.disks.get_mut(index) {
+            disk.path = path.to_owned();
+        }
+        Ok(())
+    }
+
+    /// What the device models counted so far, summed over devices of a kind.
+    fn device_counters(&self) -> DeviceCounters {
+        let mut c = DeviceCounters::default();
+        for slot in &self.core.devices.virtio {
+            lock(&slot.device).add_counters(&mut c);
+        }
+        c
     }
 
     /// Stops every vCPU at a consistent point (out of KVM_RUN, its last exit handled)
@@ -194,9 +230,6 @@ impl Control {
         // Drops the devices now rather than with the last handle: taps, disks and the
         // vsock socket are released when the VM ends.
         drop(std::mem::take(&mut self.core.devices));
-        if let Some(path) = &self.core.config.api_sock {
-            let _ = std::fs::remove_file(path);
-        }
         self.paused = false;
         let reason = self.core.exit.reason().unwrap_or(ExitReason::Stopped);
         debug!("VM ended: {reason}");
@@ -210,7 +243,6 @@ impl Control {
 #[derive(Debug)]
 pub struct RunningVm {
     shared: Arc<Shared>,
-    api: Option<UnixListener>,
     last_kick: Instant,
 }
 
@@ -363,40 +395,61 @@ impl RunningVm {
             if let Some(d) = deadline {
                 wait = wait.min(d.saturating_duration_since(now));
             }
-            let mut fds = vec![libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(self.shared.exit.event()),
+            let mut fds = [libc::pollfd {
+                fd: self.exit_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             }];
-            if let Some(l) = &self.api {
-                fds.push(libc::pollfd {
-                    fd: std::os::fd::AsRawFd::as_raw_fd(l),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
             // At most 500 ms: fits an i32.
             let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
-            // SAFETY: `fds` is a valid array of pollfds for the duration of the call.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            if fds.len() > 1 && fds[1].revents & libc::POLLIN != 0 {
-                self.serve_api();
-            }
+            // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+            unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
             if deadline.is_some_and(|d| Instant::now() >= d) && !self.shared.exit.is_set() {
                 return Ok(None);
             }
         }
     }
 
-    fn serve_api(&mut self) {
-        let Some(listener) = &self.api else {
-            return;
-        };
-        let Ok((stream, _)) = listener.accept() else {
-            return;
-        };
-        let shared = &self.shared;
-        crate::api::serve(stream, |request| handle_request(shared, request));
+    /// A descriptor that becomes readable when the VM ends, for callers that wait on
+    /// other things too (the API server): they call [`RunningVm::watchdog`] every
+    /// [`WATCHDOG_INTERVAL`] and [`RunningVm::finish`] once the VM has ended.
+    pub fn exit_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self.shared.exit.event())
+    }
+
+    /// Whether the VM has ended.
+    pub fn has_ended(&self) -> bool {
+        self.shared.exit.is_set()
+    }
+
+    /// Checks running vCPUs for a halt they cannot leave on their own.
+    pub fn watchdog(&self) {
+        let c = lock(&self.shared.control);
+        if !c.paused {
+            kick_all(&c.handles);
+        }
+    }
+
+    /// Stops every thread and returns why the VM ended ([`ExitReason::Stopped`] if it
+    /// had not).
+    pub fn finish(self) -> ExitReason {
+        lock(&self.shared.control).finish()
+    }
+
+    /// What the VM was built (or restored) from, as it is now.
+    pub fn config(&self) -> crate::VmConfig {
+        lock(&self.shared.control).core.config.clone()
+    }
+
+    /// What the device models counted so far, summed over devices of a kind.
+    pub fn device_counters(&self) -> DeviceCounters {
+        lock(&self.shared.control).device_counters()
+    }
+
+    /// Puts another file behind disk `index` (in the guest's order) and tells the guest;
+    /// later snapshots record the new file.
+    pub fn set_disk_path(&mut self, index: usize, path: &Path) -> Result<(), VmError> {
+        lock(&self.shared.control).set_disk_path(index, path)
     }
 
     /// Ends the VM from the host side.
@@ -410,26 +463,6 @@ impl Drop for RunningVm {
     fn drop(&mut self) {
         // Nothing may keep running without its owner: stop it (a no-op once ended).
         lock(&self.shared.control).finish();
-    }
-}
-
-fn handle_request(shared: &Shared, request: crate::api::Request) -> Result<(), VmError> {
-    use crate::api::Request;
-    let mut c = lock(&shared.control);
-    match request {
-        Request::Pause => c.pause(),
-        Request::Resume => {
-            c.resume();
-            Ok(())
-        }
-        Request::Snapshot { dir, resume } => {
-            let was_paused = c.paused;
-            let r = c.snapshot(&dir);
-            if resume || (r.is_err() && !was_paused) {
-                c.resume();
-            }
-            r
-        }
     }
 }
 

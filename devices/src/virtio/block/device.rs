@@ -109,6 +109,26 @@ impl Block {
         &self.rate_limiter
     }
 
+    /// Puts another file behind the disk (Firecracker's drive PATCH), with the same
+    /// read-only setting, and tells an active driver that its configuration (the
+    /// capacity) changed. On error the old file stays.
+    pub fn set_path(&mut self, path: PathBuf) -> Result<(), BlockError> {
+        let config = BlockConfig {
+            path,
+            ..self.config.clone()
+        };
+        let mut disk = Disk::open(&config)?;
+        disk.counters = self.disk.counters;
+        self.common.config_space_mut()[0..8].copy_from_slice(&disk.capacity().to_le_bytes());
+        self.disk = disk;
+        self.config = config;
+        if let Some((_, _, interrupt)) = self.common.active_queues() {
+            // Fails only when an interrupt is already pending, which the driver will see.
+            let _ = interrupt.trigger(crate::virtio::VIRTIO_MMIO_INT_CONFIG);
+        }
+        Ok(())
+    }
+
     /// Serves what the driver queued (as far as the rate limiter lets it) and interrupts
     /// it if anything completed.
     pub(super) fn process_queue(&mut self) {

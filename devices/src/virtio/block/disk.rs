@@ -66,6 +66,25 @@ pub enum DiskError {
     },
 }
 
+/// What the request engine counted (Firecracker's block metric names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockCounters {
+    /// Reads served.
+    pub read_count: u64,
+    /// Their bytes.
+    pub read_bytes: u64,
+    /// Writes served.
+    pub write_count: u64,
+    /// Their bytes.
+    pub write_bytes: u64,
+    /// Flushes served.
+    pub flush_count: u64,
+    /// Requests refused for their shape (completed with IOERR or UNSUPP).
+    pub invalid_reqs_count: u64,
+    /// Requests whose file I/O or guest-memory transfer failed.
+    pub execute_fails: u64,
+}
+
 /// The backing file of a virtio-blk device.
 #[derive(Debug)]
 pub struct Disk {
@@ -75,6 +94,8 @@ pub struct Disk {
     read_only: bool,
     /// The GET_ID serial, zero-padded.
     id: [u8; DISK_ID_LEN],
+    /// Requests served so far.
+    pub(super) counters: BlockCounters,
 }
 
 impl Disk {
@@ -119,7 +140,13 @@ impl Disk {
             nsectors: size >> SECTOR_SHIFT,
             read_only: config.read_only,
             id,
+            counters: BlockCounters::default(),
         })
+    }
+
+    /// What the request engine counted so far.
+    pub fn counters(&self) -> BlockCounters {
+        self.counters
     }
 
     /// The disk size in 512-byte sectors.

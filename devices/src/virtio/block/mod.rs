@@ -12,7 +12,7 @@ pub mod persist;
 mod request;
 
 pub use device::{Block, BlockConfig, BlockError};
-pub use disk::{Disk, DiskError};
+pub use disk::{BlockCounters, Disk, DiskError};
 pub use request::{execute_chain, process_queue, ParsedChain, Request, RequestError, RequestType};
 
 /// Helpers other modules' tests use to build requests.

@@ -318,7 +318,30 @@ pub fn process_queue_limited<M: GuestMemory>(
 }
 
 fn execute_parsed<M: GuestMemory>(disk: &mut Disk, mem: &M, parsed: ParsedChain) -> u32 {
-    let result = parsed.request.and_then(|r| r.execute(disk, mem));
+    let result = parsed.request.and_then(|r| {
+        let done = r.execute(disk, mem);
+        if done.is_ok() {
+            let c = &mut disk.counters;
+            match r.request_type {
+                RequestType::In => {
+                    c.read_count += 1;
+                    c.read_bytes += r.data_len;
+                }
+                RequestType::Out => {
+                    c.write_count += 1;
+                    c.write_bytes += r.data_len;
+                }
+                RequestType::Flush => c.flush_count += 1,
+                RequestType::GetId => {}
+            }
+        }
+        done
+    });
+    match &result {
+        Ok(_) => {}
+        Err(RequestError::Io(_) | RequestError::Transfer(_)) => disk.counters.execute_fails += 1,
+        Err(_) => disk.counters.invalid_reqs_count += 1,
+    }
     let (status, written) = match result {
         Ok(written) => (VIRTIO_BLK_S_OK, written),
         Err(RequestError::Unsupported(_)) => (VIRTIO_BLK_S_UNSUPP, 0),

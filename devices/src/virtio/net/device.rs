@@ -123,6 +123,10 @@ pub struct NetConfig {
     /// Limits on what the guest sends (Firecracker's `tx_rate_limiter`).
     #[serde(default)]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
+    /// A name for the interface (Firecracker's `iface_id`), by which a restore can give
+    /// it another tap.
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 /// Why a network device could not be built.
@@ -466,6 +470,7 @@ pub(crate) mod tests {
                 mac,
                 rx_rate_limiter: None,
                 tx_rate_limiter: None,
+                id: None,
             },
             Tap::from_file("test0", ours),
         )

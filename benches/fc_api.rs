@@ -1,0 +1,265 @@
+//! hearth and Firecracker driven through the same API calls by this one client, side by
+//! side. Run by hand: `cargo bench --bench fc_api`.
+//!
+//! Per round, for each VMM (the order alternates every round):
+//! - socket ready: spawn `VMM --api-sock S` → the first successful connect();
+//! - API boot: from the first PUT (machine-config, boot-source, then InstanceStart) to
+//!   the guest's `boot-marker` line on the VMM's stdout; the guest then resets, which
+//!   ends both VMMs;
+//! - spawn → boot-marker: the two above together, what a client waits for;
+//! - snapshot load: `PUT /snapshot/load` with `resume_vm` (a fresh process, socket up) →
+//!   the guest's next `count:` line. Each VMM loads a snapshot it made itself, once,
+//!   before the rounds (a counting guest paused after `count: 3`).
+//!
+//! The test guest, 1 vCPU, 128 MiB. Environment: FC_API_BENCH_RUNS (default 10),
+//! HEARTH_BIN (default: the hearth binary cargo builds for this bench), FIRECRACKER_BIN
+//! (default ../shared/peers/firecracker-v1.16.1; hearth alone when absent).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use hearth::api::client::send;
+use serde_json::{json, Value};
+
+const MEMORY_MIB: u64 = 128;
+const TIMEOUT: Duration = Duration::from_secs(30);
+const TARGET_RATIO: f64 = 0.5;
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    common::fail("fc_api", msg)
+}
+
+/// A VMM process with its stdout lines, each stamped when read.
+struct Proc {
+    child: Child,
+    lines: Receiver<(Instant, String)>,
+    sock: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.sock);
+    }
+}
+
+impl Proc {
+    fn spawn(bin: &Path, sock: &Path) -> (Proc, Instant) {
+        let _ = std::fs::remove_file(sock);
+        let start = Instant::now();
+        let mut child = Command::new(bin)
+            .arg("--api-sock")
+            .arg(sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| fail(format!("cannot start {}: {e}", bin.display())));
+        let out = child.stdout.take().unwrap_or_else(|| fail("no stdout"));
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let proc = Proc {
+            child,
+            lines: rx,
+            sock: sock.to_owned(),
+        };
+        (proc, start)
+    }
+
+    fn wait_socket(&self) -> Instant {
+        let start = Instant::now();
+        loop {
+            if UnixStream::connect(&self.sock).is_ok() {
+                return Instant::now();
+            }
+            if start.elapsed() > TIMEOUT {
+                fail(format!("{} never came up", self.sock.display()));
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Value) {
+        match send(&self.sock, method, path, Some(&body.to_string())) {
+            Ok(a) if (200..300).contains(&a.status) => {}
+            Ok(a) => fail(format!("{method} {path}: {} {}", a.status, a.body)),
+            Err(e) => fail(format!("{method} {path}: {e}")),
+        }
+    }
+
+    fn wait_line(&self, prefix: &str) -> Instant {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((at, line)) if line.starts_with(prefix) => return at,
+                Ok(_) => {}
+                Err(_) => fail(format!("no {prefix:?} line within {TIMEOUT:?}")),
+            }
+        }
+    }
+
+    fn configure(&self, guest: &Path, args: &str) {
+        self.call(
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": MEMORY_MIB}),
+        );
+        self.call(
+            "PUT",
+            "/boot-source",
+            json!({"kernel_image_path": guest, "boot_args": args}),
+        );
+        self.call("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    }
+}
+
+struct Vmm {
+    name: &'static str,
+    bin: PathBuf,
+    snap: PathBuf,
+    mem: PathBuf,
+    ready: Vec<f64>,
+    boot: Vec<f64>,
+    spawn_to_marker: Vec<f64>,
+    load: Vec<f64>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn main() {
+    let guest = common::build_guest("fc_api");
+    let dir = common::root().join("target/fc-api-bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let runs = common::env_num("FC_API_BENCH_RUNS", 10);
+    let hearth = std::env::var_os("HEARTH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hearth")));
+    let fc = std::env::var_os("FIRECRACKER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::root().join("../shared/peers/firecracker-v1.16.1"));
+    let mut vmms = vec![(hearth, "hearth")];
+    if fc.exists() {
+        vmms.push((fc, "firecracker"));
+    } else {
+        eprintln!("Firecracker not found at {}: hearth alone", fc.display());
+    }
+    let mut vmms: Vec<Vmm> = vmms
+        .into_iter()
+        .map(|(bin, name)| Vmm {
+            name,
+            bin,
+            snap: dir.join(format!("{name}.snap")),
+            mem: dir.join(format!("{name}.mem")),
+            ready: vec![],
+            boot: vec![],
+            spawn_to_marker: vec![],
+            load: vec![],
+        })
+        .collect();
+
+    for v in &vmms {
+        let sock = dir.join(format!("{}-snap.sock", v.name));
+        let (p, _) = Proc::spawn(&v.bin, &sock);
+        p.wait_socket();
+        p.configure(&guest, "count=1000000 delay=20000");
+        p.wait_line("count: 3");
+        p.call("PATCH", "/vm", json!({"state": "Paused"}));
+        p.call(
+            "PUT",
+            "/snapshot/create",
+            json!({"snapshot_type": "Full", "snapshot_path": v.snap, "mem_file_path": v.mem}),
+        );
+    }
+
+    for round in 0..runs {
+        let n = vmms.len();
+        for i in 0..n {
+            let v = &mut vmms[(i + usize::try_from(round).unwrap_or(0)) % n];
+            let sock = dir.join(format!("{}.sock", v.name));
+            let (mut p, spawned) = Proc::spawn(&v.bin, &sock);
+            let ready = p.wait_socket();
+            let first_put = Instant::now();
+            p.configure(&guest, "end=reset");
+            let marker = p.wait_line("boot-marker");
+            v.ready.push(ms(ready - spawned));
+            v.boot.push(ms(marker - first_put));
+            v.spawn_to_marker.push(ms(marker - spawned));
+            let _ = p.child.wait();
+            drop(p);
+
+            let (p, _) = Proc::spawn(&v.bin, &sock);
+            p.wait_socket();
+            let asked = Instant::now();
+            p.call(
+                "PUT",
+                "/snapshot/load",
+                json!({"snapshot_path": v.snap,
+                       "mem_backend": {"backend_type": "File", "backend_path": v.mem},
+                       "resume_vm": true}),
+            );
+            let next = p.wait_line("count: ");
+            v.load.push(ms(next - asked));
+        }
+    }
+
+    println!(
+        "\n{} rounds, test guest, 1 vCPU, {MEMORY_MIB} MiB; medians in ms (min)",
+        runs
+    );
+    println!(
+        "{:<14}{:>18}{:>18}{:>20}{:>20}",
+        "VMM", "socket ready", "API boot", "spawn->marker", "snapshot load"
+    );
+    let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    for v in &vmms {
+        println!(
+            "{:<14}{:>10.2} ({:>5.2}){:>10.2} ({:>5.2}){:>12.2} ({:>5.2}){:>12.2} ({:>5.2})",
+            v.name,
+            median(&v.ready),
+            min(&v.ready),
+            median(&v.boot),
+            min(&v.boot),
+            median(&v.spawn_to_marker),
+            min(&v.spawn_to_marker),
+            median(&v.load),
+            min(&v.load)
+        );
+    }
+    if let [h, f] = &vmms[..] {
+        for (what, a, b) in [
+            ("socket ready", &h.ready, &f.ready),
+            ("API boot", &h.boot, &f.boot),
+            ("spawn->marker", &h.spawn_to_marker, &f.spawn_to_marker),
+            ("snapshot load", &h.load, &f.load),
+        ] {
+            let r = median(a) / median(b);
+            let verdict = if r <= TARGET_RATIO { "MET" } else { "MISSED" };
+            println!(
+                "{what:<14} hearth/firecracker = {r:.2}x (target <= {TARGET_RATIO}x: {verdict})"
+            );
+        }
+    }
+}
