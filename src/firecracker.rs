@@ -230,13 +230,9 @@ pub fn run(args: FirecrackerArgs) -> Result<i32, FirecrackerError> {
         module: args.module.clone(),
     })?;
     // Each thread installs its own filter when it starts (this one once the VM runs).
-    let filters = match (&args.seccomp_filter, args.no_seccomp) {
-        (_, true) => hearth::seccomp::Filters::none(),
-        (Some(path), false) => {
-            hearth::seccomp::Filters::from_file(path).map_err(hearth::VmError::from)?
-        }
-        (None, false) => hearth::seccomp::Filters::builtin().map_err(hearth::VmError::from)?,
-    };
+    let filters =
+        hearth::seccomp::Filters::from_flags(args.no_seccomp, args.seccomp_filter.as_deref())
+            .map_err(hearth::VmError::from)?;
     hearth::seccomp::configure(filters).map_err(hearth::VmError::from)?;
     log::info!(
         "Running Firecracker v{} (hearth {})",

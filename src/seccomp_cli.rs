@@ -19,18 +19,9 @@ pub struct SeccompArgs {
 
 impl SeccompArgs {
     /// Turns the chosen filters on for this process (each thread installs its own).
-    /// Without either flag, `HEARTH_SECCOMP_FILTER=FILE` stands for `--seccomp-filter FILE`
-    /// (how scripts/seccomp-audit.sh runs the whole test suite on audit-only filters).
+    /// Without either flag, `HEARTH_SECCOMP_FILTER=FILE` stands for `--seccomp-filter FILE`.
     pub fn configure(&self) -> Result<(), SeccompError> {
-        let from_env = std::env::var_os("HEARTH_SECCOMP_FILTER").map(PathBuf::from);
-        let filters = match (
-            self.seccomp_filter.as_ref().or(from_env.as_ref()),
-            self.no_seccomp,
-        ) {
-            (_, true) => Filters::none(),
-            (Some(path), false) => Filters::from_file(path)?,
-            (None, false) => Filters::builtin()?,
-        };
+        let filters = Filters::from_flags(self.no_seccomp, self.seccomp_filter.as_deref())?;
         seccomp::configure(filters)
     }
 }

@@ -154,6 +154,18 @@ impl Filters {
         Self::default()
     }
 
+    /// What the command-line flags ask for: none with `--no-seccomp`, `--seccomp-filter`'s
+    /// file, else the file in `HEARTH_SECCOMP_FILTER` (how scripts/seccomp-audit.sh runs a
+    /// whole test suite on audit-only filters), else the built-in filters.
+    pub fn from_flags(no_seccomp: bool, file: Option<&Path>) -> Result<Self, SeccompError> {
+        let from_env = std::env::var_os("HEARTH_SECCOMP_FILTER").map(PathBuf::from);
+        match (no_seccomp, file.or(from_env.as_deref())) {
+            (true, _) => Ok(Self::none()),
+            (false, Some(path)) => Self::from_file(path),
+            (false, None) => Self::builtin(),
+        }
+    }
+
     /// hearth's own filters, compiled at build time from resources/seccomp.
     pub fn builtin() -> Result<Self, SeccompError> {
         let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp.bin"));
