@@ -27,6 +27,15 @@ pub enum ConfigError {
     /// Zero vCPUs.
     #[error("--cpus must be at least 1")]
     NoCpus,
+    /// A checkpoint interval that does not parse or is too short.
+    #[error("--checkpoint-every '{0}': give a duration such as 500ms, 2s or 1m, of at least 10ms")]
+    CheckpointEvery(String),
+    /// Keeping no checkpoint.
+    #[error("--checkpoint-keep must be at least 1")]
+    CheckpointKeep,
+    /// Half of the checkpoint settings.
+    #[error("--checkpoint-every and --checkpoint-dir go together: give both")]
+    CheckpointIncomplete,
     /// Too little memory.
     #[error("guest memory of {0} bytes is too small; give at least 2M")]
     MemoryTooSmall(u64),
@@ -128,6 +137,8 @@ pub type MacAddr = hearth_devices::virtio::net::MacAddr;
 
 /// A rate limiter's buckets, as the device models take them.
 pub type RateLimiterConfig = hearth_devices::rate_limiter::RateLimiterConfig;
+/// Periodic checkpoints.
+pub use crate::vm::CheckpointConfig;
 
 /// A virtio-vsock device, as the device model takes it.
 pub type VsockConfig = hearth_devices::virtio::vsock::VsockConfig;
@@ -186,6 +197,9 @@ pub struct VmConfig {
     /// A virtio-vsock device bridged to host Unix sockets.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Periodic checkpoints (a restored VM takes none unless told again).
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointConfig>,
 }
 
 fn default_cmdline() -> String {
@@ -220,6 +234,7 @@ impl VmConfig {
             rng: false,
             rng_rate_limiter: None,
             vsock: None,
+            checkpoint: None,
         }
     }
 
@@ -251,6 +266,7 @@ impl VmConfig {
         self.api_sock.iter_mut().for_each(fix);
         self.disks.iter_mut().for_each(|d| fix(&mut d.path));
         self.vsock.iter_mut().for_each(|v| fix(&mut v.socket));
+        self.checkpoint.iter_mut().for_each(|c| fix(&mut c.dir));
     }
 
     /// Parses a JSON description.
@@ -286,6 +302,9 @@ impl VmConfig {
         }
         if let Some(v) = &self.vsock {
             check_vsock_cid(v.cid)?;
+        }
+        if let Some(c) = &self.checkpoint {
+            c.validate()?;
         }
         Ok(())
     }

@@ -49,4 +49,7 @@ pub mod vm;
 pub use config::VmConfig;
 pub use console::{Console, ConsoleInput};
 pub use vcpu::{exit_status, ExitReason};
-pub use vm::{RestoreOptions, RunningVm, Vm, VmError, VmHandle};
+pub use vm::{
+    CheckpointConfig, CheckpointStats, RestoreOptions, RunningVm, SnapshotInfo, SnapshotOptions,
+    Vm, VmError, VmHandle,
+};

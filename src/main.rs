@@ -21,6 +21,25 @@ enum CliError {
     /// A snapshot directory that cannot be used.
     #[error(transparent)]
     Snapshot(#[from] hearth::snapshot::SnapshotError),
+    /// A memory layer that does not check out, so the chain is not merged.
+    #[error("not merged: memory layer {layer} failed its check: {reason}")]
+    LayerCheck {
+        /// The layer's file.
+        layer: String,
+        /// What failed.
+        reason: String,
+    },
+    /// `inspect` found a layer that does not check out.
+    #[error("{}: a memory layer failed its check (see above)", .0.display())]
+    InspectFailed(PathBuf),
+    /// An override that is not OLD=NEW.
+    #[error("{flag} '{value}': expected OLD=NEW")]
+    Override {
+        /// The flag.
+        flag: &'static str,
+        /// What was given.
+        value: String,
+    },
     /// A restore that nothing could ever resume.
     #[error("restore without --resume waits, paused, for `hearth ctl resume`, which needs --api-sock: pass --resume or --api-sock PATH")]
     RestoreNeverRuns,
@@ -65,6 +84,27 @@ enum Command {
         #[arg(value_name = "OUT")]
         output: PathBuf,
     },
+    /// Work on snapshot directories.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Fold a snapshot's chain (its full memory and diffs) into one full snapshot.
+    Merge {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// Write the merged snapshot here instead of replacing DIR's (crash-safely).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Show what a snapshot holds (format, writer, configuration, memory chain) and
+    /// verify every checksum; exits non-zero when one fails.
+    Inspect {
+        /// The snapshot directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -91,6 +131,10 @@ enum CtlAction {
         /// Resume the VM once the snapshot is written.
         #[arg(long)]
         resume: bool,
+        /// Write only the pages changed since the VM's previous snapshot (or its
+        /// restore); the new snapshot names that one as its parent.
+        #[arg(long)]
+        diff: bool,
     },
     /// Send any Firecracker API request and print the answer's body.
     Request {
@@ -119,6 +163,28 @@ struct RestoreArgs {
     serial_out: Option<PathBuf>,
     #[command(flatten)]
     seccomp: seccomp_cli::SeccompArgs,
+    /// Use tap NEW for the network device that used tap OLD; repeat for more.
+    #[arg(long, value_name = "OLD=NEW")]
+    net_tap: Vec<String>,
+    /// Use disk file NEW (of the same size) for the disk that was OLD; repeat for more.
+    #[arg(long, value_name = "OLD=NEW")]
+    disk_path: Vec<String>,
+    /// Listen for vsock host connections on PATH instead of the snapshot's socket.
+    #[arg(long, value_name = "PATH")]
+    vsock_socket: Option<PathBuf>,
+    /// How the guest's clock carries on: from where it stood (keep), or forward by the
+    /// real time since the snapshot (realtime, so that its wall clock is right).
+    #[arg(long, value_enum, default_value_t = hearth::snapshot::overrides::ClockChoice::Keep)]
+    clock: hearth::snapshot::overrides::ClockChoice,
+    /// Take checkpoints of the restored VM this often (as `run --checkpoint-every`).
+    #[arg(long, value_name = "DURATION")]
+    checkpoint_every: Option<String>,
+    /// Where the restored VM's checkpoints go.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// How many checkpoints to keep [default: 3].
+    #[arg(long, value_name = "N")]
+    checkpoint_keep: Option<u32>,
     /// Log what hearth does to stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -153,7 +219,7 @@ struct RunArgs {
     /// Whether KVM emulates guest kernel mode [default: auto: measure it].
     #[arg(long, value_enum)]
     execution: Option<ExecutionChoice>,
-    /// On an emulating KVM, do not append "noxsave clearcpuid=popcnt,smap" to the
+    /// On an emulating KVM, do not append "noxsave clearcpuid=popcnt,smap nofsgsbase" to the
     /// command line.
     #[arg(long)]
     no_cmdline_workarounds: bool,
@@ -183,6 +249,16 @@ struct RunArgs {
     vsock: Option<String>,
     #[command(flatten)]
     seccomp: seccomp_cli::SeccompArgs,
+    /// Take a checkpoint (a diff snapshot; full at first and every 16th) this often:
+    /// 500ms, 2s, 1m. Needs --checkpoint-dir.
+    #[arg(long, value_name = "DURATION")]
+    checkpoint_every: Option<String>,
+    /// Where checkpoints go: DIR/ckpt-NNNNNN, and DIR/latest names the newest complete one.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// How many checkpoints to keep [default: 3].
+    #[arg(long, value_name = "N")]
+    checkpoint_keep: Option<u32>,
     /// Log what hearth does (KVM mode, timings, exits) to stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -253,8 +329,50 @@ impl RunArgs {
         if let Some(v) = self.vsock {
             config.vsock = Some(hearth::config::parse_vsock(&v)?);
         }
+        config.checkpoint = checkpoint_config(
+            config.checkpoint.take(),
+            self.checkpoint_every.as_deref(),
+            self.checkpoint_dir,
+            self.checkpoint_keep,
+        )?;
         Ok(config)
     }
+}
+
+/// The checkpoint settings from a config file's (`base`) and the flags.
+fn checkpoint_config(
+    base: Option<hearth::config::CheckpointConfig>,
+    every: Option<&str>,
+    dir: Option<PathBuf>,
+    keep: Option<u32>,
+) -> Result<Option<hearth::config::CheckpointConfig>, ConfigError> {
+    let every = every
+        .map(hearth::vm::checkpoint::parse_duration)
+        .transpose()?;
+    let mut config = match (base, every, dir) {
+        (Some(mut c), every, dir) => {
+            c.every = every.unwrap_or(c.every);
+            c.dir = dir.unwrap_or(c.dir);
+            Some(c)
+        }
+        (None, Some(every), Some(dir)) => Some(hearth::config::CheckpointConfig {
+            every,
+            dir,
+            keep: hearth::vm::checkpoint::DEFAULT_KEEP,
+        }),
+        (None, None, None) => None,
+        (None, _, _) => return Err(ConfigError::CheckpointIncomplete),
+    };
+    if let Some(k) = keep {
+        match &mut config {
+            Some(c) => c.keep = k,
+            None => return Err(ConfigError::CheckpointIncomplete),
+        }
+    }
+    if let Some(c) = &config {
+        c.validate()?;
+    }
+    Ok(config)
 }
 
 fn run(args: RunArgs) -> Result<i32, CliError> {
@@ -312,10 +430,36 @@ fn restore(args: RestoreArgs) -> Result<i32, CliError> {
     }
     args.seccomp.configure().map_err(VmError::from)?;
     terminal::handle_stop_signals();
+    let pair = |flag: &'static str, s: &String| {
+        hearth::snapshot::overrides::parse_pair(s).ok_or_else(|| CliError::Override {
+            flag,
+            value: s.clone(),
+        })
+    };
     let mut options = hearth::RestoreOptions {
         resume: args.resume,
         serial_out: args.serial_out,
         api_sock: args.api_sock,
+        overrides: hearth::snapshot::overrides::RestoreOverrides {
+            taps: args
+                .net_tap
+                .iter()
+                .map(|s| pair("--net-tap", s))
+                .collect::<Result<_, _>>()?,
+            disks: args
+                .disk_path
+                .iter()
+                .map(|s| pair("--disk-path", s).map(|(a, b)| (a.into(), b.into())))
+                .collect::<Result<_, _>>()?,
+            vsock_socket: args.vsock_socket,
+            clock: args.clock,
+        },
+        checkpoint: checkpoint_config(
+            None,
+            args.checkpoint_every.as_deref(),
+            args.checkpoint_dir,
+            args.checkpoint_keep,
+        )?,
         ..Default::default()
     };
     let api_sock = options.api_sock.take();
@@ -336,13 +480,15 @@ fn ctl(args: CtlArgs) -> Result<i32, CliError> {
     match args.action {
         CtlAction::Pause => call("PATCH", "/vm", Some(&vm_state("Paused")))?,
         CtlAction::Resume => call("PATCH", "/vm", Some(&vm_state("Resumed")))?,
-        CtlAction::Snapshot { dir, resume } => {
-            // The same rules as the VM's, checked here so that a bad path fails before
-            // the VM is paused; the VM resolves relative paths from its own directory.
-            hearth::snapshot::check_dir(&dir)?;
+        CtlAction::Snapshot { dir, resume, diff } => {
+            // The same rules as the VM's, checked before the VM is paused; the VM resolves
+            // relative paths from its own directory.
+            // The API takes two file paths; their directory is made here (its last level
+            // only, as `check_dir` allows).
+            hearth::snapshot::create_dir(&dir)?;
             let dir = std::path::absolute(&dir).unwrap_or(dir);
             let body = serde_json::json!({
-                "snapshot_type": "Full",
+                "snapshot_type": if diff { "Diff" } else { "Full" },
                 "snapshot_path": dir.join(hearth::snapshot::STATE_FILE),
                 "mem_file_path": dir.join(hearth::snapshot::MEMORY_FILE),
             });
@@ -366,6 +512,41 @@ fn ctl(args: CtlArgs) -> Result<i32, CliError> {
             });
         }
     };
+    Ok(0)
+}
+
+fn snapshot(cmd: SnapshotCommand) -> Result<i32, CliError> {
+    match cmd {
+        SnapshotCommand::Merge { dir, out } => {
+            if let Some(o) = &out {
+                hearth::snapshot::check_dir(o)?;
+            }
+            // Refuse a chain that does not check out before folding it.
+            let report = hearth::snapshot::inspect::inspect(&dir)?;
+            if let Some((l, Err(e))) = report.layers.iter().find(|(_, r)| r.is_err()) {
+                return Err(CliError::LayerCheck {
+                    layer: l.file_name(),
+                    reason: e.clone(),
+                });
+            }
+            let n = hearth::snapshot::merge(&dir, out.as_deref())?
+                .0
+                .layers
+                .len();
+            println!(
+                "merged {n} memory layer(s) of {} into {}",
+                dir.display(),
+                out.as_deref().unwrap_or(&dir).display()
+            );
+        }
+        SnapshotCommand::Inspect { dir } => {
+            let report = hearth::snapshot::inspect::inspect(&dir)?;
+            print!("{report}");
+            if !report.ok() {
+                return Err(CliError::InspectFailed(dir));
+            }
+        }
+    }
     Ok(0)
 }
 
@@ -459,6 +640,7 @@ fn main() -> ExitCode {
             eprintln!("hearth: error: {}", jail_cli::jail(args));
             return ExitCode::from(1);
         }
+        Command::Snapshot(cmd) => snapshot(cmd),
     };
     let code = match result {
         Ok(code) => code,

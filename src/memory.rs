@@ -1,6 +1,8 @@
 //! Guest RAM: anonymous mappings laid out around the 32-bit MMIO gap.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
+
+pub use hearth_devices::{GuestMemoryMmap, GuestRegionMmap};
 
 use crate::arch::layout::{MMIO_GAP_END, MMIO_GAP_START};
 

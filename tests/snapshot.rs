@@ -174,6 +174,32 @@ fn sha(path: &Path) -> u64 {
     fnv1a(&std::fs::read(path).unwrap())
 }
 
+/// The snapshot's memory files (`memory-<id>`, `diff-<id>`), sorted by name.
+fn layer_files(snap: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(snap)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_str().unwrap();
+            n.starts_with(prefix) && !n.ends_with(".tmp")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The one full memory layer in `snap`.
+fn memory_file(snap: &Path) -> PathBuf {
+    let v = layer_files(snap, "memory-");
+    assert_eq!(
+        v.len(),
+        1,
+        "one full memory layer in {}: {v:?}",
+        snap.display()
+    );
+    v[0].clone()
+}
+
 #[test]
 fn restoring_twice_gives_two_independent_vms() {
     let dir = scratch();
@@ -182,7 +208,7 @@ fn restoring_twice_gives_two_independent_vms() {
         "count=15 delay=20000 exit=3",
         &["--memory", "32M"],
     );
-    let mem_before = sha(&snap.join("memory"));
+    let mem_before = sha(&memory_file(&snap));
     let state_before = sha(&snap.join("state"));
     let a = dir.as_path().join("a.txt");
     let b = dir.as_path().join("b.txt");
@@ -199,7 +225,7 @@ fn restoring_twice_gives_two_independent_vms() {
     assert_eq!(counts(&oa), ((last + 1)..=15).collect::<Vec<_>>());
     assert_eq!(oa, ob, "both carry on the same way");
     assert_eq!(
-        sha(&snap.join("memory")),
+        sha(&memory_file(&snap)),
         mem_before,
         "MAP_PRIVATE: memory file untouched"
     );
@@ -308,25 +334,32 @@ fn bad_snapshots_are_refused() {
     });
     assert_refused(&v, "is truncated");
     let v = variant("no-memory", &|v| {
-        std::fs::remove_file(v.join("memory")).unwrap()
+        std::fs::remove_file(memory_file(v)).unwrap()
     });
-    assert_refused(&v, "memory: No such file");
+    assert_refused(&v, "is missing: the state file names it as its memory");
     let v = variant("short-memory", &|v| {
         let f = std::fs::OpenOptions::new()
             .write(true)
-            .open(v.join("memory"))
+            .open(memory_file(v))
             .unwrap();
         f.set_len(8 << 20).unwrap();
     });
-    assert_refused(&v, "is 8388608 bytes, but the VM had 16777216 bytes");
+    assert_refused(&v, "is 8388608 bytes, the state recorded 16777216");
     let v = variant("long-memory", &|v| {
         let f = std::fs::OpenOptions::new()
             .write(true)
-            .open(v.join("memory"))
+            .open(memory_file(v))
             .unwrap();
         f.set_len(17 << 20).unwrap();
     });
-    assert_refused(&v, "but the VM had 16777216 bytes");
+    assert_refused(&v, "the state recorded 16777216");
+    // Another snapshot's memory file in place of this one's (renamed to its name).
+    let other = variant("other", &|_| {});
+    let v = variant("swapped-memory", &|v| {
+        std::fs::remove_file(memory_file(v)).unwrap();
+    });
+    std::fs::copy(memory_file(&other), v.join("memory-0000")).unwrap();
+    assert_refused(&v, "is missing: the state file names it as its memory");
     let v = variant("no-state", &|v| {
         std::fs::remove_file(v.join("state")).unwrap()
     });

@@ -23,7 +23,8 @@ use hearth_devices::virtio::vsock::{Muxer, MAX_CONNECTIONS};
 use hearth_fuzz::{guest_memory, ready_queue, take, write_queue, QueueLayout};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use hearth_devices::GuestMemoryMmap;
 use vmm_sys_util::tempdir::TempDir;
 
 const MEM_SIZE: u64 = 0x1_0000;

@@ -2,7 +2,8 @@
 //! virtqueue (descriptors, available ring, guest data) out in guest memory.
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use hearth_devices::GuestMemoryMmap;
 
 /// Takes the next `n` bytes of the input, if there are that many.
 pub fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {

@@ -346,6 +346,113 @@ static void delay_loop(uint64_t iterations)
 		;
 }
 
+/* mem.walk: step i rewrites the first WALK_WORDS words of page (i-1) % pages of the
+ * region at base_mib MiB, each from its old value (few, as every memory access is
+ * emulated here), so every later step's output depends on the whole history of
+ * the region: memory restored wrongly shows up as different sums. */
+#define WALK_WORDS 16
+
+static void mem_walk(uint64_t base_mib, uint64_t pages, uint64_t steps, uint64_t delay)
+{
+	volatile uint64_t *region = phys(base_mib << 20);
+
+	for (uint64_t i = 1; i <= steps; i++) {
+		volatile uint64_t *page = region + ((i - 1) % pages) * 512;
+		uint64_t h = FNV_OFFSET;
+
+		if (i > 1)
+			delay_loop(delay);
+		for (uint64_t w = 0; w < WALK_WORDS; w++) {
+			page[w] = page[w] * 6364136223846793005ULL + i + w;
+			h = (h ^ page[w]) * 0x100000001b3ULL;
+		}
+		for (uint64_t p = 0; p < pages; p++)
+			h = (h ^ region[p * 512 + 7]) * 0x100000001b3ULL;
+		pr_str("mem step ");
+		pr_dec(i);
+		pr_str(" sum=");
+		pr_hex16(h);
+		pr_str("\n");
+	}
+}
+
+/* mem.sum: FNV-1a 64 over the words mem.walk writes, page by page. */
+static void mem_sum(uint64_t base_mib, uint64_t pages)
+{
+	volatile uint64_t *region = phys(base_mib << 20);
+	uint64_t h = FNV_OFFSET;
+
+	for (uint64_t p = 0; p < pages; p++)
+		for (uint64_t w = 0; w < WALK_WORDS; w++)
+			h = (h ^ region[p * 512 + w]) * 0x100000001b3ULL;
+	pr_str("mem sum=");
+	pr_hex16(h);
+	pr_str("\n");
+}
+
+/* kvmclock (Linux's pvclock ABI): the time info KVM keeps for this vCPU, and the wall
+ * clock at the moment the guest asks for it. */
+#define MSR_KVM_WALL_CLOCK_NEW	0x4b564d00
+#define MSR_KVM_SYSTEM_TIME_NEW	0x4b564d01
+
+struct pvclock_time {
+	uint32_t version;
+	uint32_t pad0;
+	uint64_t tsc_timestamp;
+	uint64_t system_time;
+	uint32_t tsc_to_system_mul;
+	int8_t tsc_shift;
+	uint8_t flags;
+	uint8_t pad[2];
+} __attribute__((aligned(64)));
+
+static volatile struct pvclock_time pvti;
+static volatile struct {
+	uint32_t version;
+	uint32_t sec;
+	uint32_t nsec;
+} __attribute__((aligned(16))) pvwall;
+static int kvmclock_on;
+static uint64_t boot_wall_ns;	/* read once, as Linux reads its persistent clock once */
+
+static inline void wrmsr(uint32_t msr, uint64_t v)
+{
+	__asm__ volatile("wrmsr" : : "c"(msr), "a"((uint32_t)v), "d"((uint32_t)(v >> 32)));
+}
+
+/* clock: prints `clock: ns=<kvmclock ns> wall=<seconds since the epoch>`, the wall
+ * clock as Linux keeps it: the boot-time wall clock KVM gave once plus kvmclock. */
+static void clock_read(void)
+{
+	uint32_t v;
+	uint64_t ns;
+
+	if (!kvmclock_on) {
+		wrmsr(MSR_KVM_WALL_CLOCK_NEW, (uint64_t)(uintptr_t)&pvwall);
+		wrmsr(MSR_KVM_SYSTEM_TIME_NEW, (uint64_t)(uintptr_t)&pvti | 1);
+		kvmclock_on = 1;
+	}
+	do {
+		v = pvti.version;
+		uint64_t delta = rdtsc() - pvti.tsc_timestamp;
+		int8_t shift = pvti.tsc_shift;
+
+		if (shift < 0)
+			delta >>= -shift;
+		else
+			delta <<= shift;
+		ns = pvti.system_time +
+		     (uint64_t)(((unsigned __int128)delta * pvti.tsc_to_system_mul) >> 32);
+	} while ((v & 1) || v != pvti.version);
+	if (!boot_wall_ns)
+		boot_wall_ns = pvwall.sec * 1000000000ULL + pvwall.nsec;
+	pr_str("clock: ns=");
+	pr_dec(ns);
+	pr_str(" wall=");
+	pr_dec((boot_wall_ns + ns) / 1000000000ULL);
+	pr_str("\n");
+}
+
 void guest_main(unsigned kind, uint64_t info);
 
 void guest_main(unsigned kind, uint64_t info)
@@ -447,6 +554,15 @@ void guest_main(unsigned kind, uint64_t info)
 					pr_str("\n");
 				}
 			}
+		} else if (is(&t, "clock")) {
+			clock_read();
+		} else if (is(&t, "mem.walk=")) {
+			if ((ok = parse_list(&t, v, 3) && v[1] > 0 && v[0] >= 16 &&
+				   v[0] < 3072))
+				mem_walk(v[0], v[1], v[2], delay);
+		} else if (is(&t, "mem.sum=")) {
+			if ((ok = parse_list(&t, v, 2) && v[0] >= 16 && v[0] < 3072))
+				mem_sum(v[0], v[1]);
 		} else if (is(&t, "blk.info")) {
 			blk_info();
 		} else if (is(&t, "blk.read=")) {

@@ -84,6 +84,11 @@ impl Controller {
         self.vm.as_ref()
     }
 
+    /// Runs the VM's periodic checkpoints: when the next one is due, if any.
+    pub fn checkpoint_tick(&mut self) -> Option<Instant> {
+        self.vm.as_mut().and_then(RunningVm::checkpoint_tick)
+    }
+
     /// Takes the VM out, to wait for it without the API.
     pub fn take_vm(&mut self) -> Option<RunningVm> {
         self.vm.take()
@@ -251,7 +256,13 @@ impl Controller {
                             .into(),
                     ));
                 }
-                create_snapshot(vm, Path::new(&p.snapshot_path), Path::new(&p.mem_file_path))?;
+                let diff = matches!(p.snapshot_type, super::models::SnapshotType::Diff);
+                create_snapshot(
+                    vm,
+                    Path::new(&p.snapshot_path),
+                    Path::new(&p.mem_file_path),
+                    diff,
+                )?;
                 self.latency("full_create_snapshot", started);
                 Ok(Reply::NoContent)
             }
@@ -360,6 +371,7 @@ impl Controller {
                 .iter()
                 .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
                 .collect(),
+            ..Default::default()
         };
         let vm = with_snapshot_dir(Path::new(&p.snapshot_path), Path::new(mem), |dir| {
             Vm::restore(dir, &options).and_then(Vm::start)
@@ -446,32 +458,47 @@ fn scratch_dir(near: &Path) -> PathBuf {
     ))
 }
 
-fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
-    if std::fs::rename(from, to).is_err() {
-        // Another file system: copy, then drop the original.
-        std::fs::copy(from, to)?;
-        std::fs::remove_file(from)?;
-    }
-    Ok(())
-}
-
 /// Firecracker keeps a snapshot as two files the client names; hearth writes its
-/// snapshot directory next to the state file and moves the two files into place.
-fn create_snapshot(vm: &mut RunningVm, state: &Path, mem: &Path) -> Result<(), Fault> {
+/// snapshot directory next to the state file and moves the two files into place. Paths
+/// `DIR/state` and `DIR/memory` (what `hearth ctl snapshot --dir DIR` sends) name hearth's
+/// own snapshot directory DIR instead, written in place crash-safely, diffs included.
+fn create_snapshot(vm: &mut RunningVm, state: &Path, mem: &Path, diff: bool) -> Result<(), Fault> {
+    let options = crate::SnapshotOptions {
+        diff,
+        resume: false,
+    };
+    let native = state.file_name() == Some(std::ffi::OsStr::new(crate::snapshot::STATE_FILE))
+        && state.parent().is_some()
+        && state
+            .parent()
+            .map(|d| d.join(crate::snapshot::MEMORY_FILE))
+            .as_deref()
+            == Some(mem);
+    if let (true, Some(dir)) = (native, state.parent()) {
+        return vm
+            .snapshot_with(dir, &options)
+            .map(|_| ())
+            .map_err(|e| Fault(format!("Cannot create the snapshot: {e}")));
+    }
+    if diff {
+        return Err(Fault(
+            "Diff snapshots are a chain of memory layers: give snapshot_path DIR/state and \
+             mem_file_path DIR/memory to write hearth's snapshot directory DIR."
+                .into(),
+        ));
+    }
     let dir = scratch_dir(state);
     let result = vm
-        .snapshot(&dir)
+        .snapshot_with(&dir, &options)
         .map_err(|e| Fault(format!("Cannot create the snapshot: {e}")))
-        .and_then(|()| {
-            move_file(&dir.join(crate::snapshot::MEMORY_FILE), mem)
-                .and_then(|()| move_file(&dir.join(crate::snapshot::STATE_FILE), state))
-                .map_err(|e| {
-                    Fault(format!(
-                        "Cannot write the snapshot files {} and {}: {e}",
-                        state.display(),
-                        mem.display()
-                    ))
-                })
+        .and_then(|_| {
+            crate::snapshot::export_pair(&dir, state, mem).map_err(|e| {
+                Fault(format!(
+                    "Cannot write the snapshot files {} and {}: {e}",
+                    state.display(),
+                    mem.display()
+                ))
+            })
         });
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -494,10 +521,9 @@ fn with_snapshot_dir<T>(state: &Path, mem: &Path, f: impl FnOnce(&Path) -> T) ->
         std::process::id(),
         SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed)
     ));
-    let link = || -> std::io::Result<()> {
-        std::fs::create_dir_all(&dir)?;
-        std::os::unix::fs::symlink(abs(state), dir.join(crate::snapshot::STATE_FILE))?;
-        std::os::unix::fs::symlink(abs(mem), dir.join(crate::snapshot::MEMORY_FILE))
+    let link = || -> Result<(), String> {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        crate::snapshot::import_pair(&abs(state), &abs(mem), &dir).map_err(|e| e.to_string())
     };
     let linked = link();
     let result = linked

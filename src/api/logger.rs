@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::models::{LogLevel, Logger};
 use super::router::Fault;
@@ -90,31 +90,12 @@ fn open(path: &Path) -> Result<File, Fault> {
         .map_err(|e| Fault(format!("Cannot open the log file {}: {e}", path.display())))
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnn` in UTC.
+/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnn` in UTC, as Firecracker's log lines start.
 fn timestamp() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        now.subsec_nanos()
-    )
+    let mut t = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+    // RFC 3339's zone designator; Firecracker's lines have none.
+    t.pop();
+    t
 }
 
 impl log::Log for FirecrackerLogger {

@@ -193,12 +193,6 @@ pub fn route(method: Method, uri: &str, body: Option<&[u8]>) -> Result<Action, F
         }),
         (Method::Put, "snapshot", Some("create"), Some(b)) => {
             let params: SnapshotCreate = parse(b)?;
-            if params.snapshot_type == SnapshotType::Diff {
-                return Err(Fault::new(
-                    "Diff snapshots are not supported by hearth yet (no dirty page tracking); \
-                     create a Full snapshot.",
-                ));
-            }
             Ok(Action::CreateSnapshot(params))
         }
         (Method::Put, "snapshot", Some("load"), Some(b)) => {

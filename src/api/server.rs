@@ -139,12 +139,16 @@ pub fn run(mut server: Option<&mut ApiServer>, controller: &mut Controller) -> E
         if fds.is_empty() {
             return ExitReason::Stopped;
         }
+        let next_checkpoint = controller.checkpoint_tick();
         let until_flush = next_flush.saturating_duration_since(Instant::now());
         // Without a VM there is no watchdog to run: sleep until a request comes.
-        let wait = match controller.vm() {
+        let mut wait = match controller.vm() {
             Some(_) => WATCHDOG_INTERVAL.min(until_flush),
             None => until_flush,
         };
+        if let Some(due) = next_checkpoint {
+            wait = wait.min(due.saturating_duration_since(Instant::now()));
+        }
         let timeout = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
         let nfds = libc::nfds_t::try_from(fds.len()).unwrap_or(1);
         // SAFETY: `fds` is a valid array of `nfds` pollfds for the duration of the call.

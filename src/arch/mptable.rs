@@ -1,7 +1,8 @@
 //! The Intel MultiProcessor table, which tells a guest without ACPI how many CPUs it has
 //! and how ISA interrupts reach the IOAPIC.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use crate::memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{EBDA_START, IOAPIC_ADDR, IRQ_MAX, LAPIC_ADDR};
 

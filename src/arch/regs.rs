@@ -1,8 +1,9 @@
 //! Boot-time vCPU state: GDT, identity page tables, registers for the 64-bit Linux entry
 //! and the 32-bit PVH entry, FPU and local APIC.
 
+use crate::memory::GuestMemoryMmap;
 use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_regs, kvm_segment, kvm_sregs};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::*;
 

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use crate::memory::GuestMemoryMmap;
 use linux_loader::bootparam::{boot_params, setup_header};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
@@ -18,9 +19,7 @@ use linux_loader::loader::elf::start_info::{
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, KernelLoader, KernelLoaderResult};
 use serde::{Deserialize, Serialize};
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::layout::*;
 use crate::arch::regs::EntryMode;

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::memory::GuestMemoryMmap;
 use event_manager::MutEventSubscriber;
 use hearth_devices::bus::lock;
 use hearth_devices::persist::Persist;
@@ -16,7 +17,6 @@ use hearth_devices::virtio::rng::{Rng, RngError};
 use hearth_devices::virtio::vsock::Vsock;
 use hearth_devices::virtio::{Interrupt, VirtioDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use vm_memory::GuestMemoryMmap;
 
 use crate::config::VmConfig;
 use crate::device_manager::{DeviceError, DeviceManager, Subscriber};

@@ -11,12 +11,13 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+use crate::memory::GuestMemoryMmap;
 use hearth_devices::bus::{lock, Bus};
 use kvm_bindings::{
     kvm_run, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 /// The process exit statuses of hearth's own outcomes (the guest's exit-port byte is the
@@ -382,6 +383,13 @@ impl Vcpu {
                 .unwrap_or_else(|e| e.into_inner());
         }
         p.parked -= 1;
+        drop(p);
+        // Tell the guest it was stopped (PVCLOCK_GUEST_STOPPED), as QEMU does: its
+        // watchdogs (RCU stall, soft lockup) then do not count the pause as a hang.
+        // KVM refuses when the guest has no kvmclock, which needs nothing.
+        if !self.shared.stop.load(Ordering::SeqCst) {
+            let _ = self.fd.kvmclock_ctrl();
+        }
     }
 
     /// Called after a kick: see whether this vCPU can still make progress.

@@ -1,9 +1,9 @@
 //! A fresh vCPU's boot state: CPUID, boot MSRs, segments and page tables, entry
 //! registers, FPU and the LAPIC's LINT pins.
 
+use crate::memory::GuestMemoryMmap;
 use kvm_bindings::CpuId;
 use kvm_ioctls::VcpuFd;
-use vm_memory::GuestMemoryMmap;
 
 use crate::arch::regs::{self, EntryMode};
 use crate::arch::{cpuid, msr};

@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::memory::GuestMemoryMmap;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::VmFd;
 use linux_loader::cmdline::Cmdline;
 use log::{debug, info, warn};
-use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::pit::{Pit, PIT_PORT_BASE, PIT_PORT_LEN};
@@ -29,8 +30,11 @@ use crate::vcpu::{self, ExitSignal, Vcpu, VcpuShared};
 
 /// What a Linux guest needs on its command line where KVM emulates kernel mode
 /// (README, "The platform note"): no XSAVE, and no POPCNT or SMAP, whose instructions
-/// the emulator rejects but which CPUID cannot hide there.
-pub const EMULATION_CMDLINE: &[&str] = &["noxsave", "clearcpuid=popcnt,smap"];
+/// the emulator rejects but which CPUID cannot hide there; and no FSGSBASE, with which
+/// the kernel's NMI (and #DB, #MC) entry finds its per-CPU base with `lsl`, which the
+/// emulator cannot run either (an NMI backtrace, e.g. on an RCU stall, then kills the
+/// VM); without it, that entry reads MSR_GS_BASE instead.
+pub const EMULATION_CMDLINE: &[&str] = &["noxsave", "clearcpuid=popcnt,smap", "nofsgsbase"];
 
 /// Whether /dev/kvm can only be PVM: its module is loaded and no hardware one is.
 fn pvm_only() -> bool {
@@ -118,7 +122,13 @@ fn tss_addr() -> usize {
     KVM_TSS_ADDR as usize
 }
 
-fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+/// Gives KVM guest memory, one slot per region, with `flags` (dirty logging or none);
+/// called again on the same slots to change the flags.
+pub(super) fn register_memory(
+    vm_fd: &VmFd,
+    mem: &GuestMemoryMmap,
+    flags: u32,
+) -> Result<(), VmError> {
     for (slot, region) in (0u32..).zip(mem.iter()) {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -131,7 +141,7 @@ fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
             guest_phys_addr: region.start_addr().raw_value(),
             memory_size: region.len(),
             userspace_addr: host as u64,
-            flags: 0,
+            flags,
         };
         // SAFETY: the region is a live mapping owned by `mem`, whose regions the VM keeps
         // (shared) for as long as the VM fd exists.
@@ -204,6 +214,12 @@ impl Parts {
         started: Instant,
         console: Console,
     ) -> Result<Parts, VmError> {
+        // A restored VM logs dirty pages from the start: its next snapshot may be a diff.
+        let memory_flags = if saved.is_some() {
+            kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            0
+        };
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?);
         vm_fd
             .set_tss_address(tss_addr())
@@ -214,7 +230,7 @@ impl Parts {
         // Memory slots before the irqchip: installing a slot waits for an SRCU grace
         // period, which is quick while the VM's SRCU is idle but takes a scheduler tick or
         // more (4 ms at HZ=250) right after the irqchip's own grace periods.
-        register_memory(&vm_fd, &mem)?;
+        register_memory(&vm_fd, &mem, memory_flags)?;
         vm_fd
             .create_irq_chip()
             .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
@@ -323,6 +339,8 @@ impl Parts {
                 execution,
                 cmdline,
                 config,
+                lineage: None,
+                dirty_logging: false,
                 booted,
             },
             vcpus,

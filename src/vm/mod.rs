@@ -14,15 +14,17 @@
 //! share.
 
 mod build;
+pub mod checkpoint;
+mod dirty;
 mod event_loop;
 mod persist;
 mod pit;
 mod rate_limit;
 mod running;
 
+use crate::memory::GuestMemoryMmap;
 use kvm_ioctls::VmFd;
 use std::sync::Arc;
-use vm_memory::GuestMemoryMmap;
 
 use crate::arch::mptable;
 use crate::boot::BootError;
@@ -34,7 +36,8 @@ use crate::memory::MemoryError;
 use crate::vcpu::{ExitSignal, SetupError, Vcpu, VcpuShared, VcpuStateError};
 
 pub use build::{build_cmdline, EMULATION_CMDLINE};
-pub use persist::RestoreOptions;
+pub use checkpoint::{CheckpointConfig, CheckpointStats};
+pub use persist::{RestoreOptions, SnapshotInfo, SnapshotOptions};
 pub use running::{DeviceCounters, RunningVm, VmHandle, WATCHDOG_INTERVAL};
 
 /// Errors building or running a VM.
@@ -174,6 +177,10 @@ struct VmCore {
     execution: Execution,
     cmdline: String,
     config: VmConfig,
+    /// The VM's latest snapshot (or the one it was restored from): a diff's parent.
+    lineage: Option<crate::snapshot::Lineage>,
+    /// Whether KVM logs dirty pages (since the first snapshot or the restore).
+    dirty_logging: bool,
     /// How long the guest took to write the boot marker, from the start of the build.
     booted: Arc<std::sync::OnceLock<std::time::Duration>>,
 }

@@ -29,6 +29,10 @@ impl Vm {
             what: "vCPU kick signal handler".into(),
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
+        let checkpoints = match &self.core.config.checkpoint {
+            Some(c) => Some(super::checkpoint::Checkpointer::new(c.clone())?),
+            None => None,
+        };
         let Vm {
             core,
             vcpus,
@@ -86,6 +90,7 @@ impl Vm {
         Ok(RunningVm {
             shared,
             last_kick: Instant::now(),
+            checkpoints,
         })
     }
 }
@@ -244,6 +249,7 @@ impl Control {
 pub struct RunningVm {
     shared: Arc<Shared>,
     last_kick: Instant,
+    checkpoints: Option<super::checkpoint::Checkpointer>,
 }
 
 /// A cloneable, thread-safe handle to a running VM: pause, resume, snapshot and stop it
@@ -280,6 +286,15 @@ impl VmHandle {
         config: hearth_devices::rate_limiter::RateLimiterConfig,
     ) -> Result<(), VmError> {
         lock(&self.shared.control).set_rate_limiter(target, config)
+    }
+
+    /// Writes a snapshot as `options` say (see [`RunningVm::snapshot_with`]).
+    pub fn snapshot_with(
+        &self,
+        dir: &Path,
+        options: &super::SnapshotOptions,
+    ) -> Result<super::SnapshotInfo, VmError> {
+        lock(&self.shared.control).snapshot_with(dir, options)
     }
 
     /// Whether the VM is paused.
@@ -350,6 +365,33 @@ impl RunningVm {
         lock(&self.shared.control).set_rate_limiter(target, config)
     }
 
+    /// Writes a snapshot of the VM to `dir` as `options` say: full or diff (only the
+    /// pages changed since the VM's previous snapshot or its restore), paused afterwards
+    /// or running on. The files are written beside the directory's old ones and renamed
+    /// into place, so that a crash leaves the old snapshot or the new one, and a VM
+    /// restored from the old one keeps running.
+    pub fn snapshot_with(
+        &mut self,
+        dir: &Path,
+        options: &super::SnapshotOptions,
+    ) -> Result<super::SnapshotInfo, VmError> {
+        lock(&self.shared.control).snapshot_with(dir, options)
+    }
+
+    /// Takes a periodic checkpoint if one is due, and says when the next one is (`None`
+    /// without `--checkpoint-every`). Whoever waits on the VM calls it: [`RunningVm::wait`]
+    /// does, and so does the API server's loop.
+    pub fn checkpoint_tick(&mut self) -> Option<Instant> {
+        let cp = self.checkpoints.as_mut()?;
+        cp.tick(&mut lock(&self.shared.control));
+        Some(cp.due())
+    }
+
+    /// The periodic checkpoints taken so far (`None` without `--checkpoint-every`).
+    pub fn checkpoint_stats(&self) -> Option<super::CheckpointStats> {
+        self.checkpoints.as_ref().map(|c| c.stats.clone())
+    }
+
     /// How long the guest took to write the boot marker, from when this VM started being
     /// built (see [`VmHandle::boot_time`]).
     pub fn boot_time(&self) -> Option<Duration> {
@@ -391,7 +433,11 @@ impl RunningVm {
                 }
                 self.last_kick = now;
             }
+            let next_checkpoint = self.checkpoint_tick();
             let mut wait = WATCHDOG_INTERVAL.saturating_sub(self.last_kick.elapsed());
+            if let Some(due) = next_checkpoint {
+                wait = wait.min(due.saturating_duration_since(Instant::now()));
+            }
             if let Some(d) = deadline {
                 wait = wait.min(d.saturating_duration_since(now));
             }

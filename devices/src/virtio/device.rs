@@ -14,10 +14,10 @@
 use std::io;
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use event_manager::{EventOps, Events};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 

@@ -131,7 +131,7 @@ pub fn read_config_space(space: &[u8], offset: u64, data: &mut [u8]) {
 #[cfg(test)]
 pub(crate) fn activate_with<D: VirtioDevice + ?Sized>(
     device: &mut D,
-    mem: &vm_memory::GuestMemoryMmap,
+    mem: &crate::GuestMemoryMmap,
     queues: Vec<virtio_queue::Queue>,
     interrupt: &std::sync::Arc<Interrupt>,
 ) {

@@ -4,9 +4,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState};
-use vm_memory::GuestMemoryMmap;
 
 use super::mmio::{MmioState, MmioTransport};
 use super::status::{DEVICE_NEEDS_RESET, DRIVER_OK};

@@ -1,11 +1,12 @@
 //! What the device tests share: guest memory, descriptors, and chains made available in
 //! a mock queue of 256 entries.
 
+use crate::GuestMemoryMmap;
 use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 /// The guest memory of the tests.
 pub(crate) const MEM_SIZE: usize = 0x10_0000;

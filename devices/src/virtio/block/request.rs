@@ -412,12 +412,12 @@ pub(crate) mod tests {
     use std::io::{Read, Write};
     use std::os::unix::fs::FileExt;
 
+    use crate::GuestMemoryMmap;
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestMemoryMmap;
     use vmm_sys_util::tempfile::TempFile;
 
     use super::*;

@@ -8,11 +8,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_mmio as regs;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::status::{ACKNOWLEDGE, DEVICE_NEEDS_RESET, DRIVER, DRIVER_OK, FAILED, FEATURES_OK};
 use super::{ActivateError, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_CONFIG};

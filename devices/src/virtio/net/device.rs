@@ -429,8 +429,8 @@ pub(crate) mod tests {
     use std::os::fd::{FromRawFd, OwnedFd};
     use std::sync::Arc;
 
+    use crate::GuestMemoryMmap;
     use virtio_queue::Queue;
-    use vm_memory::GuestMemoryMmap;
     use vmm_sys_util::eventfd::EventFd;
 
     use super::*;

@@ -90,10 +90,11 @@ mod tests {
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};
 
+    use crate::GuestMemoryMmap;
     use event_manager::{EventManager, SubscriberOps};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;
 
     use super::*;

@@ -213,6 +213,7 @@ pub fn transmit_limited<M: GuestMemory, S: FrameSink + ?Sized>(
 // Test values (descriptor flags, lengths, statuses) are small constants.
 #[allow(clippy::cast_possible_truncation)]
 pub(crate) mod tests {
+    use crate::GuestMemoryMmap;
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
@@ -220,7 +221,7 @@ pub(crate) mod tests {
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::QueueOwnedT;
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vm_memory::GuestAddress;
 
     use super::*;
     pub(crate) use crate::virtio::test_utils::{add_chain, desc, guest_memory, MEM_SIZE};

@@ -89,8 +89,9 @@ crate::virtio_device!(Rng);
 mod tests {
     use std::sync::Arc;
 
+    use crate::GuestMemoryMmap;
     use virtio_queue::{Queue, QueueT};
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EventFd;
 
     use super::*;

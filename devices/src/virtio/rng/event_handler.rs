@@ -39,13 +39,14 @@ crate::virtio_event_subscriber!(Rng);
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use crate::GuestMemoryMmap;
     use event_manager::{EventManager, SubscriberOps};
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::Queue;
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EventFd;
 
     use super::*;

@@ -138,13 +138,14 @@ pub fn process_queue_limited<M: GuestMemory>(
 // Test values (descriptor flags, lengths, statuses) are small constants.
 #[allow(clippy::cast_possible_truncation)]
 mod tests {
+    use crate::GuestMemoryMmap;
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
     use crate::virtio::test_utils::{add_chain, desc, guest_memory, MEM_SIZE};

@@ -18,7 +18,7 @@ use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
-use vm_memory::{ReadVolatile, VolatileMemoryError, VolatileSlice};
+use vm_memory::{ReadVolatile, VolatileMemoryError};
 use vmm_sys_util::epoll::EventSet;
 
 use super::packet::{op, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
@@ -216,7 +216,7 @@ impl Connection {
     pub fn on_guest_packet(
         &mut self,
         hdr: &Header,
-        data: Option<&VolatileSlice<'_, ()>>,
+        data: Option<&crate::GuestSlice<'_>>,
         scratch: &mut Vec<u8>,
     ) -> Verdict {
         if hdr.op == op::RST {
@@ -414,7 +414,7 @@ impl Connection {
 
     /// The next packet for the guest, if any: its header, with its payload already read
     /// into `data` (the RX buffer's data area) when it is an RW.
-    pub fn fill_rx(&mut self, data: &VolatileSlice<'_, ()>) -> Option<Header> {
+    pub fn fill_rx(&mut self, data: &crate::GuestSlice<'_>) -> Option<Header> {
         if self.pending.rst {
             self.pending.rst = false;
             self.rst_sent = true;

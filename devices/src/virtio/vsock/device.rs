@@ -75,6 +75,9 @@ pub struct Vsock {
     /// Restored from a snapshot: the guest's connections are gone, so it must be told
     /// with a TRANSPORT_RESET event as soon as it has an event buffer posted.
     transport_reset_owed: bool,
+    /// The TRANSPORT_RESET went out and the driver has not posted its event buffer again
+    /// yet: RX waits, so that no new connection reaches it before it drops the old ones.
+    reset_unacked: bool,
 }
 
 impl Vsock {
@@ -103,6 +106,7 @@ impl Vsock {
             muxer,
             tx_stalled: false,
             transport_reset_owed: false,
+            reset_unacked: false,
         })
     }
 
@@ -146,9 +150,21 @@ impl Vsock {
         let _ = queue.add_used(mem, head, written);
         if written > 0 {
             self.transport_reset_owed = false;
+            self.reset_unacked = true;
         }
         // Fails only when the irqfd counter is saturated, i.e. an interrupt is pending.
         let _ = interrupt.trigger(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// The driver notified the event queue: it posted buffers, so it handled the events
+    /// before them (Linux posts the buffer again after each event). RX carries on, and an
+    /// owed event goes out.
+    pub(super) fn on_event_queue(&mut self) {
+        if self.reset_unacked {
+            self.reset_unacked = false;
+            self.process_queues(false);
+        }
+        self.deliver_transport_reset();
     }
 
     /// What the device was built from.
@@ -180,7 +196,9 @@ impl Vsock {
                 notify |= self.muxer.process_tx(mem, &mut queues[TXQ]).unwrap_or(true);
                 self.tx_stalled = self.muxer.tx_blocked();
             }
-            notify |= self.muxer.process_rx(mem, &mut queues[RXQ]).unwrap_or(true);
+            if !self.reset_unacked {
+                notify |= self.muxer.process_rx(mem, &mut queues[RXQ]).unwrap_or(true);
+            }
             run_tx = self.tx_stalled && !self.muxer.tx_blocked();
             if !run_tx {
                 break;

@@ -28,8 +28,9 @@ impl VirtioEvents for Vsock {
         match index {
             TXQ => self.process_queues(true),
             RXQ => self.process_queues(false),
-            // The event queue: a buffer for an owed TRANSPORT_RESET.
-            _ => self.deliver_transport_reset(),
+            // The event queue: a buffer for an owed TRANSPORT_RESET, or the driver's
+            // sign that it handled one.
+            _ => self.on_event_queue(),
         }
     }
 
@@ -85,10 +86,11 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    use crate::GuestMemoryMmap;
     use event_manager::{EventManager, SubscriberOps};
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;
     use vmm_sys_util::tempdir::TempDir;
 
@@ -152,6 +154,72 @@ mod tests {
         assert_eq!(event, 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
         assert!(!lock(&vsock).transport_reset_owed(), "sent once");
         assert_eq!(interrupt.status(), VIRTIO_MMIO_INT_VRING);
+    }
+
+    #[test]
+    fn after_a_restore_no_connection_reaches_the_driver_before_it_handled_the_reset() {
+        let dir = TempDir::new().unwrap();
+        let sock = dir.as_path().join("v.sock");
+        let mut device = Vsock::new(VsockConfig {
+            cid: 3,
+            socket: sock.clone(),
+        })
+        .unwrap();
+        device.owe_transport_reset();
+        device.muxer.set_next_local_port(FIRST_LOCAL_PORT + 7);
+        let vsock = Arc::new(Mutex::new(device));
+        let mut manager = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
+        manager.add_subscriber(vsock.clone());
+        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
+        ));
+        let rxvq = MockSplitQueue::create(mem, GuestAddress(0), Q);
+        let txvq = MockSplitQueue::create(mem, GuestAddress(0x4000), Q);
+        let evq = MockSplitQueue::create(mem, GuestAddress(0x8000), Q);
+        let w = VRING_DESC_F_WRITE;
+        // The restored driver has RX and event buffers posted already.
+        add_chain(
+            &rxvq,
+            0,
+            &[desc(0x10_0000, 44, w), desc(0x10_1000, 4096, w)],
+        );
+        add_chain(&evq, 0, &[desc(0x30_0000, 4, w)]);
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let queues = vec![
+            rxvq.create_queue().unwrap(),
+            txvq.create_queue().unwrap(),
+            evq.create_queue().unwrap(),
+        ];
+        activate_with(&mut *lock(&vsock), mem, queues, &interrupt);
+        lock(&vsock).queue_events()[EVQ].write(1).unwrap();
+        run_until(&mut manager, || evq.used().idx().load() == 1);
+        // A host connection at once: its REQUEST waits for the driver to handle the reset.
+        let mut host = UnixStream::connect(&sock).unwrap();
+        host.write_all(b"CONNECT 5000\n").unwrap();
+        run_until(&mut manager, || lock(&vsock).muxer().has_rx());
+        lock(&vsock).queue_events()[RXQ].write(1).unwrap();
+        for _ in 0..5 {
+            manager.run_with_timeout(10).unwrap();
+        }
+        assert_eq!(
+            rxvq.used().idx().load(),
+            0,
+            "held until the reset is handled"
+        );
+        // The driver handled the event and posts its buffer again.
+        add_chain(&evq, 1, &[desc(0x30_1000, 4, w)]);
+        lock(&vsock).queue_events()[EVQ].write(1).unwrap();
+        run_until(&mut manager, || rxvq.used().idx().load() == 1);
+        let mut raw = [0u8; HEADER_SIZE];
+        mem.read_slice(&mut raw, GuestAddress(0x10_0000)).unwrap();
+        let req = Header::from_bytes(&raw);
+        assert_eq!(
+            (req.op, req.src_port, req.dst_port),
+            (op::REQUEST, FIRST_LOCAL_PORT + 7, 5000),
+            "the port counter carries on from the snapshot"
+        );
+        let saved = crate::persist::Persist::save(&*lock(&vsock));
+        assert_eq!(saved.next_local_port, FIRST_LOCAL_PORT + 8);
     }
 
     #[test]

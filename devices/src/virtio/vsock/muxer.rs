@@ -17,9 +17,9 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
-use vm_memory::{GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::epoll::EventSet;
 
 use super::connection::{Connection, State, Verdict};
@@ -93,6 +93,18 @@ pub struct Muxer {
 }
 
 impl Muxer {
+    /// The host-side port the next host connection gets.
+    pub fn next_local_port(&self) -> u32 {
+        self.next_local_port
+    }
+
+    /// Carries on handing out host-side ports from `port` (a restored device's counter).
+    pub fn set_next_local_port(&mut self, port: u32) {
+        if port >= FIRST_LOCAL_PORT {
+            self.next_local_port = port;
+        }
+    }
+
     /// Listens on `path` for host connections to guest `guest_cid`. A stale socket there
     /// (nobody listening) is replaced; a live one or any other file is refused.
     pub fn bind(guest_cid: u64, path: &Path) -> Result<Muxer, VsockError> {
@@ -340,7 +352,7 @@ impl Muxer {
     }
 
     /// Handles one packet from the guest. `data` is its payload (exactly `hdr.len` bytes).
-    pub fn handle_tx_packet(&mut self, hdr: &Header, data: Option<&VolatileSlice<'_, ()>>) {
+    pub fn handle_tx_packet(&mut self, hdr: &Header, data: Option<&crate::GuestSlice<'_>>) {
         // A guest claiming another CID gets nothing: answering would help it spoof.
         if hdr.src_cid != self.guest_cid {
             return;
@@ -403,8 +415,8 @@ impl Muxer {
     /// `data` for the payload) and returns its length, or None when there is none.
     pub fn fill_rx(
         &mut self,
-        hdr_slice: &VolatileSlice<'_, ()>,
-        data: &VolatileSlice<'_, ()>,
+        hdr_slice: &crate::GuestSlice<'_>,
+        data: &crate::GuestSlice<'_>,
     ) -> Option<u32> {
         let write_header = |h: &Header| hdr_slice.copy_from(&h.to_bytes()[..]);
         if let Some(h) = self.stray_rst.pop_front() {

@@ -8,9 +8,10 @@
 //! copied once into a plain [`Header`], so the guest cannot change a field between the
 //! check and the use.
 
+use crate::GuestMemoryMmap;
 use virtio_queue::DescriptorChain;
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
-use vm_memory::{Bytes, GuestMemoryMmap, VolatileSlice};
+use vm_memory::Bytes;
 
 use super::{HOST_CID, MAX_PKT_DATA};
 
@@ -109,7 +110,9 @@ impl Header {
         b
     }
 
-    fn from_packet(p: &VsockPacket<'_, ()>) -> Self {
+    fn from_packet(
+        p: &VsockPacket<'_, vm_memory::bitmap::BS<'_, vm_memory::bitmap::AtomicBitmap>>,
+    ) -> Self {
         Header {
             src_cid: p.src_cid(),
             dst_cid: p.dst_cid(),
@@ -145,7 +148,7 @@ pub struct TxPacket<'a> {
     /// Its header, copied out of guest memory.
     pub header: Header,
     /// Exactly `header.len` bytes of payload in guest memory (None when `len` is 0).
-    pub data: Option<VolatileSlice<'a, ()>>,
+    pub data: Option<crate::GuestSlice<'a>>,
 }
 
 /// Why a TX chain is not a packet.

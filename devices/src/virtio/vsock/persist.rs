@@ -1,8 +1,11 @@
 //! Snapshot state of virtio-vsock: the CID and socket path. Host-side streams belong to
 //! the process that took the snapshot and cannot follow the VM; after a restore the
 //! device starts with no connections and sends the driver a TRANSPORT_RESET event (as
-//! Firecracker does), so that it drops them; a packet for an old one gets RST. Queue and
-//! feature state travel with the transport.
+//! Firecracker does), so that it drops them; a packet for an old one gets RST. Nothing
+//! else reaches the driver's RX queue until it has handled that event (it posts the
+//! event buffer again), so a new host connection is never dropped by the reset; host
+//! ports carry on from the saved counter. Queue and feature state travel with the
+//! transport.
 
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
@@ -18,6 +21,9 @@ use crate::persist::Persist;
 pub struct VsockState {
     /// CID and socket path.
     pub config: VsockConfig,
+    /// The host-side port the next host connection gets: a restored device carries on
+    /// from it rather than handing out a port the guest may still hold.
+    pub next_local_port: u32,
 }
 
 /// Removes a socket file nobody listens on any more (left by the snapshotted process).
@@ -38,12 +44,14 @@ impl Persist for Vsock {
     fn save(&self) -> VsockState {
         VsockState {
             config: self.config().clone(),
+            next_local_port: self.muxer.next_local_port(),
         }
     }
 
     fn restore(_: (), state: &VsockState) -> Result<Vsock, VsockError> {
         remove_stale_socket(&state.config.socket);
         let mut vsock = Vsock::new(state.config.clone())?;
+        vsock.muxer.set_next_local_port(state.next_local_port);
         vsock.owe_transport_reset();
         Ok(vsock)
     }

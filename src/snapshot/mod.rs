@@ -1,0 +1,723 @@
+//! The snapshot directory: a state file (magic, format version, length, CRC-64, then the
+//! postcard-encoded [`VmState`]) and the memory layers it names by identifier and size
+//! ([`layers`]): a full one, which restore maps MAP_PRIVATE so that the snapshot is never
+//! modified, and the diffs of incremental snapshots. Every file is written beside the
+//! old ones and renamed into place ([`files`]): a crash leaves the old snapshot or the
+//! new one, and a VM mapping an older memory file keeps its pages.
+
+pub mod files;
+pub mod inspect;
+pub mod layers;
+pub mod overrides;
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use hearth_devices::legacy::serial::persist::SavedSerial;
+use hearth_devices::virtio::block::persist::BlockState;
+use hearth_devices::virtio::net::persist::NetState;
+use hearth_devices::virtio::persist::TransportState;
+use hearth_devices::virtio::rng::persist::RngState;
+use hearth_devices::virtio::vsock::persist::VsockState;
+use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2};
+use serde::{Deserialize, Serialize};
+
+use crate::config::VmConfig;
+use crate::kvm::Execution;
+use crate::memory::GuestMemoryMmap;
+use crate::vcpu::VcpuState;
+pub use files::SnapshotId;
+use files::{DirLock, TmpFile};
+pub use layers::{DirtyPages, Layer, LayerKind, MemoryChain};
+
+/// The state file's name in a snapshot directory.
+pub const STATE_FILE: &str = "state";
+/// The memory file's name.
+pub const MEMORY_FILE: &str = "memory";
+/// First bytes of every state file.
+pub const MAGIC: [u8; 8] = *b"HEARTHSN";
+/// The format this hearth writes and reads. Version 3: postcard encoding. Version 2 saved
+/// each virtio queue and the acked features once (version 1 kept a transport copy beside
+/// the device's); both encoded with bincode, which is unmaintained, and are refused by
+/// name.
+pub const VERSION: u32 = 3;
+/// The last format version encoded with bincode.
+const LAST_BINCODE_VERSION: u32 = 2;
+const HEADER_LEN: usize = 8 + 4 + 8 + 8;
+const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_ECMA_182);
+/// State files larger than this are not state files.
+const MAX_STATE_LEN: u64 = 256 << 20;
+
+/// A virtio device's own state.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum VirtioDeviceState {
+    /// virtio-blk.
+    Block(BlockState),
+    /// virtio-net.
+    Net(NetState),
+    /// virtio-rng.
+    Rng(RngState),
+    /// virtio-vsock.
+    Vsock(VsockState),
+}
+
+/// One virtio-mmio slot.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VirtioSlotState {
+    /// Its MMIO window.
+    pub base: u64,
+    /// Its interrupt line.
+    pub irq: u32,
+    /// Transport, queues, features, interrupt status.
+    pub transport: TransportState,
+    /// The device behind it.
+    pub device: VirtioDeviceState,
+}
+
+/// Everything about a paused VM, and the memory layers that hold its RAM.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VmState {
+    /// This snapshot's identifier.
+    pub id: SnapshotId,
+    /// The snapshot the VM took before this one, when this one is a diff of it.
+    pub parent: Option<SnapshotId>,
+    /// The hearth that wrote it (`hearth <version>`).
+    pub writer: String,
+    /// The host's wall clock (CLOCK_REALTIME, ns since the epoch) when it was taken.
+    pub taken_at_ns: u64,
+    /// Guest RAM: its size and layers.
+    pub memory: MemoryChain,
+    /// How the VM was described (disks, memory size, ...).
+    pub config: VmConfig,
+    /// Whether the guest ran under KVM's emulator.
+    pub execution: Execution,
+    /// The guest's command line.
+    pub cmdline: String,
+    /// Per vCPU.
+    pub vcpus: Vec<VcpuState>,
+    /// The in-kernel PICs and IOAPIC (chip ids 0, 1, 2).
+    pub irqchips: Vec<kvm_irqchip>,
+    /// The in-kernel PIT.
+    pub pit: kvm_pit_state2,
+    /// kvmclock.
+    pub clock: kvm_clock_data,
+    /// COM1.
+    pub serial: SavedSerial,
+    /// virtio devices, in slot order.
+    pub virtio: Vec<VirtioSlotState>,
+}
+
+/// Errors writing or reading a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A file could not be created, written or read.
+    #[error("snapshot {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Encoding failed.
+    #[error("cannot encode the VM state: {0}")]
+    Encode(String),
+    /// Not a hearth state file.
+    #[error("{0} is not a hearth snapshot state file (wrong magic number)")]
+    BadMagic(PathBuf),
+    /// Written by an older hearth in the bincode format (version 1).
+    #[error("{path} has snapshot format version {found} (bincode, written by an older hearth); this hearth reads version {VERSION} (postcard) only: take the snapshot again with this hearth")]
+    BincodeVersion {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+    /// Written by another format version.
+    #[error("{path} has snapshot format version {found}; this hearth reads version {VERSION}")]
+    UnknownVersion {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+    /// Shorter than its header says.
+    #[error("{0} is truncated")]
+    Truncated(PathBuf),
+    /// The checksum does not match.
+    #[error("{0} is corrupt: its CRC-64 does not match its contents")]
+    BadChecksum(PathBuf),
+    /// The payload does not decode.
+    #[error("{path} cannot be decoded: {reason}")]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The memory file does not match the state.
+    #[error("memory file {path} is {found} bytes, but the VM had {expected} bytes of memory")]
+    MemorySize {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        found: u64,
+        /// The VM's memory size.
+        expected: u64,
+    },
+    /// The snapshot directory is a file (or another non-directory).
+    #[error("snapshot directory {0} exists and is not a directory")]
+    NotADirectory(PathBuf),
+    /// The snapshot directory's parent is missing: only the last level is created.
+    #[error("cannot create snapshot directory {0}: its parent directory does not exist (hearth creates only the last level)")]
+    NoParent(PathBuf),
+    /// A memory layer the state names is not in the directory.
+    #[error("{path} is missing: the state file names it as its memory, so this snapshot is incomplete (its files do not belong together)")]
+    LayerMissing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A memory layer is not the one the state names.
+    #[error("memory layer {path} does not belong to this state file: {reason}")]
+    LayerMismatch {
+        /// The file.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
+    /// The state's list of memory layers is malformed.
+    #[error("snapshot in {dir} has a malformed memory chain: {reason}")]
+    BadChain {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A diff was asked for, but the layers of the snapshot it builds on are gone.
+    #[error("cannot take a diff snapshot: memory layer {path} of the previous snapshot is gone (replaced by a later snapshot into its directory); take a full snapshot")]
+    ParentGone {
+        /// The missing layer.
+        path: PathBuf,
+    },
+    /// A diff snapshot of a VM that has no earlier snapshot.
+    #[error("cannot take a diff snapshot: this VM has no earlier snapshot to build on (take a full one first, or restore it from one)")]
+    NoPrevious,
+    /// A tap override names a tap the snapshot does not use.
+    #[error(
+        "cannot restore with --net-tap {0}=...: no network device of the snapshot uses tap {0}"
+    )]
+    NoSuchTap(String),
+    /// A disk override names a disk the snapshot does not have.
+    #[error("cannot restore with --disk-path {p}=...: the snapshot has no disk at {p}", p = .0.display())]
+    NoSuchDisk(PathBuf),
+    /// A vsock override for a snapshot without vsock.
+    #[error("cannot restore with --vsock-socket: the snapshot has no vsock device")]
+    NoVsock,
+    /// A diff chain asked for as one Firecracker-style memory file.
+    #[error("snapshot in {0} is a chain of {1} memory layers: a state/memory file pair holds one (fold it first with `hearth snapshot merge`)")]
+    NotOneLayer(PathBuf, usize),
+    /// No random identifier could be made.
+    #[error("cannot make a snapshot identifier: getrandom failed: {0}")]
+    Random(#[source] std::io::Error),
+    /// Mapping the memory file failed.
+    #[error("cannot map memory file {path}: {reason}")]
+    Map {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The state file's bytes for `state`.
+pub fn encode_state(state: &VmState) -> Result<Vec<u8>, SnapshotError> {
+    let payload = postcard::to_allocvec(state).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&CRC64.checksum(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Checks and decodes a state file's bytes (`path` names it in errors). Never panics,
+/// whatever the bytes.
+pub fn decode_state(bytes: &[u8], path: &Path) -> Result<VmState, SnapshotError> {
+    let p = || path.to_owned();
+    if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
+        return Err(SnapshotError::BadMagic(p()));
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(SnapshotError::Truncated(p()));
+    }
+    let field = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if (1..=LAST_BINCODE_VERSION).contains(&version) {
+        return Err(SnapshotError::BincodeVersion {
+            path: p(),
+            found: version,
+        });
+    }
+    if version != VERSION {
+        return Err(SnapshotError::UnknownVersion {
+            path: p(),
+            found: version,
+        });
+    }
+    let crc = field(20);
+    let payload = &bytes[HEADER_LEN..];
+    let payload = usize::try_from(field(12))
+        .ok()
+        .and_then(|len| payload.get(..len))
+        .ok_or_else(|| SnapshotError::Truncated(p()))?;
+    if CRC64.checksum(payload) != crc {
+        return Err(SnapshotError::BadChecksum(p()));
+    }
+    let (state, rest) = postcard::take_from_bytes(payload).map_err(|e| SnapshotError::Decode {
+        path: p(),
+        reason: e.to_string(),
+    })?;
+    if !rest.is_empty() {
+        return Err(SnapshotError::Decode {
+            path: p(),
+            reason: format!("{} bytes left over", rest.len()),
+        });
+    }
+    Ok(state)
+}
+
+/// Checks that `dir` can take a snapshot, changing nothing: it is a directory, or it does
+/// not exist and its parent is a directory (only the last level is ever created, so a
+/// typo in a parent is an error rather than a new tree). The CLI checks with this before
+/// asking the VM, which checks again with [`begin`].
+pub fn check_dir(dir: &Path) -> Result<(), SnapshotError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(SnapshotError::NotADirectory(dir.to_owned())),
+        // ENOTDIR: a parent is a file, which the parent check names.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            let parent = match dir.parent() {
+                Some(p) if p.as_os_str().is_empty() => Path::new("."),
+                Some(p) => p,
+                None => return Err(SnapshotError::NoParent(dir.to_owned())),
+            };
+            match std::fs::metadata(parent) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(SnapshotError::NotADirectory(parent.to_owned())),
+                Err(_) => Err(SnapshotError::NoParent(dir.to_owned())),
+            }
+        }
+        Err(source) => Err(SnapshotError::Io {
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Creates `dir` (the last level only) unless it is a directory already.
+pub fn create_dir(dir: &Path) -> Result<(), SnapshotError> {
+    check_dir(dir)?;
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(source) => Err(SnapshotError::Io {
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Test hook: with `HEARTH_TEST_CRASH_AT=<point>` in its environment, the process kills
+/// itself with SIGKILL at that point of a snapshot write, as a crash there would:
+/// `layer-written`, `layer-renamed`, `state-written`, `state-renamed`, `cleanup`.
+fn crash_point(point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("HEARTH_TEST_CRASH_AT").ok())
+        .as_deref()
+        == Some(point)
+    {
+        // SAFETY: raise(2) has no memory-safety preconditions.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
+/// Where a VM's latest snapshot is: what its next diff snapshot builds on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lineage {
+    /// The snapshot directory (absolute).
+    pub dir: PathBuf,
+    /// The snapshot's identifier.
+    pub id: SnapshotId,
+    /// Its memory layers.
+    pub memory: MemoryChain,
+}
+
+/// How a snapshot's memory is written.
+#[derive(Clone, Copy, Debug)]
+pub enum MemoryMode<'a> {
+    /// All of guest RAM.
+    Full,
+    /// Only `dirty`, the pages changed since the snapshot `parent`.
+    Diff {
+        /// The VM's previous snapshot.
+        parent: &'a Lineage,
+        /// What changed since.
+        dirty: &'a DirtyPages,
+    },
+}
+
+/// A snapshot whose memory layer is written (not yet synced) and whose state waits:
+/// [`Pending::commit`] makes it the directory's snapshot. The VM need not stay paused
+/// for the commit. Dropped uncommitted, it leaves the directory's old snapshot as it was.
+#[derive(Debug)]
+pub struct Pending {
+    dir: PathBuf,
+    _lock: DirLock,
+    layer_file: TmpFile,
+    state_bytes: Vec<u8>,
+    lineage: Lineage,
+}
+
+/// The current wall clock in ns since the epoch (0 if the clock is before it).
+pub fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Starts a snapshot of `state` (its memory fields are filled in here) and `mem` in
+/// `dir` (see [`check_dir`]): takes the directory's lock, links the parent's layers in
+/// for a diff, writes the new memory layer beside the existing files and encodes the
+/// state, which it hands back.
+pub fn begin(
+    dir: &Path,
+    mut state: VmState,
+    mem: &GuestMemoryMmap,
+    mode: MemoryMode<'_>,
+) -> Result<(Pending, VmState), SnapshotError> {
+    create_dir(dir)?;
+    let dir = std::path::absolute(dir).map_err(io_err(dir))?;
+    let lock = DirLock::take(&dir)?;
+    let id = SnapshotId::new()?;
+    let size: u64 = vm_memory::GuestMemoryBackend::iter(mem)
+        .map(vm_memory::GuestMemoryRegion::len)
+        .sum();
+    let (mut layers, parent) = match mode {
+        MemoryMode::Full => (Vec::new(), None),
+        MemoryMode::Diff { parent, .. } => {
+            for l in &parent.memory.layers {
+                let name = l.file_name();
+                let from = parent.dir.join(&name);
+                if !from.exists() && !dir.join(&name).exists() {
+                    return Err(SnapshotError::ParentGone { path: from });
+                }
+                files::link_into(&from, &dir, &name)?;
+            }
+            (parent.memory.layers.clone(), Some(parent.id))
+        }
+    };
+    let layer = match mode {
+        MemoryMode::Full => {
+            let mut t = TmpFile::create(&dir, &format!("memory-{id}"))?;
+            let (len, crc64) = layers::write_full(&mut t, mem)?;
+            let layer = Layer {
+                id,
+                kind: LayerKind::Full,
+                len,
+                crc64,
+            };
+            (t, layer)
+        }
+        MemoryMode::Diff { dirty, .. } => {
+            let mut t = TmpFile::create(&dir, &format!("diff-{id}"))?;
+            let layer = layers::write_diff(&mut t, mem, id, dirty)?;
+            (t, layer)
+        }
+    };
+    crash_point("layer-written");
+    layers.push(layer.1);
+    state.id = id;
+    state.parent = parent;
+    state.writer = format!("hearth {}", env!("CARGO_PKG_VERSION"));
+    state.memory = MemoryChain { size, layers };
+    let state_bytes = encode_state(&state)?;
+    let lineage = Lineage {
+        dir: dir.clone(),
+        id,
+        memory: state.memory.clone(),
+    };
+    Ok((
+        Pending {
+            dir,
+            _lock: lock,
+            layer_file: layer.0,
+            state_bytes,
+            lineage,
+        },
+        state,
+    ))
+}
+
+impl Pending {
+    /// The snapshot's identifier and memory layers.
+    pub fn lineage(&self) -> &Lineage {
+        &self.lineage
+    }
+
+    /// Syncs the memory layer and renames it into place, then does the same with the
+    /// state file (the rename that makes the snapshot the directory's), syncs the
+    /// directory, and removes the layers no longer named.
+    pub fn commit(self) -> Result<Lineage, SnapshotError> {
+        self.layer_file.persist()?;
+        crash_point("layer-renamed");
+        let mut t = TmpFile::create(&self.dir, STATE_FILE)?;
+        let tmp = t.tmp_path().to_owned();
+        std::io::Write::write_all(&mut t.file, &self.state_bytes).map_err(io_err(&tmp))?;
+        crash_point("state-written");
+        t.persist()?;
+        crash_point("state-renamed");
+        files::sync_dir(&self.dir)?;
+        crash_point("cleanup");
+        files::remove_unreferenced(&self.dir, &self.lineage.memory.file_names())?;
+        Ok(self.lineage)
+    }
+}
+
+/// Reads and checks the state file in `dir`.
+pub fn read_state(dir: &Path) -> Result<VmState, SnapshotError> {
+    let path = dir.join(STATE_FILE);
+    let mut f = File::open(&path).map_err(io_err(&path))?;
+    let len = f.metadata().map_err(io_err(&path))?.len();
+    if len > MAX_STATE_LEN {
+        return Err(SnapshotError::Decode {
+            path,
+            reason: format!("{len} bytes is too large for a state file"),
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.read_to_end(&mut bytes).map_err(io_err(&path))?;
+    decode_state(&bytes, &path)
+}
+
+/// Maps the memory `state` names (in `dir`) as guest memory of its VM's size: the full
+/// layer copy-on-write, the diffs copied over it ([`layers::map_chain`]).
+pub fn map_memory(dir: &Path, state: &VmState) -> Result<GuestMemoryMmap, SnapshotError> {
+    if state.memory.size != state.config.memory {
+        return Err(SnapshotError::BadChain {
+            dir: dir.to_owned(),
+            reason: format!(
+                "its memory is {} bytes, its configuration says {}",
+                state.memory.size, state.config.memory
+            ),
+        });
+    }
+    layers::map_chain(dir, &state.memory)
+}
+
+/// The lineage of the snapshot in `dir` (for a VM restored from it). A link such as a
+/// checkpoint directory's `latest` is resolved: it may point elsewhere later.
+pub fn lineage(dir: &Path, state: &VmState) -> Result<Lineage, SnapshotError> {
+    Ok(Lineage {
+        dir: std::fs::canonicalize(dir).map_err(io_err(dir))?,
+        id: state.id,
+        memory: state.memory.clone(),
+    })
+}
+
+/// Folds the chain of the snapshot in `dir` into one full memory layer, in `out` (a new
+/// snapshot directory) or in `dir` itself, crash-safely either way. Returns the chain
+/// folded and the full layer that replaces it.
+pub fn merge(dir: &Path, out: Option<&Path>) -> Result<(MemoryChain, Layer), SnapshotError> {
+    let target = out.unwrap_or(dir);
+    create_dir(target)?;
+    let _src_lock = DirLock::take(dir)?;
+    let same =
+        out.is_none() || std::fs::canonicalize(dir).ok() == std::fs::canonicalize(target).ok();
+    let _out_lock = if same {
+        None
+    } else {
+        Some(DirLock::take(target)?)
+    };
+    let mut state = read_state(dir)?;
+    let folded = state.memory.clone();
+    let id = SnapshotId::new()?;
+    let mut t = TmpFile::create(target, &format!("memory-{id}"))?;
+    let layer = layers::merge(dir, &state.memory, &mut t, id)?;
+    t.persist()?;
+    state.parent = None;
+    state.memory.layers = vec![layer.clone()];
+    files::write_atomic(target, STATE_FILE, &encode_state(&state)?)?;
+    files::sync_dir(target)?;
+    files::remove_unreferenced(target, &state.memory.file_names())?;
+    Ok((folded, layer))
+}
+/// Moves `from` to `to`, copying across file systems.
+fn move_file(from: &Path, to: &Path) -> Result<(), SnapshotError> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            std::fs::copy(from, to).map_err(io_err(to))?;
+            std::fs::remove_file(from).map_err(io_err(from))
+        }
+        Err(source) => Err(SnapshotError::Io {
+            path: to.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Firecracker keeps a snapshot as two files its client names: the full snapshot in
+/// `dir` becomes that pair, its state file moved to `state` and its one memory layer to
+/// `mem` (the state still names the layer by id, length and CRC, so a mismatched pair is
+/// refused on load). A diff chain cannot be one file: fold it first.
+pub fn export_pair(dir: &Path, state: &Path, mem: &Path) -> Result<(), SnapshotError> {
+    let s = read_state(dir)?;
+    s.memory.check(dir)?;
+    if s.memory.layers.len() != 1 {
+        return Err(SnapshotError::NotOneLayer(
+            dir.to_owned(),
+            s.memory.layers.len(),
+        ));
+    }
+    move_file(&dir.join(s.memory.layers[0].file_name()), mem)?;
+    move_file(&dir.join(STATE_FILE), state)?;
+    if let Some(parent) = mem.parent() {
+        files::sync_dir(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        })?;
+    }
+    Ok(())
+}
+
+/// The other way: presents the pair `state`, `mem` as a snapshot directory `dir` (which
+/// must exist and be empty), linking them under the names the state gives them, for
+/// [`crate::Vm::restore`].
+pub fn import_pair(state: &Path, mem: &Path, dir: &Path) -> Result<(), SnapshotError> {
+    let abs = |p: &Path| std::path::absolute(p).map_err(io_err(p));
+    std::os::unix::fs::symlink(abs(state)?, dir.join(STATE_FILE)).map_err(io_err(dir))?;
+    let s = read_state(dir)?;
+    if s.memory.layers.len() != 1 {
+        return Err(SnapshotError::NotOneLayer(
+            state.to_owned(),
+            s.memory.layers.len(),
+        ));
+    }
+    std::os::unix::fs::symlink(abs(mem)?, dir.join(s.memory.layers[0].file_name()))
+        .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_state() -> VmState {
+        VmState {
+            id: SnapshotId([7; 16]),
+            parent: None,
+            writer: "hearth test".into(),
+            taken_at_ns: 1,
+            memory: MemoryChain {
+                size: 0,
+                layers: Vec::new(),
+            },
+            config: VmConfig::new("/k"),
+            execution: Execution::Emulated,
+            cmdline: "console=ttyS0".into(),
+            vcpus: Vec::new(),
+            irqchips: vec![kvm_irqchip::default(); 3],
+            pit: Default::default(),
+            clock: Default::default(),
+            serial: Default::default(),
+            virtio: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_travels_as_a_state_and_memory_pair() {
+        use vm_memory::{Bytes, GuestAddress};
+        let tmp = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hearth-pair-").unwrap();
+        let d = tmp.as_path();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        mem.write_slice(b"pair", GuestAddress(0x1234)).unwrap();
+        let (p, _) = begin(&d.join("snap"), sample_state(), &mem, MemoryMode::Full).unwrap();
+        p.commit().unwrap();
+        export_pair(&d.join("snap"), &d.join("vm.state"), &d.join("vm.mem")).unwrap();
+        std::fs::create_dir(d.join("load")).unwrap();
+        import_pair(&d.join("vm.state"), &d.join("vm.mem"), &d.join("load")).unwrap();
+        let s = read_state(&d.join("load")).unwrap();
+        let back = layers::map_chain(&d.join("load"), &s.memory).unwrap();
+        let mut b = [0u8; 4];
+        back.read_slice(&mut b, GuestAddress(0x1234)).unwrap();
+        assert_eq!(&b, b"pair");
+        // Another snapshot's memory file with this state: refused by its length or CRC.
+        std::fs::write(d.join("other.mem"), vec![1u8; 4096]).unwrap();
+        std::fs::create_dir(d.join("bad")).unwrap();
+        import_pair(&d.join("vm.state"), &d.join("other.mem"), &d.join("bad")).unwrap();
+        let s = read_state(&d.join("bad")).unwrap();
+        let e = layers::map_chain(&d.join("bad"), &s.memory)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not belong to this state"), "{e}");
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let bytes = encode_state(&sample_state()).unwrap();
+        let back = decode_state(&bytes, Path::new("x")).unwrap();
+        assert_eq!(back.config, VmConfig::new("/k"));
+        assert_eq!(back.cmdline, "console=ttyS0");
+    }
+
+    #[test]
+    fn old_bincode_version_is_refused_by_name() {
+        let mut bytes = encode_state(&sample_state()).unwrap();
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let e = decode_state(&bytes, Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 1 (bincode"), "{e}");
+        bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
+        let e = decode_state(&bytes, Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 7"), "{e}");
+    }
+
+    #[test]
+    fn snapshot_dir_rules() {
+        let tmp = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hearth-snapdir-").unwrap();
+        let d = tmp.as_path();
+        assert!(check_dir(d).is_ok());
+        assert!(check_dir(&d.join("new")).is_ok());
+        create_dir(&d.join("new")).unwrap();
+        assert!(d.join("new").is_dir());
+        let e = create_dir(&d.join("a/b/c")).unwrap_err().to_string();
+        assert!(e.contains("parent directory does not exist"), "{e}");
+        assert!(!d.join("a").exists(), "no parent is created");
+        std::fs::write(d.join("file"), b"x").unwrap();
+        let e = check_dir(&d.join("file")).unwrap_err().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        let e = check_dir(&d.join("file/sub")).unwrap_err().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+    }
+}
