@@ -1,12 +1,21 @@
-//! Builds hearth-init (resources/init/hearth-init.c), the guest's PID 1 for
+//! Build steps: hearth-init (resources/init/hearth-init.c), the guest's PID 1 for
 //! `hearth run -- CMD`, as a static binary that hearth embeds and carries into the guest
-//! in the initramfs it writes at start-up. Needs a C compiler and a static libc
-//! (Debian: gcc, libc6-dev; `.ci/run` installs them).
+//! in the initramfs it writes at start-up (needs a C compiler and a static libc —
+//! Debian: gcc, libc6-dev; `.ci/run` installs them); and the seccomp filters in
+//! resources/seccomp (one Firecracker-format JSON file per thread kind, named after it)
+//! compiled into the form `hearth::seccomp` embeds.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
+    hearth_init();
+    seccomp_filters();
+}
+
+/// resources/init/hearth-init.c -> $OUT_DIR/hearth-init.
+fn hearth_init() {
     let src = "resources/init/hearth-init.c";
     println!("cargo:rerun-if-changed={src}");
     println!("cargo:rerun-if-env-changed=CC");
@@ -27,4 +36,50 @@ fn main() {
             "cannot run the C compiler `{cc}` to build {src}: {e}; install gcc and libc6-dev (or set CC)"
         ),
     }
+}
+
+/// resources/seccomp/*.json -> $OUT_DIR/seccomp.bin.
+fn seccomp_filters() {
+    let dir = Path::new("resources/seccomp");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut all = String::from("{");
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("resources/seccomp is missing")
+        .map(|e| e.expect("resources/seccomp").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    entries.sort();
+    for (i, path) in entries.iter().enumerate() {
+        println!("cargo:rerun-if-changed={}", path.display());
+        let kind = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("file name");
+        let body = std::fs::read_to_string(path).expect("read a filter");
+        if i > 0 {
+            all.push(',');
+        }
+        all.push_str(&format!("{kind:?}:{body}"));
+    }
+    all.push('}');
+    let map = seccompiler::compile_from_json(all.as_bytes(), seccompiler::TargetArch::x86_64)
+        .unwrap_or_else(|e| panic!("resources/seccomp does not compile: {e}"));
+    // The packing hearth::seccomp::pack uses.
+    let packed: HashMap<String, Vec<u64>> = map
+        .into_iter()
+        .map(|(k, prog)| {
+            let v = prog
+                .iter()
+                .map(|f| {
+                    u64::from(f.code)
+                        | u64::from(f.jt) << 16
+                        | u64::from(f.jf) << 24
+                        | u64::from(f.k) << 32
+                })
+                .collect();
+            (k, v)
+        })
+        .collect();
+    let out = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("seccomp.bin");
+    std::fs::write(out, postcard::to_allocvec(&packed).expect("encode")).expect("write");
 }

@@ -1,5 +1,6 @@
 //! virtio-blk sequential read throughput as the guest sees it, next to the host reading
-//! the same file. Run by hand: `cargo bench --bench blk` (BLK_BENCH_MIB, BLK_BENCH_RUNS).
+//! the same file. Run by hand: `cargo bench --bench blk` (BLK_BENCH_MIB, BLK_BENCH_RUNS,
+//! BLK_BENCH_DISK_OPTS appended to the --disk spec).
 //!
 //! The test guest reads the disk from sector 0 in 64 KiB requests. Its throughput is
 //! measured from outside: the wall time of a run that reads N MiB minus that of a run
@@ -22,13 +23,15 @@ use std::time::{Duration, Instant};
 use common::{build_guest, env_num, root};
 
 fn guest_read(guest: &Path, disk: &Path, mib: u64) -> Duration {
+    // E.g. ",bw=100G/1000": a rate limiter that never binds, to see what its checks cost.
+    let opts = std::env::var("BLK_BENCH_DISK_OPTS").unwrap_or_default();
     let start = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
         .arg("run")
         .arg("--kernel")
         .arg(guest)
         .arg("--disk")
-        .arg(format!("path={},readonly=on", disk.display()))
+        .arg(format!("path={},readonly=on{opts}", disk.display()))
         .arg("--cmdline")
         .arg(format!("blk.bench=0:{mib} exit=0"))
         .stdin(Stdio::null())

@@ -116,6 +116,9 @@ pub struct DiskConfig {
     /// file's device and inode numbers when absent.
     #[serde(default)]
     pub id: Option<String>,
+    /// Limits on the disk's requests (Firecracker's `rate_limiter`).
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl From<&DiskConfig> for hearth_devices::virtio::block::BlockConfig {
@@ -132,6 +135,8 @@ pub type NetConfig = hearth_devices::virtio::net::NetConfig;
 /// A MAC address (`06:00:ac:10:00:02`).
 pub type MacAddr = hearth_devices::virtio::net::MacAddr;
 
+/// A rate limiter's buckets, as the device models take them.
+pub type RateLimiterConfig = hearth_devices::rate_limiter::RateLimiterConfig;
 /// Periodic checkpoints.
 pub use crate::vm::CheckpointConfig;
 
@@ -188,6 +193,9 @@ pub struct VmConfig {
     /// A virtio entropy device fed by the host's getrandom.
     #[serde(default)]
     pub rng: bool,
+    /// Limits on the entropy device (Firecracker's `entropy.rate_limiter`).
+    #[serde(default)]
+    pub rng_rate_limiter: Option<RateLimiterConfig>,
     /// A virtio-vsock device bridged to host Unix sockets.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
@@ -229,6 +237,7 @@ impl VmConfig {
             api_sock: None,
             net: Vec::new(),
             rng: false,
+            rng_rate_limiter: None,
             vsock: None,
             checkpoint: None,
             shares: Vec::new(),
@@ -418,8 +427,11 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
         path: PathBuf::new(),
         read_only: false,
         id: None,
+        rate_limiter: None,
     };
-    let options = parse_options(WHAT, spec, &["path", "readonly", "read_only", "id"])?;
+    let mut limits = crate::rate_limit::SpecLimits::default();
+    let keys = ["path", "readonly", "read_only", "id", "bw", "ops"];
+    let options = parse_options(WHAT, spec, &keys)?;
     if options
         .iter()
         .filter(|(k, _)| k.starts_with("read"))
@@ -433,6 +445,7 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
             "path" if v.is_empty() => return Err(bad("path is empty")),
             "path" => disk.path = PathBuf::from(v),
             "readonly" | "read_only" => disk.read_only = parse_on_off(WHAT, spec, k, v)?,
+            "bw" | "ops" => limits.set(k, v).map_err(|e| bad(&e))?,
             _ if v.len() > 20 => return Err(bad("id is longer than 20 bytes")),
             _ => disk.id = Some(v.to_string()),
         }
@@ -440,6 +453,7 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
     if disk.path.as_os_str().is_empty() {
         return Err(bad("path=FILE is required"));
     }
+    disk.rate_limiter = limits.get("");
     Ok(disk)
 }
 
@@ -459,10 +473,15 @@ pub fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
     let mut net = NetConfig {
         tap: String::new(),
         mac: None,
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
         id: None,
     };
-    for (k, v) in parse_options(WHAT, spec, &["tap", "mac"])? {
+    let mut limits = crate::rate_limit::SpecLimits::default();
+    let keys = ["tap", "mac", "rx_bw", "rx_ops", "tx_bw", "tx_ops"];
+    for (k, v) in parse_options(WHAT, spec, &keys)? {
         match k {
+            "rx_bw" | "rx_ops" | "tx_bw" | "tx_ops" => limits.set(k, v).map_err(&bad)?,
             "tap" if v.is_empty() => {
                 return Err(bad(
                     "tap is empty; give the name of a host tap interface".into()
@@ -478,6 +497,8 @@ pub fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
     if net.tap.is_empty() {
         return Err(bad("tap=NAME is required".into()));
     }
+    net.rx_rate_limiter = limits.get("rx_");
+    net.tx_rate_limiter = limits.get("tx_");
     Ok(net)
 }
 
@@ -616,7 +637,8 @@ mod tests {
             DiskConfig {
                 path: "/a.img".into(),
                 read_only: true,
-                id: Some("data0".into())
+                id: Some("data0".into()),
+                rate_limiter: None,
             }
         );
         let d = parse_disk("path=/b").unwrap();
@@ -694,6 +716,8 @@ mod tests {
         c.net.push(NetConfig {
             tap: "much-too-long-tap-name".into(),
             mac: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
             id: None,
         });
         let e = c.validate().unwrap_err().to_string();

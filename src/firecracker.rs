@@ -24,10 +24,11 @@ pub struct FirecrackerArgs {
     /// MicroVM unique identifier.
     #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
     id: String,
-    /// A seccomp filter file (accepted; hearth installs no seccomp filter yet).
+    /// Seccomp filters instead of the built-in ones: Firecracker's JSON format or
+    /// `hearth seccomp-compile` output.
     #[arg(long, value_name = "FILE")]
     seccomp_filter: Option<PathBuf>,
-    /// Disable seccomp (hearth installs no seccomp filter yet).
+    /// Run without seccomp filters.
     #[arg(long)]
     no_seccomp: bool,
     /// Process start time in us, from the jailer (accepted).
@@ -228,9 +229,11 @@ pub fn run(args: FirecrackerArgs) -> Result<i32, FirecrackerError> {
         show_log_origin: Some(args.show_log_origin),
         module: args.module.clone(),
     })?;
-    if args.seccomp_filter.is_some() || args.no_seccomp {
-        log::info!("seccomp flags accepted; hearth installs no seccomp filter yet");
-    }
+    // Each thread installs its own filter when it starts (this one once the VM runs).
+    let filters =
+        hearth::seccomp::Filters::from_flags(args.no_seccomp, args.seccomp_filter.as_deref())
+            .map_err(hearth::VmError::from)?;
+    hearth::seccomp::configure(filters).map_err(hearth::VmError::from)?;
     log::info!(
         "Running Firecracker v{} (hearth {})",
         hearth::api::controller::FIRECRACKER_API_VERSION,

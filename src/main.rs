@@ -1,5 +1,7 @@
 //! The `hearth` command line: a thin layer over the library.
 
+mod jail_cli;
+mod seccomp_cli;
 mod terminal;
 
 use std::path::PathBuf;
@@ -70,6 +72,19 @@ enum Command {
     Ctl(CtlArgs),
     /// Restore a VM from a snapshot directory in this new process.
     Restore(RestoreArgs),
+    /// Start a VMM jailed as Firecracker's jailer does (the same flags; also what the
+    /// binary does when called `jailer`): hearth jail --id ID --exec-file hearth --uid U
+    /// --gid G ... -- run --kernel vmlinux ...
+    Jail(jail_cli::JailArgs),
+    /// Compile a seccomp filter in Firecracker's JSON format for --seccomp-filter.
+    SeccompCompile {
+        /// The JSON filter.
+        #[arg(value_name = "JSON")]
+        input: PathBuf,
+        /// Where to write the compiled filter.
+        #[arg(value_name = "OUT")]
+        output: PathBuf,
+    },
     /// Work on snapshot directories.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -147,6 +162,8 @@ struct RestoreArgs {
     /// Write guest serial output to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     serial_out: Option<PathBuf>,
+    #[command(flatten)]
+    seccomp: seccomp_cli::SeccompArgs,
     /// Use tap NEW for the network device that used tap OLD; repeat for more.
     #[arg(long, value_name = "OLD=NEW")]
     net_tap: Vec<String>,
@@ -207,16 +224,23 @@ struct RunArgs {
     /// command line.
     #[arg(long)]
     no_cmdline_workarounds: bool,
-    /// A virtio block device: path=FILE[,readonly=on][,id=SERIAL]; repeat for more.
+    /// A virtio block device: path=FILE[,readonly=on][,id=SERIAL][,bw=SIZE/MS][,ops=N/MS];
+    /// repeat for more. bw and ops are rate limits (token buckets: SIZE bytes or N
+    /// requests per MS milliseconds, an optional /BURST after).
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     disk: Vec<DiskConfig>,
-    /// A virtio network device over an existing host tap: tap=NAME[,mac=MAC]; repeat for
-    /// more. Without mac, a random locally administered address is used.
+    /// A virtio network device over an existing host tap: tap=NAME[,mac=MAC] plus rate
+    /// limits rx_bw=, rx_ops=, tx_bw=, tx_ops= (as for --disk); repeat for more. Without
+    /// mac, a random locally administered address is used.
     #[arg(long, value_name = "SPEC", value_parser = parse_net)]
     net: Vec<NetConfig>,
     /// A virtio entropy device fed by the host's getrandom.
     #[arg(long)]
     rng: bool,
+    /// Rate limits for the entropy device (implies --rng): bw=SIZE/MS[/BURST] and/or
+    /// ops=N/MS[/BURST], e.g. bw=64K/1000.
+    #[arg(long, value_name = "SPEC")]
+    rng_rate_limiter: Option<String>,
     /// Serve a control socket (pause, resume, snapshot) at PATH.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -224,6 +248,8 @@ struct RunArgs {
     /// connections (`CONNECT <port>`); guest connections to host port P go to PATH_P.
     #[arg(long, value_name = "SPEC")]
     vsock: Option<String>,
+    #[command(flatten)]
+    seccomp: seccomp_cli::SeccompArgs,
     /// Take a checkpoint (a diff snapshot; full at first and every 16th) this often:
     /// 500ms, 2s, 1m. Needs --checkpoint-dir.
     #[arg(long, value_name = "DURATION")]
@@ -313,6 +339,10 @@ impl RunArgs {
         if self.rng {
             config.rng = true;
         }
+        if let Some(spec) = self.rng_rate_limiter {
+            config.rng = true;
+            config.rng_rate_limiter = Some(hearth::rate_limit::parse_rate_limiter(&spec)?);
+        }
         if let Some(a) = self.api_sock {
             config.api_sock = Some(a);
         }
@@ -371,6 +401,8 @@ fn checkpoint_config(
 
 fn run(args: RunArgs) -> Result<i32, CliError> {
     init_logging(args.verbose);
+    // Before any thread starts: the signal and console threads filter themselves too.
+    args.seccomp.configure().map_err(VmError::from)?;
     if !args.command.is_empty() {
         return Ok(run_command(args));
     }
@@ -462,6 +494,7 @@ fn restore(args: RestoreArgs) -> Result<i32, CliError> {
     if !args.resume && args.api_sock.is_none() {
         return Err(CliError::RestoreNeverRuns);
     }
+    args.seccomp.configure().map_err(VmError::from)?;
     terminal::handle_stop_signals();
     let pair = |flag: &'static str, s: &String| {
         hearth::snapshot::overrides::parse_pair(s).ok_or_else(|| CliError::Override {
@@ -637,6 +670,11 @@ fn init_logging(verbose: bool) {
 
 fn main() -> ExitCode {
     START.get_or_init(std::time::Instant::now);
+    if jail_cli::called_as_jailer() {
+        let args = jail_cli::JailerCli::parse().into_args();
+        eprintln!("jailer: error: {}", jail_cli::jail(args));
+        return ExitCode::from(1);
+    }
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if firecracker::is_firecracker_invocation(&argv) {
         let args = <firecracker::FirecrackerArgs as Parser>::parse_from(argv);
@@ -654,6 +692,22 @@ fn main() -> ExitCode {
         Command::Info => info(),
         Command::Ctl(args) => ctl(args),
         Command::Restore(args) => restore(args),
+        Command::SeccompCompile { input, output } => hearth::seccomp::Filters::compile(&input)
+            .map_err(VmError::from)
+            .and_then(|bytes| {
+                std::fs::write(&output, bytes).map_err(|source| {
+                    VmError::from(hearth::seccomp::SeccompError::Write {
+                        path: output,
+                        source,
+                    })
+                })
+            })
+            .map(|()| 0)
+            .map_err(CliError::from),
+        Command::Jail(args) => {
+            eprintln!("hearth: error: {}", jail_cli::jail(args));
+            return ExitCode::from(1);
+        }
         Command::Snapshot(cmd) => snapshot(cmd),
     };
     let code = match result {

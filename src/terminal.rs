@@ -87,11 +87,17 @@ pub fn handle_stop_signals() {
     };
     let spawned = std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || loop {
-            let mut sig = 0;
-            // SAFETY: `set` is a valid sigset_t and `sig` a valid place for the result.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                stop(sig);
+        .spawn(move || {
+            // A helper of the main thread: its seccomp filter (configured before this).
+            if let Err(e) = hearth::seccomp::apply(hearth::seccomp::ThreadKind::Vmm) {
+                log::warn!("signal thread: {e}");
+            }
+            loop {
+                let mut sig = 0;
+                // SAFETY: `set` is a valid sigset_t and `sig` a valid place for the result.
+                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                    stop(sig);
+                }
             }
         });
     if let Err(e) = spawned {
@@ -130,6 +136,9 @@ pub fn console_input() -> ConsoleInput {
     let spawned = std::thread::Builder::new()
         .name("console".into())
         .spawn(move || {
+            if let Err(e) = hearth::seccomp::apply(hearth::seccomp::ThreadKind::Vmm) {
+                log::warn!("console thread: {e}");
+            }
             use std::io::Write;
             let mut buf = [0u8; 256];
             let mut after_escape = false;

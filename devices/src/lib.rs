@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod legacy;
 pub mod persist;
+pub mod rate_limiter;
 pub mod stale_socket;
 pub mod virtio;
 

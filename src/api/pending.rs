@@ -350,6 +350,7 @@ impl PendingVm {
                 path: PathBuf::from(d.path_on_host.clone().unwrap_or_default()),
                 read_only: d.is_read_only.unwrap_or(false),
                 id: None,
+                rate_limiter: None,
             })
             .collect();
         config.net = self
@@ -363,6 +364,8 @@ impl PendingVm {
                         None => None,
                     },
                     id: Some(n.iface_id.clone()),
+                    rx_rate_limiter: None,
+                    tx_rate_limiter: None,
                 })
             })
             .collect::<Result<_, Fault>>()?;

@@ -8,6 +8,7 @@ use crate::memory::GuestMemoryMmap;
 use event_manager::MutEventSubscriber;
 use hearth_devices::bus::lock;
 use hearth_devices::persist::Persist;
+use hearth_devices::rate_limiter::{LimiterSlot, RateLimited};
 use hearth_devices::virtio::block::Block;
 use hearth_devices::virtio::fs::{Fs, FsError};
 use hearth_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -54,7 +55,9 @@ pub enum VirtioError {
 /// What the VMM needs of a virtio device model beyond the transport and the event loop:
 /// its snapshot state, as a variant of [`VirtioDeviceState`]. Each model gets it from one
 /// line of [`slot_device!`].
-pub trait SlotDevice: VirtioDevice + MutEventSubscriber + Send + std::fmt::Debug + 'static {
+pub trait SlotDevice:
+    VirtioDevice + RateLimited + MutEventSubscriber + Send + std::fmt::Debug + 'static
+{
     /// Its state, for the snapshot (the VM is paused).
     fn save_state(&self) -> VirtioDeviceState;
     /// Rebuilds the device from a slot's saved state; `None` when the state is another
@@ -245,6 +248,14 @@ struct SlotFiller<'a> {
 }
 
 impl SlotFiller<'_> {
+    /// Puts the configured limits on the device just added (a network device takes its
+    /// own from its configuration).
+    fn limit(&mut self, config: Option<hearth_devices::rate_limiter::RateLimiterConfig>) {
+        if let (Some(c), Some(slot)) = (config, self.devices.virtio.last()) {
+            lock(&slot.device).set_rate_limiter(LimiterSlot::Device, &c);
+        }
+    }
+
     /// Adds a `D`: `build()` makes it, unless the next saved slot rebuilds it (and must
     /// then hold a `D`, `what` in the error when not).
     fn add<D: SlotDevice, E>(
@@ -292,12 +303,14 @@ pub fn add_all(
     };
     for disk in &config.disks {
         slots.add("a disk", || Block::new(disk.into()))?;
+        slots.limit(disk.rate_limiter);
     }
     for net in &config.net {
         slots.add("a network device", || Net::new(net.clone()))?;
     }
     if config.rng {
         slots.add("an entropy device", Rng::new)?;
+        slots.limit(config.rng_rate_limiter);
     }
     // It listens on its Unix socket from here on, so host processes can connect while
     // the guest boots.

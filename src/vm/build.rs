@@ -173,6 +173,11 @@ pub(super) fn expedite_grace_period(vm_fd: &Arc<VmFd>) {
     let spawned = std::thread::Builder::new()
         .name("kvm-srcu".into())
         .spawn(move || {
+            // It runs beside the guest: filtered like the VMM thread.
+            if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm) {
+                debug!("kvm-srcu thread: {e}");
+                return;
+            }
             let addr = kvm_ioctls::IoEventAddress::Mmio(UNUSED_MMIO_ADDR);
             let result = vm_fd
                 .register_coalesced_mmio(addr, 8)

@@ -103,7 +103,10 @@ pub(super) struct EventLoop {
 
 impl EventLoop {
     /// Starts the loop over `subscribers` on its own thread.
-    pub(super) fn start(subscribers: Vec<Subscriber>) -> Result<Self, VmError> {
+    pub(super) fn start(
+        subscribers: Vec<Subscriber>,
+        exit: Arc<ExitSignal>,
+    ) -> Result<Self, VmError> {
         let pause = Arc::new(LoopPause::new()?);
         let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
         let stopped = Arc::new(AtomicBool::new(false));
@@ -119,6 +122,10 @@ impl EventLoop {
         let thread = std::thread::Builder::new()
             .name("event-loop".into())
             .spawn(move || {
+                if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::EventLoop) {
+                    exit.request(crate::vcpu::ExitReason::Error(e.to_string()));
+                    return Ok(());
+                }
                 while !stopped.load(Ordering::SeqCst) {
                     em.run()?;
                 }

@@ -19,6 +19,7 @@ mod dirty;
 mod event_loop;
 mod persist;
 mod pit;
+mod rate_limit;
 mod running;
 
 use crate::memory::GuestMemoryMmap;
@@ -150,6 +151,12 @@ pub enum VmError {
     /// The control socket.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// A rate limit change names a device the VM does not have.
+    #[error("the VM has no {0:?} to rate limit")]
+    NoSuchDevice(crate::rate_limit::RateLimitTarget),
+    /// seccomp filters could not be read or installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// A disk index past the VM's disks.
     #[error("the VM has no disk number {0}")]
     NoSuchDisk(usize),

@@ -38,7 +38,7 @@ impl Vm {
             vcpus,
             start_paused,
         } = self;
-        let event_loop = EventLoop::start(core.devices.subscribers.clone())?;
+        let event_loop = EventLoop::start(core.devices.subscribers.clone(), core.exit.clone())?;
 
         if start_paused {
             // The vCPUs park before their first KVM_RUN.
@@ -50,6 +50,11 @@ impl Vm {
             let handle = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
+                    // The filter goes on before the guest's first instruction.
+                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
+                        vcpu.shared.exit.request(ExitReason::Error(e.to_string()));
+                        return;
+                    }
                     if vcpu.index == 0 {
                         debug!("first KVM_RUN");
                     }
@@ -63,6 +68,10 @@ impl Vm {
                     break;
                 }
             }
+        }
+        // Every other thread has started (and filters itself): now this one.
+        if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm) {
+            core.exit.request(ExitReason::Error(e.to_string()));
         }
         let exit = core.exit.clone();
         let shared = Arc::new(Shared {
@@ -270,6 +279,15 @@ impl VmHandle {
         lock(&self.shared.control).snapshot(dir)
     }
 
+    /// New rate limits for a device (see [`RunningVm::set_rate_limiter`]).
+    pub fn set_rate_limiter(
+        &self,
+        target: crate::rate_limit::RateLimitTarget,
+        config: hearth_devices::rate_limiter::RateLimiterConfig,
+    ) -> Result<(), VmError> {
+        lock(&self.shared.control).set_rate_limiter(target, config)
+    }
+
     /// Writes a snapshot as `options` say (see [`RunningVm::snapshot_with`]).
     pub fn snapshot_with(
         &self,
@@ -335,6 +353,16 @@ impl RunningVm {
     /// call [`RunningVm::resume`] to carry on.
     pub fn snapshot(&mut self, dir: &Path) -> Result<(), VmError> {
         lock(&self.shared.control).snapshot(dir)
+    }
+
+    /// Puts new limits on a device while the VM runs (a default config removes them); a
+    /// throttled queue picks them up within 100 ms, and snapshots keep them.
+    pub fn set_rate_limiter(
+        &mut self,
+        target: crate::rate_limit::RateLimitTarget,
+        config: hearth_devices::rate_limiter::RateLimiterConfig,
+    ) -> Result<(), VmError> {
+        lock(&self.shared.control).set_rate_limiter(target, config)
     }
 
     /// Writes a snapshot of the VM to `dir` as `options` say: full or diff (only the

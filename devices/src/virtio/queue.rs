@@ -31,6 +31,18 @@ pub fn drain_queue<M: GuestMemory>(
     queue: &mut Queue,
     mut serve: impl FnMut(DescriptorChain<&M>) -> u32,
 ) -> Result<bool, DrainError> {
+    drain_queue_until(mem, queue, |chain| Some(serve(chain)))
+}
+
+/// [`drain_queue`] for a device that may have to stop (a rate limiter ran dry): `serve`
+/// returns `None` to leave the chain in the ring, unused, for the next drain. Draining
+/// stops there with notifications left off, so a driver that honours them does not kick
+/// the device until it drains again (when its rate limiter's timer fires).
+pub fn drain_queue_until<M: GuestMemory>(
+    mem: &M,
+    queue: &mut Queue,
+    mut serve: impl FnMut(DescriptorChain<&M>) -> Option<u32>,
+) -> Result<bool, DrainError> {
     let mut used_any = false;
     let mut idle_rounds = 0;
     loop {
@@ -39,7 +51,13 @@ pub fn drain_queue<M: GuestMemory>(
         while let Some(chain) = queue.iter(mem).map_err(DrainError::Queue)?.next() {
             progressed = true;
             let head = chain.head_index();
-            let len = serve(chain);
+            let Some(len) = serve(chain) else {
+                queue.go_to_previous_position();
+                return match used_any {
+                    true => queue.needs_notification(mem).map_err(DrainError::Queue),
+                    false => Ok(false),
+                };
+            };
             // Fails only for a head index past the queue, which the driver cannot be told
             // about anyway; the following chains may still be fine.
             if queue.add_used(mem, head, len).is_ok() {

@@ -10,8 +10,11 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
 use super::disk::{Disk, DiskError};
-use super::request::process_queue;
+use super::request::{process_queue, process_queue_limited};
 use super::{CONFIG_SPACE_SIZE, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX};
+use crate::rate_limiter::{
+    LimiterSlot, RateLimited, RateLimiter, RateLimiterConfig, RateLimiterError,
+};
 use crate::virtio::VirtioCommon;
 
 /// What a block device is built from (the VMM's disk configuration maps onto it).
@@ -45,6 +48,9 @@ pub enum BlockError {
     /// Creating an eventfd failed.
     #[error("cannot create an eventfd for the block device: {0}")]
     EventFd(#[source] std::io::Error),
+    /// The rate limiter's timer could not be made.
+    #[error("block device: {0}")]
+    RateLimiter(#[from] RateLimiterError),
 }
 
 /// A virtio-blk device over one raw disk.
@@ -53,6 +59,7 @@ pub struct Block {
     common: VirtioCommon,
     config: BlockConfig,
     disk: Disk,
+    pub(super) rate_limiter: RateLimiter,
 }
 
 impl Block {
@@ -83,6 +90,7 @@ impl Block {
             common,
             config,
             disk,
+            rate_limiter: RateLimiter::new(&RateLimiterConfig::default())?,
         })
     }
 
@@ -94,6 +102,11 @@ impl Block {
     /// The backing disk.
     pub fn disk(&self) -> &Disk {
         &self.disk
+    }
+
+    /// The device's rate limiter.
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.rate_limiter
     }
 
     /// Puts another file behind the disk (Firecracker's drive PATCH), with the same
@@ -116,14 +129,27 @@ impl Block {
         Ok(())
     }
 
-    /// Serves what the driver queued and interrupts it if anything completed.
+    /// Serves what the driver queued (as far as the rate limiter lets it) and interrupts
+    /// it if anything completed.
     pub(super) fn process_queue(&mut self) {
         let disk = &mut self.disk;
+        let limiter = &mut self.rate_limiter;
         // Errs when the driver broke its own ring: the queue stays stuck until it resets
         // the device (not logged, so that a guest cannot flood the host's log).
         self.common.serve_queue(0, |mem, queue| {
-            process_queue(disk, mem, queue).unwrap_or(true)
+            match limiter.is_unlimited() {
+                true => process_queue(disk, mem, queue),
+                false => process_queue_limited(disk, limiter, mem, queue),
+            }
+            .unwrap_or(true)
         });
+    }
+}
+
+impl RateLimited for Block {
+    fn set_rate_limiter(&mut self, _slot: LimiterSlot, config: &RateLimiterConfig) -> bool {
+        self.rate_limiter.update(config);
+        true
     }
 }
 

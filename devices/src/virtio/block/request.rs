@@ -20,7 +20,8 @@ use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions};
 
 use super::{Disk, QUEUE_SIZE, SECTOR_SHIFT, SECTOR_SIZE};
-use crate::virtio::queue::{drain_queue, write_to_buffers, DrainError};
+use crate::rate_limiter::{RateLimiter, TokenType};
+use crate::virtio::queue::{drain_queue, drain_queue_until, write_to_buffers, DrainError};
 
 /// The size of `struct virtio_blk_outhdr` (type, ioprio, sector).
 const HEADER_LEN: u32 = 16;
@@ -272,9 +273,51 @@ impl Request {
 /// Serves one chain and returns its used length: the bytes written into guest memory
 /// (data read, plus the status byte), or 0 when the chain has no writable status byte.
 pub fn execute_chain<M: GuestMemory>(disk: &mut Disk, mem: &M, chain: DescriptorChain<&M>) -> u32 {
-    let Some(parsed) = Request::parse(mem, chain) else {
-        return 0;
+    match Request::parse(mem, chain) {
+        Some(parsed) => execute_parsed(disk, mem, parsed),
+        None => 0,
+    }
+}
+
+/// Takes a request's tokens (one operation; its bytes for reads and writes), or none
+/// when either bucket is short.
+fn take_tokens(limiter: &mut RateLimiter, request: &Request) -> bool {
+    if !limiter.consume(1, TokenType::Ops) {
+        return false;
+    }
+    let bytes = match request.request_type {
+        RequestType::In | RequestType::Out => request.data_len,
+        _ => 0,
     };
+    if bytes > 0 && !limiter.consume(bytes, TokenType::Bytes) {
+        limiter.manual_replenish(1, TokenType::Ops);
+        return false;
+    }
+    true
+}
+
+/// [`process_queue`] within `limiter`: a request it has no tokens for stays in the ring
+/// until the limiter's timer fires. Malformed requests cost nothing and fail at once.
+pub fn process_queue_limited<M: GuestMemory>(
+    disk: &mut Disk,
+    limiter: &mut RateLimiter,
+    mem: &M,
+    queue: &mut Queue,
+) -> Result<bool, DrainError> {
+    drain_queue_until(mem, queue, |chain| {
+        let Some(parsed) = Request::parse(mem, chain) else {
+            return Some(0);
+        };
+        if let Ok(request) = &parsed.request {
+            if !take_tokens(limiter, request) {
+                return None;
+            }
+        }
+        Some(execute_parsed(disk, mem, parsed))
+    })
+}
+
+fn execute_parsed<M: GuestMemory>(disk: &mut Disk, mem: &M, parsed: ParsedChain) -> u32 {
     let result = parsed.request.and_then(|r| {
         let done = r.execute(disk, mem);
         if done.is_ok() {

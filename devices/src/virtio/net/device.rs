@@ -12,10 +12,13 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_queue::{QueueOwnedT, QueueT};
 
-use super::frame::{transmit, write_rx_frame, FrameError, NetCounters};
+use super::frame::{transmit_limited, write_rx_frame, FrameError, NetCounters};
 use super::tap::{Tap, TapError};
 use super::{
     CONFIG_SPACE_SIZE, ETH_HDR_LEN, MAX_FRAME_LEN, NET_HDR_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
+};
+use crate::rate_limiter::{
+    LimiterSlot, RateLimited, RateLimiter, RateLimiterConfig, RateLimiterError, TokenType,
 };
 use crate::virtio::{VirtioCommon, VIRTIO_MMIO_INT_VRING};
 
@@ -114,6 +117,12 @@ pub struct NetConfig {
     /// The guest's MAC address; a random locally administered one when absent.
     #[serde(default)]
     pub mac: Option<MacAddr>,
+    /// Limits on what the guest receives (Firecracker's `rx_rate_limiter`).
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits on what the guest sends (Firecracker's `tx_rate_limiter`).
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
     /// A name for the interface (Firecracker's `iface_id`), by which a restore can give
     /// it another tap.
     #[serde(default)]
@@ -135,6 +144,9 @@ pub enum NetError {
     /// Creating an eventfd failed.
     #[error("cannot create an eventfd for the network device: {0}")]
     EventFd(#[source] io::Error),
+    /// A rate limiter's timer could not be made.
+    #[error("network device: {0}")]
+    RateLimiter(#[from] RateLimiterError),
 }
 
 /// How a turn of the receive path ended: whether the event loop should keep watching the
@@ -149,6 +161,8 @@ pub(super) enum RxState {
     WaitForBuffers,
     /// Reading the tap failed (it was deleted, say): stop watching it.
     TapFailed,
+    /// The receive rate limiter ran dry: stop watching the tap until its timer fires.
+    Throttled,
 }
 
 /// A virtio-net device over one tap.
@@ -170,6 +184,8 @@ pub struct Net {
     /// Scratch space for one transmitted frame.
     tx_buf: Vec<u8>,
     counters: NetCounters,
+    pub(super) rx_limiter: RateLimiter,
+    pub(super) tx_limiter: RateLimiter,
 }
 
 impl Net {
@@ -199,6 +215,8 @@ impl Net {
             config_space,
         )
         .map_err(NetError::EventFd)?;
+        let rx_limiter = RateLimiter::new(&config.rx_rate_limiter.unwrap_or_default())?;
+        let tx_limiter = RateLimiter::new(&config.tx_rate_limiter.unwrap_or_default())?;
         Ok(Net {
             common,
             config,
@@ -210,6 +228,8 @@ impl Net {
             rx_pending: None,
             tx_buf: Vec::with_capacity(MAX_FRAME_LEN),
             counters: NetCounters::default(),
+            rx_limiter,
+            tx_limiter,
         })
     }
 
@@ -246,10 +266,11 @@ impl Net {
     /// back.
     pub(super) fn process_tx(&mut self) {
         let (tap, buf, counters) = (&mut self.tap, &mut self.tx_buf, &mut self.counters);
+        let limiter = Some(&mut self.tx_limiter).filter(|l| !l.is_unlimited());
         // Errs when the driver broke its own ring: the queue stays stuck until it resets
         // the device.
         self.common.serve_queue(TX_QUEUE, |mem, queue| {
-            transmit(mem, queue, tap, buf, counters).unwrap_or(true)
+            transmit_limited(mem, queue, tap, buf, counters, limiter).unwrap_or(true)
         });
     }
 
@@ -314,6 +335,11 @@ impl Net {
             let Some(chain) = chain else {
                 break RxState::WaitForBuffers;
             };
+            if !take_rx_tokens(&mut self.rx_limiter, len - NET_HDR_LEN) {
+                // The frame waits in `rx_pending`, the chain in the ring.
+                rx.go_to_previous_position();
+                break RxState::Throttled;
+            }
             let head = chain.head_index();
             // The tap's header is not passed on: without VIRTIO_NET_F_GUEST_CSUM its flags
             // must be 0, and num_buffers is 1 since each frame fills one chain.
@@ -355,6 +381,41 @@ impl Net {
     /// Whether a frame read from the tap is waiting for a receive buffer.
     pub fn has_pending_rx(&self) -> bool {
         self.rx_pending.is_some()
+    }
+}
+
+/// Takes a received frame's tokens (an operation and its bytes), or none when either
+/// bucket is short.
+fn take_rx_tokens(limiter: &mut RateLimiter, bytes: usize) -> bool {
+    if limiter.is_unlimited() {
+        return true;
+    }
+    if !limiter.consume(1, TokenType::Ops) {
+        return false;
+    }
+    if !limiter.consume(bytes as u64, TokenType::Bytes) {
+        limiter.manual_replenish(1, TokenType::Ops);
+        return false;
+    }
+    true
+}
+
+impl RateLimited for Net {
+    fn set_rate_limiter(&mut self, slot: LimiterSlot, config: &RateLimiterConfig) -> bool {
+        // The configuration (which snapshots keep) follows the limits in force.
+        let kept = Some(*config).filter(|c| !c.is_unlimited());
+        match slot {
+            LimiterSlot::Rx => {
+                self.rx_limiter.update(config);
+                self.config.rx_rate_limiter = kept;
+            }
+            LimiterSlot::Tx => {
+                self.tx_limiter.update(config);
+                self.config.tx_rate_limiter = kept;
+            }
+            LimiterSlot::Device => return false,
+        }
+        true
     }
 }
 
@@ -407,6 +468,8 @@ pub(crate) mod tests {
             NetConfig {
                 tap: "test0".into(),
                 mac,
+                rx_rate_limiter: None,
+                tx_rate_limiter: None,
                 id: None,
             },
             Tap::from_file("test0", ours),

@@ -12,9 +12,13 @@ use vmm_sys_util::epoll::EventSet;
 use super::device::RxState;
 use super::{Net, RX_QUEUE, TX_QUEUE};
 use crate::virtio::device::DEVICE_EVENT_BASE;
-use crate::virtio::VirtioEvents;
+use crate::virtio::{VirtioDevice, VirtioEvents};
 
 const TAP: u32 = DEVICE_EVENT_BASE;
+/// The receive rate limiter's timer.
+const RX_LIMITER: u32 = DEVICE_EVENT_BASE + 1;
+/// The transmit rate limiter's timer.
+const TX_LIMITER: u32 = DEVICE_EVENT_BASE + 2;
 
 impl Net {
     /// Starts or stops watching the tap.
@@ -50,16 +54,28 @@ impl VirtioEvents for Net {
         match index {
             // New receive buffers (or activation): place the waiting frame, then read the
             // tap again.
-            RX_QUEUE => self.receive(ops),
-            TX_QUEUE => self.process_tx(),
+            // A throttled side waits for its limiter's timer.
+            RX_QUEUE if !self.rx_limiter.is_blocked() => self.receive(ops),
+            TX_QUEUE if !self.tx_limiter.is_blocked() => self.process_tx(),
             _ => {}
         }
     }
 
+    fn init_sources(&mut self, ops: &mut EventOps) {
+        use crate::rate_limiter::watch_timer;
+        watch_timer(&self.rx_limiter, RX_LIMITER, ops, "virtio-net rx");
+        watch_timer(&self.tx_limiter, TX_LIMITER, ops, "virtio-net tx");
+    }
+
     fn source_event(&mut self, events: Events, ops: &mut EventOps) {
-        if events.data() == TAP {
+        match events.data() {
             // While the device is reset this stops watching the tap.
-            self.receive(ops);
+            TAP => self.receive(ops),
+            RX_LIMITER if self.rx_limiter.on_timer().is_ok() => self.receive(ops),
+            TX_LIMITER if self.tx_limiter.on_timer().is_ok() && self.is_activated() => {
+                self.process_tx()
+            }
+            _ => {}
         }
     }
 }

@@ -13,8 +13,9 @@ use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestMemory, GuestMemoryError};
 
 use super::{ETH_HDR_LEN, MAX_FRAME_LEN, NET_HDR_LEN, QUEUE_SIZE};
+use crate::rate_limiter::{RateLimiter, TokenType};
 use crate::virtio::queue::{
-    collect_chain, drain_queue, write_to_buffers, ChainError, ChainLimits, DrainError,
+    collect_chain, drain_queue_until, write_to_buffers, ChainError, ChainLimits, DrainError,
 };
 
 /// The longest chain looked at. Without VIRTIO_RING_F_INDIRECT_DESC a chain cannot be
@@ -169,9 +170,32 @@ pub fn transmit<M: GuestMemory, S: FrameSink + ?Sized>(
     buf: &mut Vec<u8>,
     counters: &mut NetCounters,
 ) -> Result<bool, DrainError> {
-    drain_queue(mem, queue, |chain| {
-        let sent = read_tx_frame(mem, chain, buf)
-            .and_then(|()| sink.write_frame(buf).map_err(FrameError::Sink));
+    transmit_limited(mem, queue, sink, buf, counters, None)
+}
+
+/// [`transmit`] within `limiter` (a frame is an operation and its bytes without the
+/// virtio-net header): a frame it has no tokens for stays in the ring until the
+/// limiter's timer fires. Malformed frames cost nothing.
+pub fn transmit_limited<M: GuestMemory, S: FrameSink + ?Sized>(
+    mem: &M,
+    queue: &mut Queue,
+    sink: &mut S,
+    buf: &mut Vec<u8>,
+    counters: &mut NetCounters,
+    mut limiter: Option<&mut RateLimiter>,
+) -> Result<bool, DrainError> {
+    drain_queue_until(mem, queue, |chain| {
+        let read = read_tx_frame(mem, chain, buf);
+        if let (Ok(()), Some(l)) = (&read, limiter.as_deref_mut()) {
+            if !l.consume(1, TokenType::Ops) {
+                return None;
+            }
+            if !l.consume((buf.len() - NET_HDR_LEN) as u64, TokenType::Bytes) {
+                l.manual_replenish(1, TokenType::Ops);
+                return None;
+            }
+        }
+        let sent = read.and_then(|()| sink.write_frame(buf).map_err(FrameError::Sink));
         match sent {
             Ok(()) => {
                 counters.tx_frames += 1;
@@ -181,7 +205,7 @@ pub fn transmit<M: GuestMemory, S: FrameSink + ?Sized>(
             Err(_) => counters.tx_dropped += 1,
         }
         // The device wrote nothing.
-        0
+        Some(0)
     })
 }
 

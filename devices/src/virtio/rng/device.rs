@@ -6,7 +6,10 @@ use std::io;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 
-use super::{process_queue, QUEUE_SIZE};
+use super::{process_queue, process_queue_limited, QUEUE_SIZE};
+use crate::rate_limiter::{
+    LimiterSlot, RateLimited, RateLimiter, RateLimiterConfig, RateLimiterError,
+};
 use crate::virtio::VirtioCommon;
 
 /// Why an entropy device could not be built.
@@ -15,6 +18,9 @@ pub enum RngError {
     /// Creating an eventfd failed.
     #[error("cannot create an eventfd for the entropy device: {0}")]
     EventFd(#[source] io::Error),
+    /// The rate limiter's timer could not be made.
+    #[error("entropy device: {0}")]
+    RateLimiter(#[from] RateLimiterError),
 }
 
 /// A virtio entropy device fed by the host's getrandom.
@@ -23,6 +29,7 @@ pub struct Rng {
     common: VirtioCommon,
     scratch: Vec<u8>,
     bytes_served: u64,
+    pub(super) rate_limiter: RateLimiter,
 }
 
 impl Rng {
@@ -40,6 +47,7 @@ impl Rng {
             common,
             scratch: Vec::new(),
             bytes_served: 0,
+            rate_limiter: RateLimiter::new(&RateLimiterConfig::default())?,
         })
     }
 
@@ -56,10 +64,22 @@ impl Rng {
     /// Serves what the driver queued and interrupts it if anything completed.
     pub(super) fn process_queue(&mut self) {
         let (scratch, served) = (&mut self.scratch, &mut self.bytes_served);
+        let limiter = &mut self.rate_limiter;
         // Errs when the driver broke its own ring (see `drain_queue`); interrupt anyway.
         self.common.serve_queue(0, |mem, queue| {
-            process_queue(mem, queue, scratch, served).unwrap_or(true)
+            match limiter.is_unlimited() {
+                true => process_queue(mem, queue, scratch, served),
+                false => process_queue_limited(mem, queue, scratch, served, limiter),
+            }
+            .unwrap_or(true)
         });
+    }
+}
+
+impl RateLimited for Rng {
+    fn set_rate_limiter(&mut self, _slot: LimiterSlot, config: &RateLimiterConfig) -> bool {
+        self.rate_limiter.update(config);
+        true
     }
 }
 

@@ -1,13 +1,33 @@
 //! The event-loop side of virtio-rng: serves the queue whenever it is notified.
 
-use event_manager::EventOps;
+use event_manager::{EventOps, Events};
 
 use super::Rng;
-use crate::virtio::VirtioEvents;
+use crate::virtio::device::DEVICE_EVENT_BASE;
+use crate::virtio::{VirtioDevice, VirtioEvents};
+
+/// The rate limiter's timer: a throttled queue may go on.
+const RATE_LIMITER: u32 = DEVICE_EVENT_BASE;
 
 impl VirtioEvents for Rng {
     fn queue_event(&mut self, _index: usize, _ops: &mut EventOps) {
-        self.process_queue();
+        // A throttled queue waits for the timer.
+        if !self.rate_limiter.is_blocked() {
+            self.process_queue();
+        }
+    }
+
+    fn init_sources(&mut self, ops: &mut EventOps) {
+        crate::rate_limiter::watch_timer(&self.rate_limiter, RATE_LIMITER, ops, "virtio-rng");
+    }
+
+    fn source_event(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == RATE_LIMITER
+            && self.rate_limiter.on_timer().is_ok()
+            && self.is_activated()
+        {
+            self.process_queue();
+        }
     }
 }
 

@@ -10,7 +10,7 @@ pub mod persist;
 mod request;
 
 pub use device::{Rng, RngError};
-pub use request::{fill_chain, host_random, process_queue, EntropyError};
+pub use request::{fill_chain, host_random, process_queue, process_queue_limited, EntropyError};
 
 /// The size of the device's only queue.
 pub const QUEUE_SIZE: u16 = 256;

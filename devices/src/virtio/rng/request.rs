@@ -3,12 +3,15 @@
 
 use std::io;
 
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{GuestMemory, GuestMemoryError};
 
 use super::{MAX_REQUEST_LEN, QUEUE_SIZE};
+use crate::rate_limiter::{RateLimiter, TokenType};
 use crate::virtio::queue::{
-    collect_chain, drain_queue, write_to_buffers, ChainError, ChainLimits, DrainError,
+    collect_chain, drain_queue, drain_queue_until, write_to_buffers, ChainError, ChainLimits,
+    DrainError,
 };
 
 /// The longest chain looked at (see the virtio-blk request engine for why a bound).
@@ -63,10 +66,23 @@ pub fn fill_chain<M: GuestMemory>(
         bytes: u64::MAX,
     };
     let (descs, capacity) = collect_chain(mem, chain, true, limits)?;
-    let len = usize::try_from(capacity).map_or(MAX_REQUEST_LEN, |c| c.min(MAX_REQUEST_LEN));
+    fill_buffers(mem, &descs, request_len(capacity), scratch)
+}
+
+/// The bytes a request with buffers of `capacity` bytes gets.
+fn request_len(capacity: u64) -> usize {
+    usize::try_from(capacity).map_or(MAX_REQUEST_LEN, |c| c.min(MAX_REQUEST_LEN))
+}
+
+fn fill_buffers<M: GuestMemory>(
+    mem: &M,
+    descs: &[Descriptor],
+    len: usize,
+    scratch: &mut Vec<u8>,
+) -> Result<u32, EntropyError> {
     scratch.resize(len, 0);
     host_random(scratch).map_err(EntropyError::Random)?;
-    write_to_buffers(mem, &descs, scratch).map_err(EntropyError::Memory)?;
+    write_to_buffers(mem, descs, scratch).map_err(EntropyError::Memory)?;
     // At most MAX_REQUEST_LEN.
     Ok(u32::try_from(len).unwrap_or(u32::MAX))
 }
@@ -84,6 +100,37 @@ pub fn process_queue<M: GuestMemory>(
         let len = fill_chain(mem, chain, scratch).unwrap_or(0);
         *bytes_served += u64::from(len);
         len
+    })
+}
+
+/// [`process_queue`] within `limiter` (an operation and its bytes per request): a
+/// request it has no tokens for stays in the ring until the limiter's timer fires.
+pub fn process_queue_limited<M: GuestMemory>(
+    mem: &M,
+    queue: &mut Queue,
+    scratch: &mut Vec<u8>,
+    bytes_served: &mut u64,
+    limiter: &mut RateLimiter,
+) -> Result<bool, DrainError> {
+    let limits = ChainLimits {
+        descriptors: MAX_DESCRIPTORS,
+        bytes: u64::MAX,
+    };
+    drain_queue_until(mem, queue, |chain| {
+        let Ok((descs, capacity)) = collect_chain(mem, chain, true, limits) else {
+            return Some(0);
+        };
+        let len = request_len(capacity);
+        if !limiter.consume(1, TokenType::Ops) {
+            return None;
+        }
+        if !limiter.consume(len as u64, TokenType::Bytes) {
+            limiter.manual_replenish(1, TokenType::Ops);
+            return None;
+        }
+        let len = fill_buffers(mem, &descs, len, scratch).unwrap_or(0);
+        *bytes_served += u64::from(len);
+        Some(len)
     })
 }
 

@@ -222,6 +222,9 @@ crate::virtio_device!(Vsock {
     }
 });
 
+// vsock has no rate limiter (Firecracker's has none either).
+impl crate::rate_limiter::RateLimited for Vsock {}
+
 #[cfg(test)]
 mod tests {
     use vmm_sys_util::tempdir::TempDir;
