@@ -68,13 +68,7 @@ impl ApiServer {
             path: path.to_owned(),
             source,
         };
-        if std::fs::symlink_metadata(path)
-            .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-            .unwrap_or(false)
-            && std::os::unix::net::UnixStream::connect(path).is_err()
-        {
-            let _ = std::fs::remove_file(path);
-        }
+        hearth_devices::stale_socket::remove_stale_socket(path);
         let mut http = HttpServer::new(path).map_err(|e| bind_err(server_io(e)))?;
         http.set_payload_max_size(max_payload);
         http.start_server().map_err(|e| bind_err(server_io(e)))?;
