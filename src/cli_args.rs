@@ -133,15 +133,8 @@ pub(crate) struct RestoreArgs {
     /// real time since the snapshot (realtime, so that its wall clock is right).
     #[arg(long, value_enum, default_value_t = hearth::snapshot::overrides::ClockChoice::Keep)]
     pub(crate) clock: hearth::snapshot::overrides::ClockChoice,
-    /// Take checkpoints of the restored VM this often (as `run --checkpoint-every`).
-    #[arg(long, value_name = "DURATION")]
-    pub(crate) checkpoint_every: Option<String>,
-    /// Where the restored VM's checkpoints go.
-    #[arg(long, value_name = "DIR")]
-    pub(crate) checkpoint_dir: Option<PathBuf>,
-    /// How many checkpoints to keep [default: 3].
-    #[arg(long, value_name = "N")]
-    pub(crate) checkpoint_keep: Option<u32>,
+    #[command(flatten)]
+    pub(crate) checkpoint: CheckpointArgs,
     /// Log what hearth does to stderr.
     #[arg(long, short)]
     pub(crate) verbose: bool,
@@ -206,16 +199,8 @@ pub(crate) struct RunArgs {
     pub(crate) vsock: Option<String>,
     #[command(flatten)]
     pub(crate) seccomp: seccomp_cli::SeccompArgs,
-    /// Take a checkpoint (a diff snapshot; full at first and every 16th) this often:
-    /// 500ms, 2s, 1m. Needs --checkpoint-dir.
-    #[arg(long, value_name = "DURATION")]
-    pub(crate) checkpoint_every: Option<String>,
-    /// Where checkpoints go: DIR/ckpt-NNNNNN, and DIR/latest names the newest complete one.
-    #[arg(long, value_name = "DIR")]
-    pub(crate) checkpoint_dir: Option<PathBuf>,
-    /// How many checkpoints to keep [default: 3].
-    #[arg(long, value_name = "N")]
-    pub(crate) checkpoint_keep: Option<u32>,
+    #[command(flatten)]
+    pub(crate) checkpoint: CheckpointArgs,
     /// Log what hearth does (KVM mode, timings, exits) to stderr.
     #[arg(long, short)]
     pub(crate) verbose: bool,
@@ -306,12 +291,7 @@ impl RunArgs {
         if let Some(v) = self.vsock {
             config.vsock = Some(hearth::config::parse_vsock(&v)?);
         }
-        config.checkpoint = checkpoint_config(
-            config.checkpoint.take(),
-            self.checkpoint_every.as_deref(),
-            self.checkpoint_dir,
-            self.checkpoint_keep,
-        )?;
+        config.checkpoint = self.checkpoint.into_config(config.checkpoint.take())?;
         if !self.share.is_empty() {
             config.shares = self.share;
         }
@@ -319,38 +299,70 @@ impl RunArgs {
     }
 }
 
-/// The checkpoint settings from a config file's (`base`) and the flags.
-pub(crate) fn checkpoint_config(
-    base: Option<hearth::config::CheckpointConfig>,
-    every: Option<&str>,
-    dir: Option<PathBuf>,
-    keep: Option<u32>,
-) -> Result<Option<hearth::config::CheckpointConfig>, ConfigError> {
-    let every = every
-        .map(hearth::vm::checkpoint::parse_duration)
-        .transpose()?;
-    let mut config = match (base, every, dir) {
-        (Some(mut c), every, dir) => {
-            c.every = every.unwrap_or(c.every);
-            c.dir = dir.unwrap_or(c.dir);
-            Some(c)
+/// The periodic-checkpoint flags, the same for `run` and `restore`.
+#[derive(Args)]
+pub(crate) struct CheckpointArgs {
+    /// Take a checkpoint (a diff snapshot; full at first and every 16th) this often:
+    /// 500ms, 2s, 1m. Needs --checkpoint-dir.
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) checkpoint_every: Option<String>,
+    /// Where checkpoints go: DIR/ckpt-NNNNNN, and DIR/latest names the newest complete one.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) checkpoint_dir: Option<PathBuf>,
+    /// How many checkpoints to keep [default: 3].
+    #[arg(long, value_name = "N")]
+    pub(crate) checkpoint_keep: Option<u32>,
+}
+
+impl CheckpointArgs {
+    /// The checkpoint settings from a config file's (`base`) and the flags.
+    pub(crate) fn into_config(
+        self,
+        base: Option<hearth::config::CheckpointConfig>,
+    ) -> Result<Option<hearth::config::CheckpointConfig>, ConfigError> {
+        let (every, dir, keep) = (
+            self.checkpoint_every.as_deref(),
+            self.checkpoint_dir,
+            self.checkpoint_keep,
+        );
+        let every = every
+            .map(hearth::vm::checkpoint::parse_duration)
+            .transpose()?;
+        let mut config = match (base, every, dir) {
+            (Some(mut c), every, dir) => {
+                c.every = every.unwrap_or(c.every);
+                c.dir = dir.unwrap_or(c.dir);
+                Some(c)
+            }
+            (None, Some(every), Some(dir)) => Some(hearth::config::CheckpointConfig {
+                every,
+                dir,
+                keep: hearth::vm::checkpoint::DEFAULT_KEEP,
+            }),
+            (None, None, None) => None,
+            (None, _, _) => return Err(ConfigError::CheckpointIncomplete),
+        };
+        if let Some(k) = keep {
+            match &mut config {
+                Some(c) => c.keep = k,
+                None => return Err(ConfigError::CheckpointIncomplete),
+            }
         }
-        (None, Some(every), Some(dir)) => Some(hearth::config::CheckpointConfig {
-            every,
-            dir,
-            keep: hearth::vm::checkpoint::DEFAULT_KEEP,
-        }),
-        (None, None, None) => None,
-        (None, _, _) => return Err(ConfigError::CheckpointIncomplete),
-    };
-    if let Some(k) = keep {
-        match &mut config {
-            Some(c) => c.keep = k,
-            None => return Err(ConfigError::CheckpointIncomplete),
+        if let Some(c) = &config {
+            c.validate()?;
         }
+        Ok(config)
     }
-    if let Some(c) = &config {
-        c.validate()?;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks (unique argument names, valid defaults) run only when
+    /// a subcommand is parsed: run them on every subcommand here.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
-    Ok(config)
 }

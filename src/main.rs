@@ -176,12 +176,7 @@ fn restore(args: RestoreArgs) -> Result<i32, CliError> {
             vsock_socket: args.vsock_socket,
             clock: args.clock,
         },
-        checkpoint: checkpoint_config(
-            None,
-            args.checkpoint_every.as_deref(),
-            args.checkpoint_dir,
-            args.checkpoint_keep,
-        )?,
+        checkpoint: args.checkpoint.into_config(None)?,
         ..Default::default()
     };
     let api_sock = options.api_sock.take();
