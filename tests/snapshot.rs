@@ -13,53 +13,18 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::snap::*;
 use common::*;
 
 const T: Duration = Duration::from_secs(60);
 
-/// The `count: N` values in guest output, in order.
-fn counts(text: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("count: "))
-        .filter_map(|n| n.parse().ok())
-        .collect()
-}
-
-/// A running VM with an API socket, its serial output in a file.
-struct Running {
-    child: std::process::Child,
-    sock: PathBuf,
-    serial: PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path, cmdline: &str, extra: &[&str]) -> Running {
-    let sock = dir.join("api.sock");
-    let serial = dir.join("serial-1.txt");
-    let mut args: Vec<String> = vec![
-        "run".into(),
-        "--kernel".into(),
-        test_guest().display().to_string(),
-        "--cmdline".into(),
-        cmdline.into(),
-        "--api-sock".into(),
-        sock.display().to_string(),
-        "--serial-out".into(),
-        serial.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let child = spawn_hearth(&args);
-    Running {
-        child,
-        sock,
-        serial,
-    }
+fn start(dir: &Path, cmdline: &str, extra: &[&str]) -> GuestVm {
+    GuestVm::run_at(
+        dir.join("api.sock"),
+        dir.join("serial-1.txt"),
+        cmdline,
+        extra,
+    )
 }
 
 /// Starts a counting guest, snapshots it after `count: 3`, and kills it. Returns the
@@ -81,17 +46,7 @@ fn snapshot_mid_run(dir: &Path, cmdline: &str, extra: &[&str]) -> (PathBuf, u64)
 }
 
 fn restore(snap: &Path, serial: &Path) -> Run {
-    hearth_with_timeout(
-        [
-            "restore",
-            "--dir",
-            snap.to_str().unwrap(),
-            "--resume",
-            "--serial-out",
-            serial.to_str().unwrap(),
-        ],
-        T,
-    )
+    restore_resumed(snap, serial, &[], T)
 }
 
 fn counter_continues(cpus: &str) {
