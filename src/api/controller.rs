@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use super::limits;
 use super::metrics::Metrics;
 use super::models::*;
 use super::pending::PendingVm;
 use super::router::{Action, Fault};
+use crate::rate_limit::RateLimitTarget;
 use crate::{ExitReason, RestoreOptions, RunningVm, Vm};
 
 /// The version `GET /version` and `GET /` report. Clients compare it with the
@@ -204,21 +206,7 @@ impl Controller {
                 Ok(Reply::NoContent)
             }
             Action::PatchDrive(d) => self.patch_drive(&d),
-            Action::PatchNet(n) => {
-                self.post_boot()?;
-                if RateLimiter::limits(&n.rx_rate_limiter)
-                    || RateLimiter::limits(&n.tx_rate_limiter)
-                {
-                    return Err(Fault("hearth does not support rate limiters.".into()));
-                }
-                if !self.pending.nets.iter().any(|o| o.iface_id == n.iface_id) {
-                    return Err(Fault(format!(
-                        "Invalid network interface ID: {}",
-                        n.iface_id
-                    )));
-                }
-                Ok(Reply::NoContent)
-            }
+            Action::PatchNet(n) => self.patch_net(&n),
             Action::InstanceStart => self.start(),
             Action::SendCtrlAltDel => {
                 self.post_boot()?;
@@ -303,28 +291,86 @@ impl Controller {
     }
 
     /// `PATCH /drives/{id}` after boot: a new backing file (Kata's disk hot-swap), the
-    /// guest told through a configuration-change interrupt.
+    /// guest told through a configuration-change interrupt, and/or new rate limits.
     fn patch_drive(&mut self, d: &PartialDrive) -> Result<Reply, Fault> {
         self.post_boot()?;
-        if RateLimiter::limits(&d.rate_limiter) {
-            return Err(Fault("hearth does not support rate limiters.".into()));
-        }
         let index = self
             .pending
             .disk_index(&d.drive_id)
             .ok_or_else(|| Fault(format!("Invalid block device ID: {}", d.drive_id)))?;
+        let Some(drive) = self
+            .pending
+            .drives
+            .iter()
+            .find(|o| o.drive_id == d.drive_id)
+        else {
+            return Err(Fault(format!("Invalid block device ID: {}", d.drive_id)));
+        };
+        // Checked before anything changes, so a bad limiter leaves the drive as it was.
+        let limits = match &d.rate_limiter {
+            Some(l) => Some(limits::patch(&drive.rate_limiter, l, "rate_limiter")?),
+            None => None,
+        };
+        let vm = self.post_boot()?;
         if let Some(path) = &d.path_on_host {
-            self.post_boot()?
-                .set_disk_path(index, Path::new(path))
+            vm.set_disk_path(index, Path::new(path))
                 .map_err(|e| Fault(format!("Unable to patch the block device: {e}")))?;
-            if let Some(drive) = self
-                .pending
-                .drives
-                .iter_mut()
-                .find(|o| o.drive_id == d.drive_id)
-            {
+        }
+        if let Some(l) = limits {
+            vm.set_rate_limiter(RateLimitTarget::Disk(index), l)
+                .map_err(|e| Fault(format!("Unable to patch the block device: {e}")))?;
+        }
+        if let Some(drive) = self
+            .pending
+            .drives
+            .iter_mut()
+            .find(|o| o.drive_id == d.drive_id)
+        {
+            if let Some(path) = &d.path_on_host {
                 drive.path_on_host = Some(path.clone());
             }
+            if limits.is_some() {
+                drive.rate_limiter = limits::from_config(limits);
+            }
+        }
+        Ok(Reply::NoContent)
+    }
+
+    /// `PATCH /network-interfaces/{id}` after boot: new receive and/or transmit limits.
+    fn patch_net(&mut self, n: &PartialNetworkInterface) -> Result<Reply, Fault> {
+        self.post_boot()?;
+        let invalid = || Fault(format!("Invalid network interface ID: {}", n.iface_id));
+        let index = self
+            .pending
+            .nets
+            .iter()
+            .position(|o| o.iface_id == n.iface_id)
+            .ok_or_else(invalid)?;
+        let iface = &self.pending.nets[index];
+        let rx = match &n.rx_rate_limiter {
+            Some(l) => Some(limits::patch(&iface.rx_rate_limiter, l, "rx_rate_limiter")?),
+            None => None,
+        };
+        let tx = match &n.tx_rate_limiter {
+            Some(l) => Some(limits::patch(&iface.tx_rate_limiter, l, "tx_rate_limiter")?),
+            None => None,
+        };
+        let vm = self.post_boot()?;
+        for (target, l) in [
+            (RateLimitTarget::NetRx(index), rx),
+            (RateLimitTarget::NetTx(index), tx),
+        ] {
+            if let Some(l) = l {
+                vm.set_rate_limiter(target, l)
+                    .map_err(|e| Fault(format!("Unable to patch the network interface: {e}")))?;
+            }
+        }
+        let iface = &mut self.pending.nets[index];
+        if rx.is_some() {
+            iface.rx_rate_limiter = limits::from_config(rx);
+        }
+        if tx.is_some() {
+            iface.tx_rate_limiter = limits::from_config(tx);
         }
         Ok(Reply::NoContent)
     }
