@@ -983,3 +983,91 @@ fn rate_limiters_are_set_shown_and_raised_on_a_running_vm() {
     let serial = std::fs::read_to_string(&fc.serial).unwrap();
     assert!(serial.contains("blk 0 bench bytes=4194304 "), "{serial}");
 }
+
+#[test]
+fn a_loaded_vm_keeps_its_drive_ids_and_takes_patches() {
+    let dir = scratch();
+    let d = dir.as_path();
+    let (a, b) = (d.join("a.img"), d.join("b.img"));
+    std::fs::write(&a, patterned(2048 * 512)).unwrap();
+    let b_data: Vec<u8> = patterned(1024 * 512).iter().map(|x| x ^ 0x3c).collect();
+    std::fs::write(&b, &b_data).unwrap();
+    let one = Fc::spawn(d, "one", &[]);
+    one.wait_socket();
+    one.ok(
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    one.ok(
+        "PUT",
+        "/boot-source",
+        boot_source("count=20 delay=20000 blk.info blk.read=0:0:8 exit=6"),
+    );
+    one.ok(
+        "PUT",
+        "/drives/scratch",
+        json!({"drive_id": "scratch", "path_on_host": a, "is_root_device": false,
+               "rate_limiter": {"ops": {"size": 5000, "refill_time": 1000}}}),
+    );
+    one.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    wait_for_text(&one.serial, "count: 2\n", T);
+    one.ok("PATCH", "/vm", json!({"state": "Paused"}));
+    let (state, mem) = (d.join("vm.snap"), d.join("vm.mem"));
+    one.ok(
+        "PUT",
+        "/snapshot/create",
+        json!({"snapshot_path": state, "mem_file_path": mem}),
+    );
+    drop(one);
+
+    let mut two = Fc::spawn(d, "two", &[]);
+    two.wait_socket();
+    two.ok(
+        "PUT",
+        "/snapshot/load",
+        json!({"snapshot_path": state, "mem_file_path": mem}),
+    );
+    let config = |fc: &Fc| -> Value {
+        serde_json::from_str(&fc.call("GET", "/vm/config", None).body).unwrap()
+    };
+    let c = config(&two);
+    assert_eq!(c["drives"][0]["drive_id"], "scratch", "{c}");
+    assert_eq!(
+        c["drives"][0]["rate_limiter"]["ops"]["size"], 5000,
+        "limits are kept too: {c}"
+    );
+    two.refused(
+        "PATCH",
+        "/drives/drive0",
+        Some(r#"{"drive_id": "drive0", "path_on_host": "/x"}"#),
+        "Invalid block device ID",
+    );
+    two.ok(
+        "PATCH",
+        "/drives/scratch",
+        json!({"drive_id": "scratch", "path_on_host": b,
+               "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 100}}}),
+    );
+    let c = config(&two);
+    assert_eq!(c["drives"][0]["path_on_host"], b.to_str().unwrap(), "{c}");
+    assert_eq!(c["drives"][0]["rate_limiter"]["ops"]["size"], 5000, "{c}");
+    assert_eq!(
+        c["drives"][0]["rate_limiter"]["bandwidth"]["size"], 1048576,
+        "{c}"
+    );
+    two.ok("PATCH", "/vm", json!({"state": "Resumed"}));
+    assert_eq!(two.wait().code(), Some(6), "{}", two.output());
+    let serial = std::fs::read_to_string(&two.serial).unwrap();
+    assert!(
+        serial.contains("blk 0: capacity=1024 ro=0"),
+        "the restored guest sees the new disk\n{serial}"
+    );
+    assert!(
+        serial.contains(&format!(
+            "blk 0 read 0 8 fnv={:016x}",
+            fnv1a(&b_data[..8 * 512])
+        )),
+        "and its data\n{serial}"
+    );
+}
