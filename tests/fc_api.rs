@@ -1071,3 +1071,79 @@ fn a_loaded_vm_keeps_its_drive_ids_and_takes_patches() {
         "and its data\n{serial}"
     );
 }
+
+#[test]
+fn flushed_metrics_count_serial_vcpu_exits_and_vsock() {
+    use std::os::unix::net::UnixListener;
+    let dir = scratch();
+    let d = dir.as_path();
+    let metrics = d.join("metrics.json");
+    let uds = d.join("v.sock");
+    // The guest connects to host port 6000 and sends 12 bytes.
+    let listener = UnixListener::bind(d.join("v.sock_6000")).unwrap();
+    let host = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    });
+    let fc = Fc::spawn(d, "vm", &["--metrics-path", metrics.to_str().unwrap()]);
+    fc.wait_socket();
+    fc.ok(
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    fc.ok(
+        "PUT",
+        "/boot-source",
+        boot_source("vsock.send=6000:hello-marker count=3 sleep=60000 exit=0"),
+    );
+    fc.ok("PUT", "/vsock", json!({"guest_cid": 3, "uds_path": uds}));
+    fc.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    wait_for_text(&fc.serial, "count: 3\n", T);
+    assert_eq!(host.join().unwrap(), b"hello-marker", "{}", fc.output());
+    // The guest now sleeps without a word; let the last bytes reach the file.
+    std::thread::sleep(Duration::from_millis(300));
+    fc.ok("PUT", "/actions", json!({"action_type": "FlushMetrics"}));
+    let last_line = || -> Value {
+        let text = std::fs::read_to_string(&metrics).unwrap();
+        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    };
+    let line = last_line();
+    let printed = std::fs::read(&fc.serial).unwrap().len() as u64;
+    let uart = &line["uart"];
+    assert_eq!(
+        uart["write_count"].as_u64(),
+        Some(printed),
+        "every byte the guest printed: {line}\n{}",
+        fc.output()
+    );
+    assert_eq!(uart["missed_write_count"], 0, "{line}");
+    let vcpu = &line["vcpu"];
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    assert!(
+        n(&vcpu["exit_io_out"]) >= printed,
+        "each byte is a port write: {line}"
+    );
+    assert!(n(&vcpu["exit_io_in"]) > 0, "{line}");
+    assert!(
+        n(&vcpu["exit_mmio_read"]) > 0 && n(&vcpu["exit_mmio_write"]) > 0,
+        "virtio is MMIO: {line}"
+    );
+    assert_eq!(vcpu["failures"], 0, "{line}");
+    let vsock = &line["vsock"];
+    assert_eq!(vsock["tx_bytes_count"], 12, "{line}");
+    assert_eq!(vsock["conns_added"], 1, "{line}");
+    assert!(
+        n(&vsock["tx_packets_count"]) >= 3,
+        "request, data, shutdown: {line}"
+    );
+    assert!(n(&vsock["rx_packets_count"]) >= 1, "the response: {line}");
+    assert!(n(&line["vmm"]["device_events"]) > 0, "{line}");
+    // A sleeping guest writes nothing more.
+    fc.ok("PUT", "/actions", json!({"action_type": "FlushMetrics"}));
+    let line = last_line();
+    assert_eq!(line["uart"]["write_count"], 0, "{line}");
+    assert_eq!(line["vsock"]["tx_bytes_count"], 0, "{line}");
+}

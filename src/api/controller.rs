@@ -288,6 +288,21 @@ impl Controller {
         m.total("net", "rx_bytes_count", c.net.rx_bytes);
         m.total("net", "rx_fails", c.net.rx_dropped + c.net.rx_bad_buffers);
         m.total("entropy", "entropy_bytes", c.entropy_bytes);
+        m.total("vsock", "rx_packets_count", c.vsock.rx_packets_count);
+        m.total("vsock", "rx_bytes_count", c.vsock.rx_bytes_count);
+        m.total("vsock", "tx_packets_count", c.vsock.tx_packets_count);
+        m.total("vsock", "tx_bytes_count", c.vsock.tx_bytes_count);
+        m.total("vsock", "conns_added", c.vsock.conns_added);
+        m.total("vsock", "conns_removed", c.vsock.conns_removed);
+        m.total("uart", "read_count", c.uart.read_count);
+        m.total("uart", "write_count", c.uart.write_count);
+        m.total("uart", "missed_write_count", c.uart.missed_write_count);
+        m.total("vcpu", "exit_io_in", c.vcpu.exit_io_in);
+        m.total("vcpu", "exit_io_out", c.vcpu.exit_io_out);
+        m.total("vcpu", "exit_mmio_read", c.vcpu.exit_mmio_read);
+        m.total("vcpu", "exit_mmio_write", c.vcpu.exit_mmio_write);
+        m.total("vcpu", "failures", c.vcpu.failures);
+        m.total("vmm", "device_events", c.device_events);
     }
 
     /// `PATCH /drives/{id}` after boot: a new backing file (Kata's disk hot-swap), the
