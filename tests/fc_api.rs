@@ -1147,3 +1147,100 @@ fn flushed_metrics_count_serial_vcpu_exits_and_vsock() {
     assert_eq!(line["uart"]["write_count"], 0, "{line}");
     assert_eq!(line["vsock"]["tx_bytes_count"], 0, "{line}");
 }
+
+#[test]
+fn checkpoints_set_through_the_api_appear_and_restore() {
+    let dir = scratch();
+    let d = dir.as_path();
+    let ckpt = d.join("ckpt");
+    let fc = Fc::spawn(d, "vm", &[]);
+    fc.wait_socket();
+    for (body, needle) in [
+        (json!({"interval_ms": 5, "dir": ckpt}), "at least 10"),
+        (json!({"interval_ms": 100, "dir": ckpt, "keep": 0}), "keep"),
+        (
+            json!({"interval_ms": 100, "dir": ckpt, "every": 1}),
+            "unknown field",
+        ),
+        (json!({"dir": ckpt}), "missing field `interval_ms`"),
+    ] {
+        fc.refused("PUT", "/checkpoints", Some(&body.to_string()), needle);
+    }
+    // Before boot: kept for InstanceStart, and shown.
+    fc.ok(
+        "PUT",
+        "/checkpoints",
+        json!({"interval_ms": 60000, "dir": ckpt}),
+    );
+    let get = |fc: &Fc| -> Value {
+        let a = fc.call("GET", "/checkpoints", None);
+        assert_eq!(a.status, 200, "{a:?}");
+        serde_json::from_str(&a.body).unwrap()
+    };
+    let c = get(&fc);
+    assert_eq!(c["interval_ms"], 60000, "{c}");
+    assert_eq!(c["keep"], 3, "{c}");
+    let config: Value = serde_json::from_str(&fc.call("GET", "/vm/config", None).body).unwrap();
+    assert_eq!(config["checkpoints"]["interval_ms"], 60000, "{config}");
+    fc.ok(
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    fc.ok(
+        "PUT",
+        "/boot-source",
+        boot_source("count=100 delay=20000 exit=7"),
+    );
+    fc.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    wait_for_text(&fc.serial, "count: 2\n", T);
+    assert_eq!(get(&fc)["taken"], 0, "none due within a minute");
+    // On the running VM: every 200 ms from now on.
+    fc.ok(
+        "PUT",
+        "/checkpoints",
+        json!({"interval_ms": 200, "dir": ckpt, "keep": 2}),
+    );
+    let latest = ckpt.join("latest");
+    let start = Instant::now();
+    while !latest.join("state").exists() {
+        assert!(
+            start.elapsed() < T,
+            "no checkpoint appeared in {}\n{}",
+            ckpt.display(),
+            fc.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let c = get(&fc);
+    assert!(c["taken"].as_u64().unwrap() >= 1, "{c}");
+    assert_eq!(c["failed"], 0, "{c}");
+    assert!(c["max_pause_us"].is_u64(), "{c}");
+    let a = fc.call("DELETE", "/checkpoints", None);
+    assert_eq!(a.status, 204, "{a:?}");
+    let c = get(&fc);
+    assert!(
+        c.get("interval_ms").is_none() && c.get("taken").is_none(),
+        "{c}"
+    );
+    drop(fc);
+
+    let serial = d.join("restored.serial");
+    let run = hearth_with_timeout(
+        [
+            "restore",
+            "--dir",
+            latest.to_str().unwrap(),
+            "--resume",
+            "--serial-out",
+            serial.to_str().unwrap(),
+        ],
+        T,
+    );
+    let out = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert_eq!(run.code(), 7, "{run:#?}\n{out}");
+    let after = counts(&out);
+    let first = *after.first().expect("counts after the restore");
+    assert!(first > 2, "{out}");
+    assert_eq!(after, (first..=100).collect::<Vec<_>>(), "{out}");
+}

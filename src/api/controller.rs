@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::limits;
 use super::metrics::Metrics;
 use super::models::*;
-use super::pending::PendingVm;
+use super::pending::{self, PendingVm};
 use super::router::{Action, Fault};
 use crate::rate_limit::RateLimitTarget;
 use crate::{ExitReason, RestoreOptions, RunningVm, Vm};
@@ -166,6 +166,9 @@ impl Controller {
                 | Action::PutMetrics(_)
                 | Action::FlushMetrics
                 | Action::LoadSnapshot(_)
+                | Action::GetCheckpoints
+                | Action::PutCheckpoints(_)
+                | Action::DeleteCheckpoints
         );
         let reply = match action {
             Action::GetInstanceInfo => json(&InstanceInfo {
@@ -255,6 +258,9 @@ impl Controller {
                 Ok(Reply::NoContent)
             }
             Action::LoadSnapshot(p) => self.load_snapshot(&p),
+            Action::GetCheckpoints => self.get_checkpoints(),
+            Action::PutCheckpoints(c) => self.set_checkpoints(Some(c)),
+            Action::DeleteCheckpoints => self.set_checkpoints(None),
         };
         if configured && reply.is_ok() {
             self.configured = true;
@@ -390,6 +396,39 @@ impl Controller {
         Ok(Reply::NoContent)
     }
 
+    /// `PUT` and `DELETE /checkpoints`: before boot, kept for InstanceStart or a snapshot
+    /// load; after, started (or stopped) on the running VM at once.
+    fn set_checkpoints(&mut self, c: Option<Checkpoints>) -> Result<Reply, Fault> {
+        let config = c.as_ref().map(pending::checkpoint_config).transpose()?;
+        if let Some(vm) = &mut self.vm {
+            vm.set_checkpoints(config)
+                .map_err(|e| Fault(format!("Cannot set up checkpoints: {e}")))?;
+        } else if self.ended.is_some() {
+            return Err(Fault(NOT_AFTER_BOOT.into()));
+        }
+        self.pending.checkpoints = c;
+        Ok(Reply::NoContent)
+    }
+
+    /// `GET /checkpoints`: the settings and, once the VM runs, what was taken.
+    fn get_checkpoints(&self) -> Result<Reply, Fault> {
+        let mut answer = serde_json::to_value(&self.pending.checkpoints)
+            .map_err(|e| Fault(format!("Cannot encode the answer: {e}")))?;
+        if answer.is_null() {
+            answer = serde_json::json!({});
+        }
+        let stats = self.vm.as_ref().and_then(RunningVm::checkpoint_stats);
+        if let (Some(s), Some(map)) = (stats, answer.as_object_mut()) {
+            let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            map.insert("taken".into(), s.taken.into());
+            map.insert("failed".into(), s.failed.into());
+            map.insert("total_pause_us".into(), us(s.total_pause).into());
+            map.insert("max_pause_us".into(), us(s.max_pause).into());
+            map.insert("last_pause_us".into(), us(s.last_pause).into());
+        }
+        Ok(Reply::Json(answer.to_string()))
+    }
+
     /// Boots the described VM.
     fn start(&mut self) -> Result<Reply, Fault> {
         let pending = self.pre_boot()?;
@@ -432,6 +471,12 @@ impl Controller {
                 .iter()
                 .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
                 .collect(),
+            checkpoint: self
+                .pending
+                .checkpoints
+                .as_ref()
+                .map(pending::checkpoint_config)
+                .transpose()?,
             ..Default::default()
         };
         let vm = with_snapshot_dir(Path::new(&p.snapshot_path), Path::new(mem), |dir| {
@@ -499,6 +544,14 @@ fn metric_names(action: &Action) -> (Option<&'static str>, (&'static str, &'stat
         LoadSnapshot(_) => (
             "put_api_requests",
             ("snapshot_load_count", "snapshot_load_fails"),
+        ),
+        GetCheckpoints => (
+            "get_api_requests",
+            ("checkpoints_count", "checkpoints_fails"),
+        ),
+        PutCheckpoints(_) | DeleteCheckpoints => (
+            "put_api_requests",
+            ("checkpoints_count", "checkpoints_fails"),
         ),
     };
     (Some(g), n)

@@ -469,6 +469,25 @@ pub struct InstanceInfo {
     pub vmm_version: String,
 }
 
+/// `PUT /checkpoints` and `"checkpoints"` in the config file (hearth extensions; see
+/// `--checkpoint-every`): a checkpoint of the running VM every `interval_ms` into its
+/// own directory under `dir`, the newest `keep` kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoints {
+    /// Milliseconds between checkpoints (at least 10).
+    pub interval_ms: u64,
+    /// Where the checkpoint directories go (created, last level only).
+    pub dir: String,
+    /// Complete checkpoints kept (at least 1).
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+}
+
+fn default_keep() -> u32 {
+    crate::vm::checkpoint::DEFAULT_KEEP
+}
+
 /// `GET /vm/config`, and the `--config-file` schema.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -512,4 +531,7 @@ pub struct FullVmConfig {
     /// Entropy device.
     #[serde(default)]
     pub entropy: Option<Entropy>,
+    /// Periodic checkpoints (a hearth extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<Checkpoints>,
 }

@@ -28,6 +28,40 @@ pub struct PendingVm {
     pub logger: Option<Logger>,
     /// Metrics, as PUT.
     pub metrics: Option<Metrics>,
+    /// Periodic checkpoints (hearth extension), as PUT.
+    pub checkpoints: Option<Checkpoints>,
+}
+
+/// The checkpoint settings `c` asks for, checked.
+pub fn checkpoint_config(c: &Checkpoints) -> Result<crate::config::CheckpointConfig, Fault> {
+    if c.interval_ms < 10 {
+        return Err(Fault(format!(
+            "Invalid checkpoints: interval_ms {} is too short; give at least 10.",
+            c.interval_ms
+        )));
+    }
+    if c.keep == 0 {
+        return Err(Fault(
+            "Invalid checkpoints: keep must be at least 1.".into(),
+        ));
+    }
+    if c.dir.is_empty() {
+        return Err(Fault("Invalid checkpoints: dir cannot be empty.".into()));
+    }
+    Ok(crate::config::CheckpointConfig {
+        every: std::time::Duration::from_millis(c.interval_ms),
+        dir: PathBuf::from(&c.dir),
+        keep: c.keep,
+    })
+}
+
+/// Firecracker-style settings of hearth's checkpoint config.
+pub fn checkpoints_of(c: &crate::config::CheckpointConfig) -> Checkpoints {
+    Checkpoints {
+        interval_ms: u64::try_from(c.every.as_millis()).unwrap_or(u64::MAX),
+        dir: c.dir.display().to_string(),
+        keep: c.keep,
+    }
 }
 
 fn unsupported(what: &str) -> Fault {
@@ -183,6 +217,13 @@ impl PendingVm {
         Ok(())
     }
 
+    /// `PUT /checkpoints` before boot: taken from InstanceStart or snapshot load on.
+    pub fn put_checkpoints(&mut self, c: Checkpoints) -> Result<(), Fault> {
+        checkpoint_config(&c)?;
+        self.checkpoints = Some(c);
+        Ok(())
+    }
+
     /// The whole description, applied in Firecracker's config-file order.
     pub fn apply(&mut self, full: FullVmConfig) -> Result<(), Fault> {
         let absent =
@@ -217,6 +258,9 @@ impl PendingVm {
         }
         if let Some(e) = full.entropy {
             self.put_entropy(e)?;
+        }
+        if let Some(c) = full.checkpoints {
+            self.put_checkpoints(c)?;
         }
         self.logger = full.logger;
         self.metrics = full.metrics;
@@ -280,6 +324,7 @@ impl PendingVm {
             }),
             logger: None,
             metrics: None,
+            checkpoints: c.checkpoint.as_ref().map(checkpoints_of),
         }
     }
 
@@ -306,6 +351,7 @@ impl PendingVm {
             network_interfaces: self.nets.clone(),
             vsock: self.vsock.clone(),
             entropy: self.entropy.clone(),
+            checkpoints: self.checkpoints.clone(),
             ..Default::default()
         }
     }
@@ -376,6 +422,11 @@ impl PendingVm {
         if let Some(e) = &self.entropy {
             config.rng_rate_limiter = limits::to_config(&e.rate_limiter, "rate_limiter")?;
         }
+        config.checkpoint = self
+            .checkpoints
+            .as_ref()
+            .map(checkpoint_config)
+            .transpose()?;
         config.validate().map_err(|e| Fault(e.to_string()))?;
         Ok(config)
     }

@@ -423,6 +423,21 @@ impl RunningVm {
         Some(cp.due())
     }
 
+    /// Starts periodic checkpoints as `config` says, replacing any running ones (their
+    /// numbering carries on in the directory), or stops them with `None`. The first
+    /// checkpoint is due one interval from now.
+    pub fn set_checkpoints(
+        &mut self,
+        config: Option<super::CheckpointConfig>,
+    ) -> Result<(), VmError> {
+        self.checkpoints = match &config {
+            Some(c) => Some(super::checkpoint::Checkpointer::new(c.clone())?),
+            None => None,
+        };
+        lock(&self.shared.control).core.config.checkpoint = config;
+        Ok(())
+    }
+
     /// The periodic checkpoints taken so far (`None` without `--checkpoint-every`).
     pub fn checkpoint_stats(&self) -> Option<super::CheckpointStats> {
         self.checkpoints.as_ref().map(|c| c.stats.clone())
