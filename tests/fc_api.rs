@@ -1244,3 +1244,79 @@ fn checkpoints_set_through_the_api_appear_and_restore() {
     assert!(first > 2, "{out}");
     assert_eq!(after, (first..=100).collect::<Vec<_>>(), "{out}");
 }
+
+#[test]
+fn a_network_limit_raised_by_patch_lets_the_guest_speed_up() {
+    use common::net::{can_run_net_tests, Netns};
+    if !can_run_net_tests("a_network_limit_raised_by_patch_lets_the_guest_speed_up") {
+        return;
+    }
+    let ns = Netns::new();
+    let dir = scratch();
+    let d = dir.as_path();
+    let sock = d.join("vm.sock");
+    let args = vec!["--api-sock".to_string(), sock.display().to_string()];
+    let mut fc = Fc::spawn_in(
+        Some(&ns.name),
+        &args,
+        sock,
+        d.join("vm.serial"),
+        d.join("vm.stderr"),
+    );
+    fc.wait_socket();
+    fc.ok(
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    // 200 frames of 1000 bytes at 1000 bytes/s would take over three minutes.
+    fc.ok(
+        "PUT",
+        "/boot-source",
+        boot_source("net.flood=0:200:1000 exit=0"),
+    );
+    fc.ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        json!({"iface_id": "eth0", "host_dev_name": common::net::TAP,
+               "tx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 1000}}}),
+    );
+    fc.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    wait_for_text(&fc.serial, "boot-marker", T);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !std::fs::read_to_string(&fc.serial)
+            .unwrap()
+            .contains("flood frames"),
+        "200 kB at 1 kB/s cannot be sent in a second\n{}",
+        fc.output()
+    );
+    fc.refused(
+        "PATCH",
+        "/network-interfaces/eth1",
+        Some(r#"{"iface_id": "eth1"}"#),
+        "Invalid network interface ID",
+    );
+    // Raise transmit; give receive, unlimited so far, an ops bucket.
+    fc.ok(
+        "PATCH",
+        "/network-interfaces/eth0",
+        json!({"iface_id": "eth0",
+               "tx_rate_limiter": {"bandwidth": {"size": 10485760, "refill_time": 1000}},
+               "rx_rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}}),
+    );
+    let c: Value = serde_json::from_str(&fc.call("GET", "/vm/config", None).body).unwrap();
+    let eth0 = &c["network-interfaces"][0];
+    assert_eq!(
+        eth0["tx_rate_limiter"]["bandwidth"]["size"], 10485760,
+        "{c}"
+    );
+    assert_eq!(eth0["rx_rate_limiter"]["ops"]["size"], 100, "{c}");
+    // fc.wait() gives up after 60 s, far less than the old limit needed.
+    assert_eq!(fc.wait().code(), Some(0), "{}", fc.output());
+    let serial = std::fs::read_to_string(&fc.serial).unwrap();
+    assert!(
+        serial.contains("net 0 flood frames=200 bytes=200000"),
+        "nothing dropped: {serial}"
+    );
+}
