@@ -151,6 +151,22 @@ struct Vmm {
     rss_mib: Vec<f64>,
 }
 
+/// Builds benches/floor/bind.c (static) into target/bench-guest.
+fn build_floor() -> PathBuf {
+    let out = common::root().join("target/bench-guest/bind-floor");
+    let _ = std::fs::create_dir_all(common::root().join("target/bench-guest"));
+    let ok = Command::new("gcc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&out)
+        .arg(common::root().join("benches/floor/bind.c"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        fail("cannot build benches/floor/bind.c (needs gcc and a static libc)");
+    }
+    out
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -173,6 +189,8 @@ fn main() {
     let fc = std::env::var_os("FIRECRACKER_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| common::root().join("../shared/peers/firecracker-v1.16.1"));
+    let floor = build_floor();
+    let mut floor_ready = Vec::new();
     let mut vmms = vec![(hearth, "hearth")];
     if fc.exists() {
         vmms.push((fc, "firecracker"));
@@ -213,6 +231,10 @@ fn main() {
         let n = vmms.len();
         for i in 0..n {
             let v = &mut vmms[(i + usize::try_from(round).unwrap_or(0)) % n];
+            if i == 0 {
+                let (p, spawned) = Proc::spawn(&floor, &dir.join("floor.sock"));
+                floor_ready.push(ms(p.wait_socket() - spawned));
+            }
             let sock = dir.join(format!("{}.sock", v.name));
             let (mut p, spawned) = Proc::spawn(&v.bin, &sock);
             let ready = p.wait_socket();
@@ -287,8 +309,17 @@ fn main() {
             median(&v.rss_mib)
         );
     }
+    println!(
+        "{:<14}{}   (a static C program that only binds its socket)",
+        "floor",
+        cell(&floor_ready)
+    );
     let verdict = |ok: bool| if ok { "MET" } else { "MISSED" };
     if let [h, f] = &vmms[..] {
+        println!(
+            "socket ready floor/firecracker = {:.2}x",
+            median(&floor_ready) / median(&f.ready)
+        );
         for (what, a, b) in [
             ("socket ready", &h.ready, &f.ready),
             ("API boot", &h.boot, &f.boot),
