@@ -32,12 +32,13 @@ pub(crate) enum Command {
     /// binary does when called `jailer`): hearth jail --id ID --exec-file hearth --uid U
     /// --gid G ... -- run --kernel vmlinux ...
     Jail(jail_cli::JailArgs),
-    /// Compile a seccomp filter in Firecracker's JSON format for --seccomp-filter.
+    /// Compile a seccomp filter in Firecracker's JSON format into its compiled format, for
+    /// --seccomp-filter here or in Firecracker (keys vmm, api and vcpu for Firecracker).
     SeccompCompile {
         /// The JSON filter.
         #[arg(value_name = "JSON")]
         input: PathBuf,
-        /// Where to write the compiled filter.
+        /// Where to write the compiled filter (Firecracker v1.15+'s bitcode format).
         #[arg(value_name = "OUT")]
         output: PathBuf,
     },
