@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use hearth::boot::BootProtocol;
 use hearth::config::{parse_size, ConfigError, DiskConfig, ExecutionChoice, NetConfig, VmConfig};
 
-use crate::{jail_cli, seccomp_cli};
+use crate::{jail_cli, landlock_cli, seccomp_cli};
 
 /// hearth: a minimal KVM virtual machine monitor.
 #[derive(Parser)]
@@ -121,6 +121,8 @@ pub(crate) struct RestoreArgs {
     pub(crate) serial_out: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) seccomp: seccomp_cli::SeccompArgs,
+    #[command(flatten)]
+    pub(crate) landlock: landlock_cli::LandlockArgs,
     /// Use tap NEW for the network device that used tap OLD; repeat for more.
     #[arg(long, value_name = "OLD=NEW")]
     pub(crate) net_tap: Vec<String>,
@@ -200,6 +202,8 @@ pub(crate) struct RunArgs {
     pub(crate) vsock: Option<String>,
     #[command(flatten)]
     pub(crate) seccomp: seccomp_cli::SeccompArgs,
+    #[command(flatten)]
+    pub(crate) landlock: landlock_cli::LandlockArgs,
     #[command(flatten)]
     pub(crate) checkpoint: CheckpointArgs,
     /// Log what hearth does (KVM mode, timings, exits) to stderr.
