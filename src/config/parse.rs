@@ -116,6 +116,7 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
         path: PathBuf::new(),
         read_only: false,
         id: None,
+        drive_id: None,
         rate_limiter: None,
     };
     let mut limits = crate::rate_limit::SpecLimits::default();
