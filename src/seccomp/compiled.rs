@@ -53,7 +53,7 @@ pub enum FormatError {
     #[error("it claims {0} filters, more than its size allows")]
     Count(u64),
     /// A key longer than any thread kind.
-    #[error("a thread kind name of {0} bytes (at most {MAX_KEY})")]
+    #[error("a thread kind name of {0} bytes (1 to {MAX_KEY})")]
     KeyLength(u64),
     /// A key that is not UTF-8.
     #[error("a thread kind name that is not UTF-8")]
@@ -155,7 +155,7 @@ fn decode_bincode(bytes: &[u8]) -> Result<BTreeMap<String, Vec<sock_filter>>, Fo
     let mut map = BTreeMap::new();
     for _ in 0..count {
         let len = r.u64("a thread kind name's length")?;
-        if len > MAX_KEY as u64 {
+        if len == 0 || len > MAX_KEY as u64 {
             return Err(FormatError::KeyLength(len));
         }
         let key = std::str::from_utf8(r.take(len, "a thread kind name")?)
@@ -346,6 +346,8 @@ mod tests {
                 .concat(),
                 "ends inside a program",
             ),
+            // An empty key.
+            (bincode(&[(b"", &[])]), "name of 0 bytes"),
             // A key that is not UTF-8.
             (bincode(&[(b"v\xffm", &[])]), "not UTF-8"),
             // The same kind twice.
