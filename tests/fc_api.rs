@@ -758,18 +758,7 @@ fn drive_patch_after_boot_swaps_the_backing_file() {
         json!({"drive_id": "rootfs", "path_on_host": b}),
     );
     assert_eq!(fc.wait().code(), Some(0), "{}", fc.output());
-    let serial = std::fs::read_to_string(&fc.serial).unwrap();
-    assert!(
-        serial.contains("blk 0: capacity=1024 ro=1"),
-        "the guest sees the new disk's size\n{serial}"
-    );
-    assert!(
-        serial.contains(&format!(
-            "blk 0 read 0 8 fnv={:016x}",
-            fnv1a(&b_data[..8 * 512])
-        )),
-        "and its data\n{serial}"
-    );
+    assert_sees_new_disk(&fc.serial, true, &b_data);
 }
 
 #[test]
@@ -1059,18 +1048,7 @@ fn a_loaded_vm_keeps_its_drive_ids_and_takes_patches() {
     );
     two.ok("PATCH", "/vm", json!({"state": "Resumed"}));
     assert_eq!(two.wait().code(), Some(6), "{}", two.output());
-    let serial = std::fs::read_to_string(&two.serial).unwrap();
-    assert!(
-        serial.contains("blk 0: capacity=1024 ro=0"),
-        "the restored guest sees the new disk\n{serial}"
-    );
-    assert!(
-        serial.contains(&format!(
-            "blk 0 read 0 8 fnv={:016x}",
-            fnv1a(&b_data[..8 * 512])
-        )),
-        "and its data\n{serial}"
-    );
+    assert_sees_new_disk(&two.serial, false, &b_data);
 }
 
 #[test]
@@ -1322,5 +1300,22 @@ fn a_network_limit_raised_by_patch_lets_the_guest_speed_up() {
     assert!(
         serial.contains("net 0 flood frames=200 bytes=200000"),
         "nothing dropped: {serial}"
+    );
+}
+
+/// The guest's serial output shows disk 0 as the 1024-sector disk `data`, read-only or not,
+/// and the checksum of its first 8 sectors.
+fn assert_sees_new_disk(serial: &Path, read_only: bool, data: &[u8]) {
+    let serial = std::fs::read_to_string(serial).unwrap();
+    assert!(
+        serial.contains(&format!("blk 0: capacity=1024 ro={}", u8::from(read_only))),
+        "the guest sees the new disk's size\n{serial}"
+    );
+    assert!(
+        serial.contains(&format!(
+            "blk 0 read 0 8 fnv={:016x}",
+            fnv1a(&data[..8 * 512])
+        )),
+        "and its data\n{serial}"
     );
 }
