@@ -104,6 +104,16 @@ impl Fc {
     }
 
     /// A request that must succeed with 204.
+    /// 1 vCPU, 64 MiB, the test guest with `args`.
+    fn configure_guest(&self, args: &str) {
+        self.ok(
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": 64}),
+        );
+        self.ok("PUT", "/boot-source", boot_source(args));
+    }
+
     fn ok(&self, method: &str, path: &str, body: Value) {
         let a = self.call(method, path, Some(body));
         assert_eq!(a.status, 204, "{method} {path}: {a:?}\n{}", self.output());
@@ -667,16 +677,7 @@ fn flushed_metrics_count_the_guests_disk_requests() {
         Some(&json!({"metrics_path": metrics}).to_string()),
         "Reinitialization",
     );
-    fc.ok(
-        "PUT",
-        "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": 64}),
-    );
-    fc.ok(
-        "PUT",
-        "/boot-source",
-        boot_source("blk.read=0:0:8 blk.read=0:100:2 blk.write=0:20:2:7 blk.flush=0 count=200 delay=20000 exit=0"),
-    );
+    fc.configure_guest("blk.read=0:0:8 blk.read=0:100:2 blk.write=0:20:2:7 blk.flush=0 count=200 delay=20000 exit=0");
     fc.ok(
         "PUT",
         "/drives/data",
@@ -717,16 +718,7 @@ fn drive_patch_after_boot_swaps_the_backing_file() {
     std::fs::write(&b, &b_data).unwrap();
     let mut fc = Fc::spawn(d, "vm", &[]);
     fc.wait_socket();
-    fc.ok(
-        "PUT",
-        "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": 64}),
-    );
-    fc.ok(
-        "PUT",
-        "/boot-source",
-        boot_source("count=10 delay=20000 blk.info blk.read=0:0:8 exit=0"),
-    );
+    fc.configure_guest("count=10 delay=20000 blk.info blk.read=0:0:8 exit=0");
     fc.ok(
         "PUT",
         "/drives/rootfs",
@@ -786,16 +778,7 @@ fn network_overrides_move_a_loaded_vm_to_another_tap() {
         fc
     };
     let one = spawn("one");
-    one.ok(
-        "PUT",
-        "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": 64}),
-    );
-    one.ok(
-        "PUT",
-        "/boot-source",
-        boot_source("count=25 delay=20000 net.tx=0:after-restore exit=4"),
-    );
+    one.configure_guest("count=25 delay=20000 net.tx=0:after-restore exit=4");
     one.ok(
         "PUT",
         "/network-interfaces/eth0",
@@ -1068,16 +1051,7 @@ fn flushed_metrics_count_serial_vcpu_exits_and_vsock() {
     });
     let fc = Fc::spawn(d, "vm", &["--metrics-path", metrics.to_str().unwrap()]);
     fc.wait_socket();
-    fc.ok(
-        "PUT",
-        "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": 64}),
-    );
-    fc.ok(
-        "PUT",
-        "/boot-source",
-        boot_source("vsock.send=6000:hello-marker count=3 sleep=60000 exit=0"),
-    );
+    fc.configure_guest("vsock.send=6000:hello-marker count=3 sleep=60000 exit=0");
     fc.ok("PUT", "/vsock", json!({"guest_cid": 3, "uds_path": uds}));
     fc.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
     wait_for_text(&fc.serial, "count: 3\n", T);
@@ -1246,17 +1220,8 @@ fn a_network_limit_raised_by_patch_lets_the_guest_speed_up() {
         d.join("vm.stderr"),
     );
     fc.wait_socket();
-    fc.ok(
-        "PUT",
-        "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": 64}),
-    );
     // 200 frames of 1000 bytes at 1000 bytes/s would take over three minutes.
-    fc.ok(
-        "PUT",
-        "/boot-source",
-        boot_source("net.flood=0:200:1000 exit=0"),
-    );
+    fc.configure_guest("net.flood=0:200:1000 exit=0");
     fc.ok(
         "PUT",
         "/network-interfaces/eth0",
