@@ -64,9 +64,14 @@ impl Proc {
     fn spawn(bin: &Path, sock: &Path) -> (Proc, Instant) {
         let _ = std::fs::remove_file(sock);
         let start = Instant::now();
+        // The log goes to a file: on stdout it could land in the middle of a guest line.
+        let log = sock.with_extension("log");
+        let _ = std::fs::File::create(&log);
         let mut child = Command::new(bin)
             .arg("--api-sock")
             .arg(sock)
+            .arg("--log-path")
+            .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -113,12 +118,17 @@ impl Proc {
 
     fn wait_line(&self, prefix: &str) -> Instant {
         let deadline = Instant::now() + TIMEOUT;
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok((at, line)) if line.starts_with(prefix) => return at,
-                Ok(_) => {}
-                Err(_) => fail(format!("no {prefix:?} line within {TIMEOUT:?}")),
+                Ok((_, line)) => seen.push(line),
+                Err(_) => fail(format!(
+                    "{}: no {prefix:?} line within {TIMEOUT:?}; its last lines:\n{}",
+                    self.sock.display(),
+                    seen[seen.len().saturating_sub(8)..].join("\n")
+                )),
             }
         }
     }

@@ -483,7 +483,7 @@ fn diff_chain_restores_each_link_and_merges() {
     let r = hearth_with_timeout(["snapshot", "inspect", links[3].0.to_str().unwrap()], T);
     assert_eq!(r.code(), 0, "{r:#?}");
     for want in [
-        concat!("format version: ", 3),
+        concat!("format version: ", 4),
         concat!("written by: hearth ", env!("CARGO_PKG_VERSION")),
         "memory: 64 MiB",
         "memory chain (4 layer(s)",

@@ -374,3 +374,47 @@ fn bad_snapshots_are_refused() {
     std::fs::remove_file(&disk).unwrap();
     assert_refused(&snap, "disk.img");
 }
+
+/// A snapshot in the previous format (3), written by the hearth of commit 00786ff: the
+/// counting test guest (32 MiB, a disk then at /hearth-fixture/disk.img, an entropy
+/// device) paused after `count: 3`. This hearth restores it and the guest carries on.
+#[test]
+fn a_snapshot_in_the_previous_format_restores() {
+    let dir = scratch();
+    let d = dir.as_path();
+    let fixture = root().join("tests/data/snapshot-v3");
+    let snap = d.join("snap");
+    copy_dir(&fixture.join("snap"), &snap);
+    let disk = d.join("disk.img");
+    std::fs::copy(fixture.join("disk.img"), &disk).unwrap();
+    let state = std::fs::read(snap.join("state")).unwrap();
+    assert_eq!(state[8..12], 3u32.to_le_bytes(), "the fixture is format 3");
+
+    let serial = d.join("serial.txt");
+    let run = hearth_with_timeout(
+        [
+            "restore",
+            "--dir",
+            snap.to_str().unwrap(),
+            "--resume",
+            "--disk-path",
+            &format!("/hearth-fixture/disk.img={}", disk.display()),
+            "--serial-out",
+            serial.to_str().unwrap(),
+        ],
+        T,
+    );
+    let out = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert_eq!(
+        run.code(),
+        5,
+        "the guest exits as it would have: {run:#?}\n{out}"
+    );
+    assert_eq!(counts(&out), (4..=8).collect::<Vec<_>>(), "{out}");
+    assert!(
+        out.contains("blk 0 read 0 1 fnv=88f2c5d20d5ae0c3\n"),
+        "the disk reads as before: {out}"
+    );
+    assert!(out.contains("rng read 16 bytes"), "{out}");
+    assert!(!out.contains("hearth-test-guest"), "no reboot: {out}");
+}
