@@ -23,8 +23,8 @@ pub struct FirecrackerArgs {
     /// MicroVM unique identifier.
     #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
     id: String,
-    /// Seccomp filters instead of the built-in ones: Firecracker's JSON format or
-    /// `hearth seccomp-compile` output.
+    /// Seccomp filters instead of the built-in ones: Firecracker's compiled format (its
+    /// seccompiler-bin's output, or `hearth seccomp-compile`'s) or its JSON format.
     #[arg(long, value_name = "FILE")]
     seccomp_filter: Option<PathBuf>,
     /// Run without seccomp filters.
