@@ -224,14 +224,19 @@ fn ctl(args: CtlArgs) -> Result<i32, CliError> {
             // only, as `check_dir` allows).
             hearth::snapshot::create_dir(&dir)?;
             let dir = std::path::absolute(&dir).unwrap_or(dir);
+            // With --resume hearth pauses the VM for the copy only (its `resume_vm`): it
+            // runs on while the files are synced.
             let body = serde_json::json!({
                 "snapshot_type": if diff { "Diff" } else { "Full" },
                 "snapshot_path": dir.join(hearth::snapshot::STATE_FILE),
                 "mem_file_path": dir.join(hearth::snapshot::MEMORY_FILE),
+                "resume_vm": resume,
             });
-            call("PATCH", "/vm", Some(&vm_state("Paused")))?;
+            if !resume {
+                call("PATCH", "/vm", Some(&vm_state("Paused")))?;
+            }
             let made = call("PUT", "/snapshot/create", Some(&body.to_string()));
-            if resume || made.is_err() {
+            if made.is_err() {
                 call("PATCH", "/vm", Some(&vm_state("Resumed")))?;
             }
             made?

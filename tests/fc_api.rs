@@ -357,6 +357,15 @@ fn snapshot_through_the_api_loads_in_a_new_process() {
     assert_eq!(info["state"], "Paused");
     vm.ok("PUT", "/snapshot/create", body);
     let before = std::fs::read_to_string(&vm.serial).unwrap();
+    // hearth's `resume_vm`: a second snapshot, and the VM runs on once it is copied.
+    vm.ok(
+        "PUT",
+        "/snapshot/create",
+        json!({"snapshot_path": d.join("again.snap"), "mem_file_path": d.join("again.mem"),
+               "resume_vm": true}),
+    );
+    let info: Value = serde_json::from_str(&vm.call("GET", "/", None).body).unwrap();
+    assert_eq!(info["state"], "Running", "{info}");
     drop(vm);
     let last = *counts(&before).last().unwrap();
 

@@ -240,19 +240,24 @@ impl Controller {
             Action::CreateSnapshot(p) => {
                 let started = Instant::now();
                 let vm = self.post_boot()?;
-                if !vm.is_paused() {
+                // With hearth's `resume_vm` the VM may run: it is paused for the copy only.
+                if !vm.is_paused() && !p.resume_vm {
                     return Err(Fault(
                         "Cannot create a snapshot of a running microVM: pause it first \
-                         (PATCH /vm {\"state\": \"Paused\"})."
+                         (PATCH /vm {\"state\": \"Paused\"}), or ask hearth to pause it \
+                         for the copy only with \"resume_vm\": true."
                             .into(),
                     ));
                 }
-                let diff = matches!(p.snapshot_type, super::models::SnapshotType::Diff);
+                let options = crate::SnapshotOptions {
+                    diff: matches!(p.snapshot_type, super::models::SnapshotType::Diff),
+                    resume: p.resume_vm,
+                };
                 create_snapshot(
                     vm,
                     Path::new(&p.snapshot_path),
                     Path::new(&p.mem_file_path),
-                    diff,
+                    &options,
                 )?;
                 self.latency("full_create_snapshot", started);
                 Ok(Reply::NoContent)
@@ -576,11 +581,12 @@ fn scratch_dir(near: &Path) -> PathBuf {
 /// snapshot directory next to the state file and moves the two files into place. Paths
 /// `DIR/state` and `DIR/memory` (what `hearth ctl snapshot --dir DIR` sends) name hearth's
 /// own snapshot directory DIR instead, written in place crash-safely, diffs included.
-fn create_snapshot(vm: &mut RunningVm, state: &Path, mem: &Path, diff: bool) -> Result<(), Fault> {
-    let options = crate::SnapshotOptions {
-        diff,
-        resume: false,
-    };
+fn create_snapshot(
+    vm: &mut RunningVm,
+    state: &Path,
+    mem: &Path,
+    options: &crate::SnapshotOptions,
+) -> Result<(), Fault> {
     let native = state.file_name() == Some(std::ffi::OsStr::new(crate::snapshot::STATE_FILE))
         && state.parent().is_some()
         && state
@@ -590,11 +596,11 @@ fn create_snapshot(vm: &mut RunningVm, state: &Path, mem: &Path, diff: bool) -> 
             == Some(mem);
     if let (true, Some(dir)) = (native, state.parent()) {
         return vm
-            .snapshot_with(dir, &options)
+            .snapshot_with(dir, options)
             .map(|_| ())
             .map_err(|e| Fault(format!("Cannot create the snapshot: {e}")));
     }
-    if diff {
+    if options.diff {
         return Err(Fault(
             "Diff snapshots are a chain of memory layers: give snapshot_path DIR/state and \
              mem_file_path DIR/memory to write hearth's snapshot directory DIR."
@@ -603,7 +609,7 @@ fn create_snapshot(vm: &mut RunningVm, state: &Path, mem: &Path, diff: bool) -> 
     }
     let dir = scratch_dir(state);
     let result = vm
-        .snapshot_with(&dir, &options)
+        .snapshot_with(&dir, options)
         .map_err(|e| Fault(format!("Cannot create the snapshot: {e}")))
         .and_then(|_| {
             crate::snapshot::export_pair(&dir, state, mem).map_err(|e| {

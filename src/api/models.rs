@@ -385,6 +385,12 @@ pub struct SnapshotCreate {
     /// Full or Diff.
     #[serde(default)]
     pub snapshot_type: SnapshotType,
+    /// hearth extension: the VM may be running; hearth pauses it for the copy of its
+    /// state and memory only and lets it run on while the files are synced (Firecracker's
+    /// client pauses first and sends `PATCH /vm` Resumed after the answer, so its VM also
+    /// stands still through the sync).
+    #[serde(default)]
+    pub resume_vm: bool,
 }
 
 /// Memory backends for a snapshot load.

@@ -23,6 +23,7 @@ fn post_boot_requests_are_refused_before_boot() {
             mem_file_path: "m".into(),
             snapshot_path: "s".into(),
             snapshot_type: SnapshotType::Full,
+            resume_vm: false,
         }),
     ] {
         let fault = c.handle(action).unwrap_err().0;

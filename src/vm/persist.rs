@@ -188,8 +188,9 @@ impl Control {
             return Err(VmError::SnapshotWithShares);
         }
         let was_paused = self.paused;
-        self.pause()?;
+        // The pause counts from here: stopping the vCPUs is part of it.
         let started = Instant::now();
+        self.pause()?;
         let pending = self.capture(dir, options.diff);
         if pending.is_err() {
             // The vCPU states went into the failed snapshot: a pause takes them again.
