@@ -210,13 +210,6 @@ fn ptrace(request: libc::c_uint, pid: libc::pid_t, data: usize) -> Result<(), st
     }
 }
 
-/// VmHWM of a live process, in KiB.
-fn vm_hwm_kib(pid: libc::pid_t) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Waits for the child with `wait4` (which gives ru_maxrss). When `traced`, it first
 /// attaches with PTRACE_SEIZE and reads the child's VmHWM when it stops at its exit.
 fn wait_child(pid: libc::pid_t, traced: bool) -> Result<Waited, std::io::Error> {
@@ -245,7 +238,7 @@ fn wait_child(pid: libc::pid_t, traced: bool) -> Result<Waited, std::io::Error> 
         // Only a traced child stops: at its exit, or for a signal to pass on.
         let mut deliver = 0;
         match status >> 16 {
-            libc::PTRACE_EVENT_EXIT => hwm_kib = vm_hwm_kib(pid),
+            libc::PTRACE_EVENT_EXIT => hwm_kib = common::vm_hwm_kib(pid),
             0 => deliver = usize::try_from(libc::WSTOPSIG(status)).unwrap_or(0),
             _ => {}
         }
@@ -682,9 +675,7 @@ fn main() {
     );
     println!(
         "peak this process had when it spawned the child (it ends at {}).",
-        libc::pid_t::try_from(std::process::id())
-            .ok()
-            .and_then(vm_hwm_kib)
+        common::vm_hwm_kib(std::process::id())
             .map(|k| format!("{:.2} MiB", k / 1024.0))
             .unwrap_or_else(|| "unknown".into())
     );

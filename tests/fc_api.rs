@@ -837,3 +837,490 @@ fn network_overrides_move_a_loaded_vm_to_another_tap() {
     assert_eq!(got, frame([0xff; 6], parse_mac(MAC), b"after-restore"));
     assert_eq!(two.wait().code(), Some(4), "{}", two.output());
 }
+
+#[test]
+fn rate_limiters_are_set_shown_and_raised_on_a_running_vm() {
+    let dir = scratch();
+    let d = dir.as_path();
+    let disk = d.join("disk.img");
+    std::fs::write(&disk, vec![7u8; 1 << 20]).unwrap();
+    let fc = Fc::spawn(d, "vm", &[]);
+    fc.wait_socket();
+    fc.ok(
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    fc.ok("PUT", "/boot-source", boot_source("blk.bench=0:4 exit=0"));
+    // Bad limiters: wrong types, unknown fields, a refill time hearth cannot count.
+    for (body, needle) in [
+        (
+            json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false,
+                   "rate_limiter": {"bandwidth": {"size": -1, "refill_time": 1000}}}),
+            "invalid value",
+        ),
+        (
+            json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false,
+                   "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1000, "rate": 3}}}),
+            "unknown field `rate`",
+        ),
+        (
+            json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false,
+                   "rate_limiter": {"ops": {"size": 1, "refill_time": u64::MAX}}}),
+            "refill_time",
+        ),
+    ] {
+        fc.refused("PUT", "/drives/data", Some(&body.to_string()), needle);
+    }
+    fc.refused(
+        "PUT",
+        "/entropy",
+        Some(r#"{"rate_limiter": {"bandwidth": {"size": "1", "refill_time": 1}}}"#),
+        "invalid type",
+    );
+    // 4 MiB at 16 KiB/s would take over four minutes.
+    fc.ok(
+        "PUT",
+        "/drives/data",
+        json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false,
+               "rate_limiter": {"bandwidth": {"size": 16384, "refill_time": 1000},
+                                "ops": {"size": 1000, "one_time_burst": 50, "refill_time": 1000}}}),
+    );
+    fc.ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        json!({"iface_id": "eth0", "host_dev_name": "tap-unused",
+               "rx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}},
+               "tx_rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}}}),
+    );
+    fc.ok(
+        "PUT",
+        "/entropy",
+        json!({"rate_limiter": {"bandwidth": {"size": 4096, "refill_time": 1000}}}),
+    );
+    let config = |fc: &Fc| -> Value {
+        serde_json::from_str(&fc.call("GET", "/vm/config", None).body).unwrap()
+    };
+    let c = config(&fc);
+    let limiter = &c["drives"][0]["rate_limiter"];
+    assert_eq!(limiter["bandwidth"]["size"], 16384, "{c}");
+    assert_eq!(limiter["bandwidth"]["refill_time"], 1000, "{c}");
+    assert_eq!(limiter["ops"]["one_time_burst"], 50, "{c}");
+    let eth0 = &c["network-interfaces"][0];
+    assert_eq!(eth0["rx_rate_limiter"]["ops"]["size"], 10, "{c}");
+    assert!(
+        eth0["tx_rate_limiter"].is_null(),
+        "a bucket of size 0 limits nothing: {c}"
+    );
+    assert_eq!(c["entropy"]["rate_limiter"]["bandwidth"]["size"], 4096);
+    // Limits are changed on a running VM only; the tap does not exist, so no boot with it.
+    fc.refused(
+        "PATCH",
+        "/network-interfaces/eth0",
+        Some(r#"{"iface_id": "eth0"}"#),
+        "before starting",
+    );
+    // Firecracker has no way to remove an interface: boot in a fresh process instead.
+    drop(fc);
+    let mut fc = Fc::spawn(d, "run", &[]);
+    fc.wait_socket();
+    fc.ok(
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    fc.ok("PUT", "/boot-source", boot_source("blk.bench=0:4 exit=0"));
+    fc.ok(
+        "PUT",
+        "/drives/data",
+        json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false,
+               "rate_limiter": {"bandwidth": {"size": 16384, "refill_time": 1000},
+                                "ops": {"size": 1000, "refill_time": 1000}}}),
+    );
+    fc.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    wait_for_text(&fc.serial, "boot-marker", T);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !std::fs::read_to_string(&fc.serial)
+            .unwrap()
+            .contains("blk 0 bench"),
+        "4 MiB at 16 KiB/s cannot be done in a second\n{}",
+        fc.output()
+    );
+    fc.refused(
+        "PATCH",
+        "/drives/data",
+        Some(r#"{"drive_id": "data", "rate_limiter": {"ops": {"size": 1, "refill_time": 18446744073709551615}}}"#),
+        "refill_time",
+    );
+    fc.refused(
+        "PATCH",
+        "/drives/other",
+        Some(r#"{"drive_id": "other", "rate_limiter": {}}"#),
+        "Invalid block device ID",
+    );
+    // Raise the bandwidth; the ops bucket is left out, so it stays.
+    fc.ok(
+        "PATCH",
+        "/drives/data",
+        json!({"drive_id": "data", "rate_limiter": {"bandwidth": {"size": 67108864, "refill_time": 1000}}}),
+    );
+    let c = config(&fc);
+    let limiter = &c["drives"][0]["rate_limiter"];
+    assert_eq!(limiter["bandwidth"]["size"], 67108864, "{c}");
+    assert_eq!(limiter["ops"]["size"], 1000, "the ops bucket is kept: {c}");
+    // A bucket of size 0 removes it.
+    fc.ok(
+        "PATCH",
+        "/drives/data",
+        json!({"drive_id": "data", "rate_limiter": {"ops": {"size": 0, "refill_time": 0}}}),
+    );
+    let c = config(&fc);
+    assert!(c["drives"][0]["rate_limiter"]["ops"].is_null(), "{c}");
+    assert_eq!(fc.wait().code(), Some(0), "{}", fc.output());
+    // fc.wait() gives up after 60 s: the rest of the 4 MiB came far faster than the
+    // four minutes the old limit needed.
+    let serial = std::fs::read_to_string(&fc.serial).unwrap();
+    assert!(serial.contains("blk 0 bench bytes=4194304 "), "{serial}");
+}
+
+#[test]
+fn a_loaded_vm_keeps_its_drive_ids_and_takes_patches() {
+    let dir = scratch();
+    let d = dir.as_path();
+    let (a, b) = (d.join("a.img"), d.join("b.img"));
+    std::fs::write(&a, patterned(2048 * 512)).unwrap();
+    let b_data: Vec<u8> = patterned(1024 * 512).iter().map(|x| x ^ 0x3c).collect();
+    std::fs::write(&b, &b_data).unwrap();
+    let one = Fc::spawn(d, "one", &[]);
+    one.wait_socket();
+    one.ok(
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    one.ok(
+        "PUT",
+        "/boot-source",
+        // Snapshotted during the sleep, whatever the guest's speed.
+        boot_source("count=2 sleep=5000 blk.info blk.read=0:0:8 exit=6"),
+    );
+    one.ok(
+        "PUT",
+        "/drives/scratch",
+        json!({"drive_id": "scratch", "path_on_host": a, "is_root_device": false,
+               "rate_limiter": {"ops": {"size": 5000, "refill_time": 1000}}}),
+    );
+    one.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    wait_for_text(&one.serial, "count: 2\n", T);
+    one.ok("PATCH", "/vm", json!({"state": "Paused"}));
+    let (state, mem) = (d.join("vm.snap"), d.join("vm.mem"));
+    one.ok(
+        "PUT",
+        "/snapshot/create",
+        json!({"snapshot_path": state, "mem_file_path": mem}),
+    );
+    drop(one);
+
+    let mut two = Fc::spawn(d, "two", &[]);
+    two.wait_socket();
+    two.ok(
+        "PUT",
+        "/snapshot/load",
+        json!({"snapshot_path": state, "mem_file_path": mem}),
+    );
+    let config = |fc: &Fc| -> Value {
+        serde_json::from_str(&fc.call("GET", "/vm/config", None).body).unwrap()
+    };
+    let c = config(&two);
+    assert_eq!(c["drives"][0]["drive_id"], "scratch", "{c}");
+    assert_eq!(
+        c["drives"][0]["rate_limiter"]["ops"]["size"], 5000,
+        "limits are kept too: {c}"
+    );
+    two.refused(
+        "PATCH",
+        "/drives/drive0",
+        Some(r#"{"drive_id": "drive0", "path_on_host": "/x"}"#),
+        "Invalid block device ID",
+    );
+    two.ok(
+        "PATCH",
+        "/drives/scratch",
+        json!({"drive_id": "scratch", "path_on_host": b,
+               "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 100}}}),
+    );
+    let c = config(&two);
+    assert_eq!(c["drives"][0]["path_on_host"], b.to_str().unwrap(), "{c}");
+    assert_eq!(c["drives"][0]["rate_limiter"]["ops"]["size"], 5000, "{c}");
+    assert_eq!(
+        c["drives"][0]["rate_limiter"]["bandwidth"]["size"], 1048576,
+        "{c}"
+    );
+    two.ok("PATCH", "/vm", json!({"state": "Resumed"}));
+    assert_eq!(two.wait().code(), Some(6), "{}", two.output());
+    let serial = std::fs::read_to_string(&two.serial).unwrap();
+    assert!(
+        serial.contains("blk 0: capacity=1024 ro=0"),
+        "the restored guest sees the new disk\n{serial}"
+    );
+    assert!(
+        serial.contains(&format!(
+            "blk 0 read 0 8 fnv={:016x}",
+            fnv1a(&b_data[..8 * 512])
+        )),
+        "and its data\n{serial}"
+    );
+}
+
+#[test]
+fn flushed_metrics_count_serial_vcpu_exits_and_vsock() {
+    use std::os::unix::net::UnixListener;
+    let dir = scratch();
+    let d = dir.as_path();
+    let metrics = d.join("metrics.json");
+    let uds = d.join("v.sock");
+    // The guest connects to host port 6000 and sends 12 bytes.
+    let listener = UnixListener::bind(d.join("v.sock_6000")).unwrap();
+    let host = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    });
+    let fc = Fc::spawn(d, "vm", &["--metrics-path", metrics.to_str().unwrap()]);
+    fc.wait_socket();
+    fc.ok(
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    fc.ok(
+        "PUT",
+        "/boot-source",
+        boot_source("vsock.send=6000:hello-marker count=3 sleep=60000 exit=0"),
+    );
+    fc.ok("PUT", "/vsock", json!({"guest_cid": 3, "uds_path": uds}));
+    fc.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    wait_for_text(&fc.serial, "count: 3\n", T);
+    assert_eq!(host.join().unwrap(), b"hello-marker", "{}", fc.output());
+    // The guest now sleeps without a word; let the last bytes reach the file.
+    std::thread::sleep(Duration::from_millis(300));
+    fc.ok("PUT", "/actions", json!({"action_type": "FlushMetrics"}));
+    let last_line = || -> Value {
+        let text = std::fs::read_to_string(&metrics).unwrap();
+        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    };
+    let line = last_line();
+    let printed = std::fs::read(&fc.serial).unwrap().len() as u64;
+    let uart = &line["uart"];
+    assert_eq!(
+        uart["write_count"].as_u64(),
+        Some(printed),
+        "every byte the guest printed: {line}\n{}",
+        fc.output()
+    );
+    assert_eq!(uart["missed_write_count"], 0, "{line}");
+    let vcpu = &line["vcpu"];
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    assert!(
+        n(&vcpu["exit_io_out"]) >= printed,
+        "each byte is a port write: {line}"
+    );
+    assert!(n(&vcpu["exit_io_in"]) > 0, "{line}");
+    assert!(
+        n(&vcpu["exit_mmio_read"]) > 0 && n(&vcpu["exit_mmio_write"]) > 0,
+        "virtio is MMIO: {line}"
+    );
+    assert_eq!(vcpu["failures"], 0, "{line}");
+    let vsock = &line["vsock"];
+    assert_eq!(vsock["tx_bytes_count"], 12, "{line}");
+    assert_eq!(vsock["conns_added"], 1, "{line}");
+    assert!(
+        n(&vsock["tx_packets_count"]) >= 3,
+        "request, data, shutdown: {line}"
+    );
+    assert!(n(&vsock["rx_packets_count"]) >= 1, "the response: {line}");
+    assert!(n(&line["vmm"]["device_events"]) > 0, "{line}");
+    // A sleeping guest writes nothing more.
+    fc.ok("PUT", "/actions", json!({"action_type": "FlushMetrics"}));
+    let line = last_line();
+    assert_eq!(line["uart"]["write_count"], 0, "{line}");
+    assert_eq!(line["vsock"]["tx_bytes_count"], 0, "{line}");
+}
+
+#[test]
+fn checkpoints_set_through_the_api_appear_and_restore() {
+    let dir = scratch();
+    let d = dir.as_path();
+    let ckpt = d.join("ckpt");
+    let fc = Fc::spawn(d, "vm", &[]);
+    fc.wait_socket();
+    for (body, needle) in [
+        (json!({"interval_ms": 5, "dir": ckpt}), "at least 10"),
+        (json!({"interval_ms": 100, "dir": ckpt, "keep": 0}), "keep"),
+        (
+            json!({"interval_ms": 100, "dir": ckpt, "every": 1}),
+            "unknown field",
+        ),
+        (json!({"dir": ckpt}), "missing field `interval_ms`"),
+    ] {
+        fc.refused("PUT", "/checkpoints", Some(&body.to_string()), needle);
+    }
+    // Before boot: kept for InstanceStart, and shown.
+    fc.ok(
+        "PUT",
+        "/checkpoints",
+        json!({"interval_ms": 60000, "dir": ckpt}),
+    );
+    let get = |fc: &Fc| -> Value {
+        let a = fc.call("GET", "/checkpoints", None);
+        assert_eq!(a.status, 200, "{a:?}");
+        serde_json::from_str(&a.body).unwrap()
+    };
+    let c = get(&fc);
+    assert_eq!(c["interval_ms"], 60000, "{c}");
+    assert_eq!(c["keep"], 3, "{c}");
+    let config: Value = serde_json::from_str(&fc.call("GET", "/vm/config", None).body).unwrap();
+    assert_eq!(config["checkpoints"]["interval_ms"], 60000, "{config}");
+    fc.ok(
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    fc.ok(
+        "PUT",
+        "/boot-source",
+        // Checkpointed during the sleep, whatever the guest's speed.
+        boot_source("count=3 sleep=8000 exit=7"),
+    );
+    fc.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    wait_for_text(&fc.serial, "count: 3\n", T);
+    assert_eq!(get(&fc)["taken"], 0, "none due within a minute");
+    // On the running VM: every 200 ms from now on.
+    fc.ok(
+        "PUT",
+        "/checkpoints",
+        json!({"interval_ms": 200, "dir": ckpt, "keep": 2}),
+    );
+    let latest = ckpt.join("latest");
+    let start = Instant::now();
+    while !latest.join("state").exists() {
+        assert!(
+            start.elapsed() < T,
+            "no checkpoint appeared in {}\n{}",
+            ckpt.display(),
+            fc.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let c = get(&fc);
+    assert!(c["taken"].as_u64().unwrap() >= 1, "{c}");
+    assert_eq!(c["failed"], 0, "{c}");
+    assert!(c["max_pause_us"].is_u64(), "{c}");
+    let a = fc.call("DELETE", "/checkpoints", None);
+    assert_eq!(a.status, 204, "{a:?}");
+    let c = get(&fc);
+    assert!(
+        c.get("interval_ms").is_none() && c.get("taken").is_none(),
+        "{c}"
+    );
+    drop(fc);
+
+    let serial = d.join("restored.serial");
+    let run = hearth_with_timeout(
+        [
+            "restore",
+            "--dir",
+            latest.to_str().unwrap(),
+            "--resume",
+            "--serial-out",
+            serial.to_str().unwrap(),
+        ],
+        T,
+    );
+    let out = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert_eq!(run.code(), 7, "{run:#?}\n{out}");
+    // It carried on from the sleep: no new boot, no count again.
+    assert!(out.contains("exit: 7"), "{out}");
+    assert!(
+        !out.contains("boot-marker") && counts(&out).is_empty(),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_network_limit_raised_by_patch_lets_the_guest_speed_up() {
+    use common::net::{can_run_net_tests, Netns};
+    if !can_run_net_tests("a_network_limit_raised_by_patch_lets_the_guest_speed_up") {
+        return;
+    }
+    let ns = Netns::new();
+    let dir = scratch();
+    let d = dir.as_path();
+    let sock = d.join("vm.sock");
+    let args = vec!["--api-sock".to_string(), sock.display().to_string()];
+    let mut fc = Fc::spawn_in(
+        Some(&ns.name),
+        &args,
+        sock,
+        d.join("vm.serial"),
+        d.join("vm.stderr"),
+    );
+    fc.wait_socket();
+    fc.ok(
+        "PUT",
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    // 200 frames of 1000 bytes at 1000 bytes/s would take over three minutes.
+    fc.ok(
+        "PUT",
+        "/boot-source",
+        boot_source("net.flood=0:200:1000 exit=0"),
+    );
+    fc.ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        json!({"iface_id": "eth0", "host_dev_name": common::net::TAP,
+               "tx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 1000}}}),
+    );
+    fc.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+    wait_for_text(&fc.serial, "boot-marker", T);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !std::fs::read_to_string(&fc.serial)
+            .unwrap()
+            .contains("flood frames"),
+        "200 kB at 1 kB/s cannot be sent in a second\n{}",
+        fc.output()
+    );
+    fc.refused(
+        "PATCH",
+        "/network-interfaces/eth1",
+        Some(r#"{"iface_id": "eth1"}"#),
+        "Invalid network interface ID",
+    );
+    // Raise transmit; give receive, unlimited so far, an ops bucket.
+    fc.ok(
+        "PATCH",
+        "/network-interfaces/eth0",
+        json!({"iface_id": "eth0",
+               "tx_rate_limiter": {"bandwidth": {"size": 10485760, "refill_time": 1000}},
+               "rx_rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}}),
+    );
+    let c: Value = serde_json::from_str(&fc.call("GET", "/vm/config", None).body).unwrap();
+    let eth0 = &c["network-interfaces"][0];
+    assert_eq!(
+        eth0["tx_rate_limiter"]["bandwidth"]["size"], 10485760,
+        "{c}"
+    );
+    assert_eq!(eth0["rx_rate_limiter"]["ops"]["size"], 100, "{c}");
+    // fc.wait() gives up after 60 s, far less than the old limit needed.
+    assert_eq!(fc.wait().code(), Some(0), "{}", fc.output());
+    let serial = std::fs::read_to_string(&fc.serial).unwrap();
+    assert!(
+        serial.contains("net 0 flood frames=200 bytes=200000"),
+        "nothing dropped: {serial}"
+    );
+}

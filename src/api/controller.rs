@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use super::limits;
 use super::metrics::Metrics;
 use super::models::*;
-use super::pending::PendingVm;
+use super::pending::{self, PendingVm};
 use super::router::{Action, Fault};
+use crate::rate_limit::RateLimitTarget;
 use crate::{ExitReason, RestoreOptions, RunningVm, Vm};
 
 /// The version `GET /version` and `GET /` report. Clients compare it with the
@@ -164,6 +166,9 @@ impl Controller {
                 | Action::PutMetrics(_)
                 | Action::FlushMetrics
                 | Action::LoadSnapshot(_)
+                | Action::GetCheckpoints
+                | Action::PutCheckpoints(_)
+                | Action::DeleteCheckpoints
         );
         let reply = match action {
             Action::GetInstanceInfo => json(&InstanceInfo {
@@ -204,21 +209,7 @@ impl Controller {
                 Ok(Reply::NoContent)
             }
             Action::PatchDrive(d) => self.patch_drive(&d),
-            Action::PatchNet(n) => {
-                self.post_boot()?;
-                if RateLimiter::limits(&n.rx_rate_limiter)
-                    || RateLimiter::limits(&n.tx_rate_limiter)
-                {
-                    return Err(Fault("hearth does not support rate limiters.".into()));
-                }
-                if !self.pending.nets.iter().any(|o| o.iface_id == n.iface_id) {
-                    return Err(Fault(format!(
-                        "Invalid network interface ID: {}",
-                        n.iface_id
-                    )));
-                }
-                Ok(Reply::NoContent)
-            }
+            Action::PatchNet(n) => self.patch_net(&n),
             Action::InstanceStart => self.start(),
             Action::SendCtrlAltDel => {
                 self.post_boot()?;
@@ -267,6 +258,9 @@ impl Controller {
                 Ok(Reply::NoContent)
             }
             Action::LoadSnapshot(p) => self.load_snapshot(&p),
+            Action::GetCheckpoints => self.get_checkpoints(),
+            Action::PutCheckpoints(c) => self.set_checkpoints(Some(c)),
+            Action::DeleteCheckpoints => self.set_checkpoints(None),
         };
         if configured && reply.is_ok() {
             self.configured = true;
@@ -300,33 +294,139 @@ impl Controller {
         m.total("net", "rx_bytes_count", c.net.rx_bytes);
         m.total("net", "rx_fails", c.net.rx_dropped + c.net.rx_bad_buffers);
         m.total("entropy", "entropy_bytes", c.entropy_bytes);
+        m.total("vsock", "rx_packets_count", c.vsock.rx_packets_count);
+        m.total("vsock", "rx_bytes_count", c.vsock.rx_bytes_count);
+        m.total("vsock", "tx_packets_count", c.vsock.tx_packets_count);
+        m.total("vsock", "tx_bytes_count", c.vsock.tx_bytes_count);
+        m.total("vsock", "conns_added", c.vsock.conns_added);
+        m.total("vsock", "conns_removed", c.vsock.conns_removed);
+        m.total("uart", "read_count", c.uart.read_count);
+        m.total("uart", "write_count", c.uart.write_count);
+        m.total("uart", "missed_write_count", c.uart.missed_write_count);
+        m.total("vcpu", "exit_io_in", c.vcpu.exit_io_in);
+        m.total("vcpu", "exit_io_out", c.vcpu.exit_io_out);
+        m.total("vcpu", "exit_mmio_read", c.vcpu.exit_mmio_read);
+        m.total("vcpu", "exit_mmio_write", c.vcpu.exit_mmio_write);
+        m.total("vcpu", "failures", c.vcpu.failures);
+        m.total("vmm", "device_events", c.device_events);
     }
 
     /// `PATCH /drives/{id}` after boot: a new backing file (Kata's disk hot-swap), the
-    /// guest told through a configuration-change interrupt.
+    /// guest told through a configuration-change interrupt, and/or new rate limits.
     fn patch_drive(&mut self, d: &PartialDrive) -> Result<Reply, Fault> {
         self.post_boot()?;
-        if RateLimiter::limits(&d.rate_limiter) {
-            return Err(Fault("hearth does not support rate limiters.".into()));
-        }
         let index = self
             .pending
             .disk_index(&d.drive_id)
             .ok_or_else(|| Fault(format!("Invalid block device ID: {}", d.drive_id)))?;
+        let Some(drive) = self
+            .pending
+            .drives
+            .iter()
+            .find(|o| o.drive_id == d.drive_id)
+        else {
+            return Err(Fault(format!("Invalid block device ID: {}", d.drive_id)));
+        };
+        // Checked before anything changes, so a bad limiter leaves the drive as it was.
+        let limits = match &d.rate_limiter {
+            Some(l) => Some(limits::patch(&drive.rate_limiter, l, "rate_limiter")?),
+            None => None,
+        };
+        let vm = self.post_boot()?;
         if let Some(path) = &d.path_on_host {
-            self.post_boot()?
-                .set_disk_path(index, Path::new(path))
+            vm.set_disk_path(index, Path::new(path))
                 .map_err(|e| Fault(format!("Unable to patch the block device: {e}")))?;
-            if let Some(drive) = self
-                .pending
-                .drives
-                .iter_mut()
-                .find(|o| o.drive_id == d.drive_id)
-            {
+        }
+        if let Some(l) = limits {
+            vm.set_rate_limiter(RateLimitTarget::Disk(index), l)
+                .map_err(|e| Fault(format!("Unable to patch the block device: {e}")))?;
+        }
+        if let Some(drive) = self
+            .pending
+            .drives
+            .iter_mut()
+            .find(|o| o.drive_id == d.drive_id)
+        {
+            if let Some(path) = &d.path_on_host {
                 drive.path_on_host = Some(path.clone());
+            }
+            if limits.is_some() {
+                drive.rate_limiter = limits::from_config(limits);
             }
         }
         Ok(Reply::NoContent)
+    }
+
+    /// `PATCH /network-interfaces/{id}` after boot: new receive and/or transmit limits.
+    fn patch_net(&mut self, n: &PartialNetworkInterface) -> Result<Reply, Fault> {
+        self.post_boot()?;
+        let invalid = || Fault(format!("Invalid network interface ID: {}", n.iface_id));
+        let index = self
+            .pending
+            .nets
+            .iter()
+            .position(|o| o.iface_id == n.iface_id)
+            .ok_or_else(invalid)?;
+        let iface = &self.pending.nets[index];
+        let rx = match &n.rx_rate_limiter {
+            Some(l) => Some(limits::patch(&iface.rx_rate_limiter, l, "rx_rate_limiter")?),
+            None => None,
+        };
+        let tx = match &n.tx_rate_limiter {
+            Some(l) => Some(limits::patch(&iface.tx_rate_limiter, l, "tx_rate_limiter")?),
+            None => None,
+        };
+        let vm = self.post_boot()?;
+        for (target, l) in [
+            (RateLimitTarget::NetRx(index), rx),
+            (RateLimitTarget::NetTx(index), tx),
+        ] {
+            if let Some(l) = l {
+                vm.set_rate_limiter(target, l)
+                    .map_err(|e| Fault(format!("Unable to patch the network interface: {e}")))?;
+            }
+        }
+        let iface = &mut self.pending.nets[index];
+        if rx.is_some() {
+            iface.rx_rate_limiter = limits::from_config(rx);
+        }
+        if tx.is_some() {
+            iface.tx_rate_limiter = limits::from_config(tx);
+        }
+        Ok(Reply::NoContent)
+    }
+
+    /// `PUT` and `DELETE /checkpoints`: before boot, kept for InstanceStart or a snapshot
+    /// load; after, started (or stopped) on the running VM at once.
+    fn set_checkpoints(&mut self, c: Option<Checkpoints>) -> Result<Reply, Fault> {
+        let config = c.as_ref().map(pending::checkpoint_config).transpose()?;
+        if let Some(vm) = &mut self.vm {
+            vm.set_checkpoints(config)
+                .map_err(|e| Fault(format!("Cannot set up checkpoints: {e}")))?;
+        } else if self.ended.is_some() {
+            return Err(Fault(NOT_AFTER_BOOT.into()));
+        }
+        self.pending.checkpoints = c;
+        Ok(Reply::NoContent)
+    }
+
+    /// `GET /checkpoints`: the settings and, once the VM runs, what was taken.
+    fn get_checkpoints(&self) -> Result<Reply, Fault> {
+        let mut answer = serde_json::to_value(&self.pending.checkpoints)
+            .map_err(|e| Fault(format!("Cannot encode the answer: {e}")))?;
+        if answer.is_null() {
+            answer = serde_json::json!({});
+        }
+        let stats = self.vm.as_ref().and_then(RunningVm::checkpoint_stats);
+        if let (Some(s), Some(map)) = (stats, answer.as_object_mut()) {
+            let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            map.insert("taken".into(), s.taken.into());
+            map.insert("failed".into(), s.failed.into());
+            map.insert("total_pause_us".into(), us(s.total_pause).into());
+            map.insert("max_pause_us".into(), us(s.max_pause).into());
+            map.insert("last_pause_us".into(), us(s.last_pause).into());
+        }
+        Ok(Reply::Json(answer.to_string()))
     }
 
     /// Boots the described VM.
@@ -371,6 +471,12 @@ impl Controller {
                 .iter()
                 .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
                 .collect(),
+            checkpoint: self
+                .pending
+                .checkpoints
+                .as_ref()
+                .map(pending::checkpoint_config)
+                .transpose()?,
             ..Default::default()
         };
         let vm = with_snapshot_dir(Path::new(&p.snapshot_path), Path::new(mem), |dir| {
@@ -438,6 +544,14 @@ fn metric_names(action: &Action) -> (Option<&'static str>, (&'static str, &'stat
         LoadSnapshot(_) => (
             "put_api_requests",
             ("snapshot_load_count", "snapshot_load_fails"),
+        ),
+        GetCheckpoints => (
+            "get_api_requests",
+            ("checkpoints_count", "checkpoints_fails"),
+        ),
+        PutCheckpoints(_) | DeleteCheckpoints => (
+            "put_api_requests",
+            ("checkpoints_count", "checkpoints_fails"),
         ),
     };
     (Some(g), n)

@@ -4,6 +4,7 @@
 //! - [`models`]: the request and response bodies;
 //! - [`router`]: HTTP request → [`router::Action`] (pure, fuzzable);
 //! - [`pending`]: the VM described before boot;
+//! - [`limits`]: Firecracker's `rate_limiter` objects and hearth's limits;
 //! - [`controller`]: which action is valid when, and carrying it out on the VM;
 //! - [`server`]: the socket and the thread that owns the VM;
 //! - [`metrics`], [`logger`]: Firecracker's output formats;
@@ -11,6 +12,7 @@
 
 pub mod client;
 pub mod controller;
+pub mod limits;
 pub mod logger;
 pub mod metrics;
 pub mod models;

@@ -116,27 +116,17 @@ pub struct TokenBucket {
     pub refill_time: u64,
 }
 
-/// A rate limiter: hearth has none, so one that limits anything is refused.
+/// A rate limiter (Firecracker's `RateLimiter`): a bucket of size or refill time 0
+/// limits nothing; in a PATCH, a bucket left out is kept and such a bucket removes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimiter {
-    /// Bytes per second.
+    /// Bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<TokenBucket>,
-    /// Operations per second.
+    /// Operations (requests, frames).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<TokenBucket>,
-}
-
-impl RateLimiter {
-    /// Whether it limits anything (a bucket of size 0 is Firecracker's "no limit").
-    pub fn limits(limiter: &Option<Self>) -> bool {
-        limiter.as_ref().is_some_and(|r| {
-            [&r.bandwidth, &r.ops]
-                .iter()
-                .any(|b| b.as_ref().is_some_and(|b| b.size > 0 && b.refill_time > 0))
-        })
-    }
 }
 
 /// The block cache strategy.
@@ -479,6 +469,25 @@ pub struct InstanceInfo {
     pub vmm_version: String,
 }
 
+/// `PUT /checkpoints` and `"checkpoints"` in the config file (hearth extensions; see
+/// `--checkpoint-every`): a checkpoint of the running VM every `interval_ms` into its
+/// own directory under `dir`, the newest `keep` kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoints {
+    /// Milliseconds between checkpoints (at least 10).
+    pub interval_ms: u64,
+    /// Where the checkpoint directories go (created, last level only).
+    pub dir: String,
+    /// Complete checkpoints kept (at least 1).
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+}
+
+fn default_keep() -> u32 {
+    crate::vm::checkpoint::DEFAULT_KEEP
+}
+
 /// `GET /vm/config`, and the `--config-file` schema.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -522,4 +531,7 @@ pub struct FullVmConfig {
     /// Entropy device.
     #[serde(default)]
     pub entropy: Option<Entropy>,
+    /// Periodic checkpoints (a hearth extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<Checkpoints>,
 }

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use super::limits;
 use super::models::*;
 use super::router::Fault;
 use crate::config::{DiskConfig, MacAddr, NetConfig, VmConfig, VsockConfig};
@@ -27,6 +28,40 @@ pub struct PendingVm {
     pub logger: Option<Logger>,
     /// Metrics, as PUT.
     pub metrics: Option<Metrics>,
+    /// Periodic checkpoints (hearth extension), as PUT.
+    pub checkpoints: Option<Checkpoints>,
+}
+
+/// The checkpoint settings `c` asks for, checked.
+pub fn checkpoint_config(c: &Checkpoints) -> Result<crate::config::CheckpointConfig, Fault> {
+    if c.interval_ms < 10 {
+        return Err(Fault(format!(
+            "Invalid checkpoints: interval_ms {} is too short; give at least 10.",
+            c.interval_ms
+        )));
+    }
+    if c.keep == 0 {
+        return Err(Fault(
+            "Invalid checkpoints: keep must be at least 1.".into(),
+        ));
+    }
+    if c.dir.is_empty() {
+        return Err(Fault("Invalid checkpoints: dir cannot be empty.".into()));
+    }
+    Ok(crate::config::CheckpointConfig {
+        every: std::time::Duration::from_millis(c.interval_ms),
+        dir: PathBuf::from(&c.dir),
+        keep: c.keep,
+    })
+}
+
+/// Firecracker-style settings of hearth's checkpoint config.
+pub fn checkpoints_of(c: &crate::config::CheckpointConfig) -> Checkpoints {
+    Checkpoints {
+        interval_ms: u64::try_from(c.every.as_millis()).unwrap_or(u64::MAX),
+        dir: c.dir.display().to_string(),
+        keep: c.keep,
+    }
 }
 
 fn unsupported(what: &str) -> Fault {
@@ -75,13 +110,6 @@ fn check_machine(m: &MachineConfig) -> Result<(), Fault> {
     Ok(())
 }
 
-fn check_limiter(limiter: &Option<RateLimiter>) -> Result<(), Fault> {
-    if RateLimiter::limits(limiter) {
-        return Err(unsupported("rate limiters"));
-    }
-    Ok(())
-}
-
 impl PendingVm {
     /// `PUT /machine-config`.
     pub fn put_machine(&mut self, m: MachineConfig) -> Result<(), Fault> {
@@ -114,7 +142,7 @@ impl PendingVm {
     }
 
     /// `PUT /drives/{id}`: a new drive, or a new description of one not yet booted.
-    pub fn put_drive(&mut self, d: Drive) -> Result<(), Fault> {
+    pub fn put_drive(&mut self, mut d: Drive) -> Result<(), Fault> {
         if d.socket.is_some() {
             return Err(unsupported("vhost-user-block drives (socket)"));
         }
@@ -123,7 +151,7 @@ impl PendingVm {
                 "Unable to create the virtio-block device: path_on_host is required.".into(),
             ));
         }
-        check_limiter(&d.rate_limiter)?;
+        d.rate_limiter = limits::normalize(&d.rate_limiter, "rate_limiter")?;
         if d.is_root_device
             && self
                 .drives
@@ -140,15 +168,15 @@ impl PendingVm {
     }
 
     /// `PUT /network-interfaces/{id}`.
-    pub fn put_net(&mut self, n: NetworkInterface) -> Result<(), Fault> {
+    pub fn put_net(&mut self, mut n: NetworkInterface) -> Result<(), Fault> {
         if let Some(mac) = &n.guest_mac {
             mac.parse::<MacAddr>().map_err(|e| Fault(e.to_string()))?;
         }
         if n.mtu.is_some() {
             return Err(unsupported("setting the MTU (mtu)"));
         }
-        check_limiter(&n.rx_rate_limiter)?;
-        check_limiter(&n.tx_rate_limiter)?;
+        n.rx_rate_limiter = limits::normalize(&n.rx_rate_limiter, "rx_rate_limiter")?;
+        n.tx_rate_limiter = limits::normalize(&n.tx_rate_limiter, "tx_rate_limiter")?;
         let clash = |o: &NetworkInterface| {
             o.iface_id != n.iface_id
                 && (o.host_dev_name == n.host_dev_name
@@ -183,9 +211,16 @@ impl PendingVm {
     }
 
     /// `PUT /entropy`.
-    pub fn put_entropy(&mut self, e: Entropy) -> Result<(), Fault> {
-        check_limiter(&e.rate_limiter)?;
+    pub fn put_entropy(&mut self, mut e: Entropy) -> Result<(), Fault> {
+        e.rate_limiter = limits::normalize(&e.rate_limiter, "rate_limiter")?;
         self.entropy = Some(e);
+        Ok(())
+    }
+
+    /// `PUT /checkpoints` before boot: taken from InstanceStart or snapshot load on.
+    pub fn put_checkpoints(&mut self, c: Checkpoints) -> Result<(), Fault> {
+        checkpoint_config(&c)?;
+        self.checkpoints = Some(c);
         Ok(())
     }
 
@@ -224,6 +259,9 @@ impl PendingVm {
         if let Some(e) = full.entropy {
             self.put_entropy(e)?;
         }
+        if let Some(c) = full.checkpoints {
+            self.put_checkpoints(c)?;
+        }
         self.logger = full.logger;
         self.metrics = full.metrics;
         Ok(())
@@ -252,13 +290,13 @@ impl PendingVm {
                 .iter()
                 .enumerate()
                 .map(|(i, d)| Drive {
-                    drive_id: format!("drive{i}"),
+                    drive_id: d.drive_id.clone().unwrap_or_else(|| format!("drive{i}")),
                     partuuid: None,
                     is_root_device: false,
                     cache_type: CacheType::Unsafe,
                     is_read_only: Some(d.read_only),
                     path_on_host: Some(path(&d.path)),
-                    rate_limiter: None,
+                    rate_limiter: limits::from_config(d.rate_limiter),
                     io_engine: None,
                     socket: None,
                 })
@@ -272,8 +310,8 @@ impl PendingVm {
                     host_dev_name: n.tap.clone(),
                     guest_mac: n.mac.map(|m| m.to_string()),
                     mtu: None,
-                    rx_rate_limiter: None,
-                    tx_rate_limiter: None,
+                    rx_rate_limiter: limits::from_config(n.rx_rate_limiter),
+                    tx_rate_limiter: limits::from_config(n.tx_rate_limiter),
                 })
                 .collect(),
             vsock: c.vsock.as_ref().map(|v| Vsock {
@@ -281,9 +319,12 @@ impl PendingVm {
                 guest_cid: u32::try_from(v.cid).unwrap_or(u32::MAX),
                 uds_path: path(&v.socket),
             }),
-            entropy: c.rng.then(Entropy::default),
+            entropy: c.rng.then(|| Entropy {
+                rate_limiter: limits::from_config(c.rng_rate_limiter),
+            }),
             logger: None,
             metrics: None,
+            checkpoints: c.checkpoint.as_ref().map(checkpoints_of),
         }
     }
 
@@ -310,6 +351,7 @@ impl PendingVm {
             network_interfaces: self.nets.clone(),
             vsock: self.vsock.clone(),
             entropy: self.entropy.clone(),
+            checkpoints: self.checkpoints.clone(),
             ..Default::default()
         }
     }
@@ -346,13 +388,16 @@ impl PendingVm {
         }
         config.disks = drives
             .into_iter()
-            .map(|d| DiskConfig {
-                path: PathBuf::from(d.path_on_host.clone().unwrap_or_default()),
-                read_only: d.is_read_only.unwrap_or(false),
-                id: None,
-                rate_limiter: None,
+            .map(|d| {
+                Ok(DiskConfig {
+                    path: PathBuf::from(d.path_on_host.clone().unwrap_or_default()),
+                    read_only: d.is_read_only.unwrap_or(false),
+                    id: None,
+                    drive_id: Some(d.drive_id.clone()),
+                    rate_limiter: limits::to_config(&d.rate_limiter, "rate_limiter")?,
+                })
             })
-            .collect();
+            .collect::<Result<_, Fault>>()?;
         config.net = self
             .nets
             .iter()
@@ -364,8 +409,8 @@ impl PendingVm {
                         None => None,
                     },
                     id: Some(n.iface_id.clone()),
-                    rx_rate_limiter: None,
-                    tx_rate_limiter: None,
+                    rx_rate_limiter: limits::to_config(&n.rx_rate_limiter, "rx_rate_limiter")?,
+                    tx_rate_limiter: limits::to_config(&n.tx_rate_limiter, "tx_rate_limiter")?,
                 })
             })
             .collect::<Result<_, Fault>>()?;
@@ -374,6 +419,14 @@ impl PendingVm {
             socket: PathBuf::from(&v.uds_path),
         });
         config.rng = self.entropy.is_some();
+        if let Some(e) = &self.entropy {
+            config.rng_rate_limiter = limits::to_config(&e.rate_limiter, "rate_limiter")?;
+        }
+        config.checkpoint = self
+            .checkpoints
+            .as_ref()
+            .map(checkpoint_config)
+            .transpose()?;
         config.validate().map_err(|e| Fault(e.to_string()))?;
         Ok(config)
     }

@@ -54,6 +54,12 @@ pub enum Action {
     CreateSnapshot(SnapshotCreate),
     /// `PUT /snapshot/load`.
     LoadSnapshot(SnapshotLoad),
+    /// `GET /checkpoints` (hearth extension).
+    GetCheckpoints,
+    /// `PUT /checkpoints` (hearth extension).
+    PutCheckpoints(Checkpoints),
+    /// `DELETE /checkpoints` (hearth extension).
+    DeleteCheckpoints,
 }
 
 /// A request refused before it reaches the VM: always a 400 with this message, as
@@ -144,6 +150,8 @@ pub fn route(method: Method, uri: &str, body: Option<&[u8]>) -> Result<Action, F
         (Method::Get, "version", None, None) => Ok(Action::GetVersion),
         (Method::Get, "vm", Some("config"), None) => Ok(Action::GetVmConfig),
         (Method::Get, "machine-config", None, None) => Ok(Action::GetMachineConfig),
+        (Method::Get, "checkpoints", None, None) => Ok(Action::GetCheckpoints),
+        (Method::Delete, "checkpoints", None, None) => Ok(Action::DeleteCheckpoints),
         (Method::Get, _, _, Some(_)) => Err(Fault::new("GET request cannot have a body.")),
         (Method::Put, _, _, None) => Err(Fault::new("Empty PUT request.")),
         (Method::Patch, _, _, None) => Err(Fault::new("Empty PATCH request.")),
@@ -187,6 +195,7 @@ pub fn route(method: Method, uri: &str, body: Option<&[u8]>) -> Result<Action, F
         (Method::Put, "entropy", None, Some(b)) => Ok(Action::PutEntropy(parse(b)?)),
         (Method::Put, "logger", None, Some(b)) => Ok(Action::PutLogger(parse(b)?)),
         (Method::Put, "metrics", None, Some(b)) => Ok(Action::PutMetrics(parse(b)?)),
+        (Method::Put, "checkpoints", None, Some(b)) => Ok(Action::PutCheckpoints(parse(b)?)),
         (Method::Patch, "vm", None, Some(b)) => Ok(match parse::<VmStateUpdate>(b)?.state {
             VmState::Paused => Action::Pause,
             VmState::Resumed => Action::Resume,

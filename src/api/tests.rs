@@ -115,3 +115,32 @@ fn vm_config_reflects_what_was_put() {
     let full: FullVmConfig = serde_json::from_str(&body).unwrap();
     assert_eq!(full.boot_source.unwrap().boot_args.as_deref(), Some("a"));
 }
+
+#[test]
+fn checkpoints_come_from_the_config_file_and_go_with_delete() {
+    let mut c = Controller::new("t");
+    let full: FullVmConfig = serde_json::from_str(
+        r#"{"boot-source": {"kernel_image_path": "/k"},
+            "checkpoints": {"interval_ms": 500, "dir": "/tmp/ck", "keep": 4}}"#,
+    )
+    .unwrap();
+    c.configure(full).unwrap();
+    let Reply::Json(got) = c.handle(Action::GetCheckpoints).unwrap() else {
+        panic!("GET /checkpoints answers JSON")
+    };
+    let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(got["interval_ms"], 500);
+    assert_eq!(got["keep"], 4);
+    assert_eq!(
+        route(Method::Delete, "/checkpoints", None),
+        Ok(Action::DeleteCheckpoints)
+    );
+    assert_eq!(c.handle(Action::DeleteCheckpoints), Ok(Reply::NoContent));
+    assert_eq!(
+        c.handle(Action::GetCheckpoints),
+        Ok(Reply::Json("{}".into()))
+    );
+    let bad: FullVmConfig =
+        serde_json::from_str(r#"{"checkpoints": {"interval_ms": 1, "dir": "/tmp/ck"}}"#).unwrap();
+    assert!(Controller::new("u").configure(bad).is_err());
+}

@@ -126,6 +126,10 @@ pub struct DiskConfig {
     /// file's device and inode numbers when absent.
     #[serde(default)]
     pub id: Option<String>,
+    /// The drive's name in the Firecracker API (`drive_id`); kept in snapshots so that a
+    /// loaded VM answers to the same name.
+    #[serde(default)]
+    pub drive_id: Option<String>,
     /// Limits on the disk's requests (Firecracker's `rate_limiter`).
     #[serde(default)]
     pub rate_limiter: Option<RateLimiterConfig>,

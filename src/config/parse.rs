@@ -138,6 +138,7 @@ pub fn parse_disk_arg(spec: &str) -> Result<DiskArg, ConfigError> {
         path: PathBuf::new(),
         read_only: false,
         id: None,
+        drive_id: None,
         rate_limiter: None,
     };
     let mut root = false;

@@ -46,6 +46,7 @@ fn disk_specs() {
             path: "/a.img".into(),
             read_only: true,
             id: Some("data0".into()),
+            drive_id: None,
             rate_limiter: None,
         }
     );

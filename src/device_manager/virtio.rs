@@ -132,7 +132,19 @@ slot_device!(
         totals.entropy_bytes += self.bytes_served();
     }
 );
-slot_device!(Vsock);
+slot_device!(
+    Vsock,
+    fn add_counters(&self, totals: &mut crate::vm::DeviceCounters) {
+        let d = self.muxer().counters();
+        let t = &mut totals.vsock;
+        t.rx_packets_count += d.rx_packets_count;
+        t.rx_bytes_count += d.rx_bytes_count;
+        t.tx_packets_count += d.tx_packets_count;
+        t.tx_bytes_count += d.tx_bytes_count;
+        t.conns_added += d.conns_added;
+        t.conns_removed += d.conns_removed;
+    }
+);
 
 /// One virtio-mmio slot of the VM.
 #[derive(Debug)]

@@ -8,7 +8,7 @@ pub use setup::{configure_boot, BootVcpu, SetupError};
 pub use state::{restore_state, save_state, VcpuState, VcpuStateError};
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::memory::GuestMemoryMmap;
@@ -161,6 +161,27 @@ pub struct PauseControl {
     pub states: Vec<Option<Result<VcpuState, VcpuStateError>>>,
 }
 
+/// The exits all vCPUs took to hearth, by kind (Firecracker's `vcpu` metrics).
+#[derive(Debug, Default)]
+pub struct ExitCounters {
+    /// Port reads.
+    pub io_in: AtomicU64,
+    /// Port writes.
+    pub io_out: AtomicU64,
+    /// MMIO reads.
+    pub mmio_read: AtomicU64,
+    /// MMIO writes.
+    pub mmio_write: AtomicU64,
+    /// Exits that ended the VM with an error.
+    pub failures: AtomicU64,
+}
+
+impl ExitCounters {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// State shared by all vCPU threads and the thread that controls them.
 #[derive(Debug)]
 pub struct VcpuShared {
@@ -177,6 +198,8 @@ pub struct VcpuShared {
     pub pause_changed: Condvar,
     /// The MSRs to save in a snapshot.
     pub msr_indices: Vec<u32>,
+    /// Exits by kind, for metrics.
+    pub exits: ExitCounters,
 }
 
 impl VcpuShared {
@@ -195,6 +218,7 @@ impl VcpuShared {
             }),
             pause_changed: Condvar::new(),
             msr_indices,
+            exits: ExitCounters::default(),
         }
     }
 
@@ -306,25 +330,38 @@ impl Vcpu {
 
     /// One KVM_RUN; returns a reason when the VM must end.
     fn run_once(&mut self) -> Option<ExitReason> {
+        let reason = self.run_exit();
+        if matches!(reason, Some(ExitReason::Error(_))) {
+            ExitCounters::add(&self.shared.exits.failures);
+        }
+        reason
+    }
+
+    fn run_exit(&mut self) -> Option<ExitReason> {
         let index = self.index;
+        let exits = &self.shared.exits;
         match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
+                ExitCounters::add(&exits.io_in);
                 if !self.pio.read(u64::from(port), data) {
                     data.fill(0xff);
                 }
                 None
             }
             Ok(VcpuExit::IoOut(port, data)) => {
+                ExitCounters::add(&exits.io_out);
                 self.pio.write(u64::from(port), data);
                 None
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
+                ExitCounters::add(&exits.mmio_read);
                 if !self.mmio.read(addr, data) {
                     data.fill(0xff);
                 }
                 None
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
+                ExitCounters::add(&exits.mmio_write);
                 self.mmio.write(addr, data);
                 None
             }

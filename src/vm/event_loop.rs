@@ -1,7 +1,7 @@
 //! The event-loop thread that runs every device's queue work, and how the VMM stops it
 //! or parks it between events while the VM is paused.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -98,6 +98,8 @@ impl MutEventSubscriber for LoopPauseHandler {
 pub(super) struct EventLoop {
     pub(super) pause: Arc<LoopPause>,
     stop_evt: EventFd,
+    /// Events handled so far (Firecracker's `vmm.device_events`).
+    events: Arc<AtomicU64>,
     thread: Option<JoinHandle<Result<(), event_manager::Error>>>,
 }
 
@@ -110,6 +112,8 @@ impl EventLoop {
         let pause = Arc::new(LoopPause::new()?);
         let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
         let stopped = Arc::new(AtomicBool::new(false));
+        let events = Arc::new(AtomicU64::new(0));
+        let handled = events.clone();
         let mut em: EventManager<Subscriber> = EventManager::new().map_err(VmError::EventLoop)?;
         for s in subscribers {
             em.add_subscriber(s);
@@ -127,7 +131,8 @@ impl EventLoop {
                     return Ok(());
                 }
                 while !stopped.load(Ordering::SeqCst) {
-                    em.run()?;
+                    let n = em.run()?;
+                    handled.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Ok(())
             })
@@ -138,8 +143,14 @@ impl EventLoop {
         Ok(Self {
             pause,
             stop_evt,
+            events,
             thread: Some(thread),
         })
+    }
+
+    /// Events handled so far.
+    pub(super) fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
     }
 
     /// Stops the loop (unparking it first) and waits for its thread.

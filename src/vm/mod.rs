@@ -38,7 +38,7 @@ use crate::vcpu::{ExitSignal, SetupError, Vcpu, VcpuShared, VcpuStateError};
 pub use build::{build_cmdline, EMULATION_CMDLINE};
 pub use checkpoint::{CheckpointConfig, CheckpointStats};
 pub use persist::{RestoreOptions, SnapshotInfo, SnapshotOptions};
-pub use running::{DeviceCounters, RunningVm, VmHandle, WATCHDOG_INTERVAL};
+pub use running::{DeviceCounters, RunningVm, VcpuCounters, VmHandle, WATCHDOG_INTERVAL};
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]

@@ -104,6 +104,29 @@ pub struct DeviceCounters {
     pub net: hearth_devices::virtio::net::NetCounters,
     /// Bytes the entropy device gave the guest.
     pub entropy_bytes: u64,
+    /// The vsock device.
+    pub vsock: hearth_devices::virtio::vsock::VsockCounters,
+    /// COM1.
+    pub uart: hearth_devices::legacy::serial::UartCounters,
+    /// vCPU exits to hearth, all vCPUs together.
+    pub vcpu: VcpuCounters,
+    /// Events the event loop handled.
+    pub device_events: u64,
+}
+
+/// vCPU exits by kind (Firecracker's `vcpu` metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuCounters {
+    /// Port reads.
+    pub exit_io_in: u64,
+    /// Port writes.
+    pub exit_io_out: u64,
+    /// MMIO reads.
+    pub exit_mmio_read: u64,
+    /// MMIO writes.
+    pub exit_mmio_write: u64,
+    /// Exits that ended the VM with an error.
+    pub failures: u64,
 }
 
 /// What controlling a running VM needs, behind [`Shared::control`].
@@ -163,6 +186,19 @@ impl Control {
         for slot in &self.core.devices.virtio {
             lock(&slot.device).add_counters(&mut c);
         }
+        if let Some(serial) = &self.core.devices.serial {
+            c.uart = lock(serial).counters();
+        }
+        let e = &self.core.shared.exits;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        c.vcpu = VcpuCounters {
+            exit_io_in: get(&e.io_in),
+            exit_io_out: get(&e.io_out),
+            exit_mmio_read: get(&e.mmio_read),
+            exit_mmio_write: get(&e.mmio_write),
+            failures: get(&e.failures),
+        };
+        c.device_events = self.event_loop.events();
         c
     }
 
@@ -385,6 +421,21 @@ impl RunningVm {
         let cp = self.checkpoints.as_mut()?;
         cp.tick(&mut lock(&self.shared.control));
         Some(cp.due())
+    }
+
+    /// Starts periodic checkpoints as `config` says, replacing any running ones (their
+    /// numbering carries on in the directory), or stops them with `None`. The first
+    /// checkpoint is due one interval from now.
+    pub fn set_checkpoints(
+        &mut self,
+        config: Option<super::CheckpointConfig>,
+    ) -> Result<(), VmError> {
+        self.checkpoints = match &config {
+            Some(c) => Some(super::checkpoint::Checkpointer::new(c.clone())?),
+            None => None,
+        };
+        lock(&self.shared.control).core.config.checkpoint = config;
+        Ok(())
     }
 
     /// The periodic checkpoints taken so far (`None` without `--checkpoint-every`).

@@ -7,6 +7,7 @@ pub mod persist;
 pub use event_handler::SerialInput;
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use vm_superio::serial::SerialEvents;
 use vmm_sys_util::eventfd::EventFd;
@@ -22,18 +23,52 @@ pub const COM1_PORT_LEN: u64 = 8;
 pub const COM1_IRQ: u32 = 4;
 
 /// Tells the input handler that the guest drained the receive FIFO, so reading from the
-/// host can resume (input is never read faster than the guest takes it: nothing is lost).
+/// host can resume (input is never read faster than the guest takes it: nothing is lost),
+/// and counts the bytes each way for metrics.
 #[derive(Debug)]
-pub struct InputSpace(EventFd);
+pub struct InputSpace {
+    space: EventFd,
+    read: AtomicU64,
+    written: AtomicU64,
+    lost: AtomicU64,
+}
+
+impl InputSpace {
+    fn new(space: EventFd) -> Self {
+        Self {
+            space,
+            read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+        }
+    }
+}
 
 impl SerialEvents for InputSpace {
-    fn buffer_read(&self) {}
-    fn out_byte(&self) {}
-    fn tx_lost_byte(&self) {}
+    fn buffer_read(&self) {
+        self.read.fetch_add(1, Ordering::Relaxed);
+    }
+    fn out_byte(&self) {
+        self.written.fetch_add(1, Ordering::Relaxed);
+    }
+    fn tx_lost_byte(&self) {
+        self.lost.fetch_add(1, Ordering::Relaxed);
+    }
     fn in_buffer_empty(&self) {
         // A lost wakeup only delays input until the next byte the guest reads.
-        let _ = self.0.write(1);
+        let _ = self.space.write(1);
     }
+}
+
+/// What the UART counted (Firecracker's `uart` metrics), since it was made or restored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UartCounters {
+    /// Bytes the guest read from the receive buffer.
+    pub read_count: u64,
+    /// Bytes the guest wrote that reached the output.
+    pub write_count: u64,
+    /// Bytes the guest wrote that the output refused.
+    pub missed_write_count: u64,
 }
 
 type Uart = vm_superio::Serial<EventFdTrigger, InputSpace, Box<dyn Write + Send>>;
@@ -67,7 +102,7 @@ impl Serial {
     /// A UART raising `irq` and writing guest output to `out`.
     pub fn new(irq: EventFdTrigger, out: Box<dyn Write + Send>) -> Result<Self, SerialError> {
         let input_space = Self::eventfd()?;
-        let events = InputSpace(input_space.try_clone().map_err(SerialError::EventFd)?);
+        let events = InputSpace::new(input_space.try_clone().map_err(SerialError::EventFd)?);
         Ok(Self {
             uart: vm_superio::Serial::with_events(irq, events, out),
             input_space,
@@ -91,6 +126,16 @@ impl Serial {
     /// Signalled when the guest empties the receive FIFO.
     pub fn input_space_event(&self) -> &EventFd {
         &self.input_space
+    }
+
+    /// What the UART counted so far.
+    pub fn counters(&self) -> UartCounters {
+        let e = self.uart.events();
+        UartCounters {
+            read_count: e.read.load(Ordering::Relaxed),
+            write_count: e.written.load(Ordering::Relaxed),
+            missed_write_count: e.lost.load(Ordering::Relaxed),
+        }
     }
 
     /// Flushes guest output written so far.

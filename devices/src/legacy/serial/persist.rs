@@ -83,7 +83,7 @@ impl Persist for Serial {
             in_buffer: s.in_buffer.clone(),
         };
         let input_space = Serial::eventfd()?;
-        let events = InputSpace(input_space.try_clone().map_err(SerialError::EventFd)?);
+        let events = InputSpace::new(input_space.try_clone().map_err(SerialError::EventFd)?);
         let uart = vm_superio::Serial::from_state(&state, args.irq, events, args.out)
             .map_err(|e| SerialError::Restore(e.to_string()))?;
         Ok(Serial { uart, input_space })

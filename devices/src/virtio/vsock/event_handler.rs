@@ -104,121 +104,134 @@ mod tests {
 
     const Q: u16 = 256;
 
-    fn run_until(manager: &mut EventManager<Arc<Mutex<Vsock>>>, mut done: impl FnMut() -> bool) {
-        for _ in 0..200 {
-            if done() {
-                return;
+    /// A vsock device on an event loop, with mock queues in leaked guest memory.
+    struct Rig {
+        vsock: Arc<Mutex<Vsock>>,
+        manager: EventManager<Arc<Mutex<Vsock>>>,
+        mem: &'static GuestMemoryMmap,
+        rxvq: MockSplitQueue<'static, GuestMemoryMmap>,
+        txvq: MockSplitQueue<'static, GuestMemoryMmap>,
+        evq: MockSplitQueue<'static, GuestMemoryMmap>,
+        interrupt: Arc<Interrupt>,
+    }
+
+    impl Rig {
+        fn new(device: Vsock) -> Self {
+            let vsock = Arc::new(Mutex::new(device));
+            let mut manager = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
+            manager.add_subscriber(vsock.clone());
+            let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
+                GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
+            ));
+            Rig {
+                vsock,
+                manager,
+                mem,
+                rxvq: MockSplitQueue::create(mem, GuestAddress(0), Q),
+                txvq: MockSplitQueue::create(mem, GuestAddress(0x4000), Q),
+                evq: MockSplitQueue::create(mem, GuestAddress(0x8000), Q),
+                interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
             }
-            manager.run_with_timeout(10).unwrap();
         }
-        panic!("the event loop did not get there");
+
+        /// The driver sets the queues up (with whatever chains are posted by then).
+        fn activate(&mut self) {
+            let queues = vec![
+                self.rxvq.create_queue().unwrap(),
+                self.txvq.create_queue().unwrap(),
+                self.evq.create_queue().unwrap(),
+            ];
+            activate_with(&mut *lock(&self.vsock), self.mem, queues, &self.interrupt);
+        }
+
+        fn notify(&self, queue: usize) {
+            lock(&self.vsock).queue_events()[queue].write(1).unwrap();
+        }
+
+        fn run_until(&mut self, mut done: impl FnMut(&Self) -> bool) {
+            for _ in 0..200 {
+                if done(self) {
+                    return;
+                }
+                self.manager.run_with_timeout(10).unwrap();
+            }
+            panic!("the event loop did not get there");
+        }
+    }
+
+    fn device(socket: std::path::PathBuf) -> Vsock {
+        Vsock::new(VsockConfig { cid: 3, socket }).unwrap()
     }
 
     #[test]
     fn a_restored_device_sends_transport_reset_once_an_event_buffer_is_posted() {
         let dir = TempDir::new().unwrap();
-        let mut device = Vsock::new(VsockConfig {
-            cid: 3,
-            socket: dir.as_path().join("v.sock"),
-        })
-        .unwrap();
+        let mut device = device(dir.as_path().join("v.sock"));
         device.owe_transport_reset();
-        let vsock = Arc::new(Mutex::new(device));
-        let mut manager = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
-        manager.add_subscriber(vsock.clone());
-
-        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
-        ));
-        let rxvq = MockSplitQueue::create(mem, GuestAddress(0), Q);
-        let txvq = MockSplitQueue::create(mem, GuestAddress(0x4000), Q);
-        let evq = MockSplitQueue::create(mem, GuestAddress(0x8000), Q);
-        let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let queues = vec![
-            rxvq.create_queue().unwrap(),
-            txvq.create_queue().unwrap(),
-            evq.create_queue().unwrap(),
-        ];
-        activate_with(&mut *lock(&vsock), mem, queues, &interrupt);
+        let mut r = Rig::new(device);
+        r.activate();
         // No event buffer yet: the event waits.
-        manager.run_with_timeout(50).unwrap();
-        assert!(lock(&vsock).transport_reset_owed());
-        assert_eq!(evq.used().idx().load(), 0);
+        r.manager.run_with_timeout(50).unwrap();
+        assert!(lock(&r.vsock).transport_reset_owed());
+        assert_eq!(r.evq.used().idx().load(), 0);
 
-        mem.write_obj(0xffff_ffffu32, GuestAddress(0x30_0000))
+        r.mem
+            .write_obj(0xffff_ffffu32, GuestAddress(0x30_0000))
             .unwrap();
-        add_chain(&evq, 0, &[desc(0x30_0000, 4, VRING_DESC_F_WRITE)]);
-        lock(&vsock).queue_events()[EVQ].write(1).unwrap();
-        run_until(&mut manager, || evq.used().idx().load() == 1);
-        let event: u32 = mem.read_obj(GuestAddress(0x30_0000)).unwrap();
+        add_chain(&r.evq, 0, &[desc(0x30_0000, 4, VRING_DESC_F_WRITE)]);
+        r.notify(EVQ);
+        r.run_until(|r| r.evq.used().idx().load() == 1);
+        let event: u32 = r.mem.read_obj(GuestAddress(0x30_0000)).unwrap();
         assert_eq!(event, 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
-        assert!(!lock(&vsock).transport_reset_owed(), "sent once");
-        assert_eq!(interrupt.status(), VIRTIO_MMIO_INT_VRING);
+        assert!(!lock(&r.vsock).transport_reset_owed(), "sent once");
+        assert_eq!(r.interrupt.status(), VIRTIO_MMIO_INT_VRING);
     }
 
     #[test]
     fn after_a_restore_no_connection_reaches_the_driver_before_it_handled_the_reset() {
         let dir = TempDir::new().unwrap();
         let sock = dir.as_path().join("v.sock");
-        let mut device = Vsock::new(VsockConfig {
-            cid: 3,
-            socket: sock.clone(),
-        })
-        .unwrap();
+        let mut device = device(sock.clone());
         device.owe_transport_reset();
         device.muxer.set_next_local_port(FIRST_LOCAL_PORT + 7);
-        let vsock = Arc::new(Mutex::new(device));
-        let mut manager = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
-        manager.add_subscriber(vsock.clone());
-        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
-        ));
-        let rxvq = MockSplitQueue::create(mem, GuestAddress(0), Q);
-        let txvq = MockSplitQueue::create(mem, GuestAddress(0x4000), Q);
-        let evq = MockSplitQueue::create(mem, GuestAddress(0x8000), Q);
+        let mut r = Rig::new(device);
         let w = VRING_DESC_F_WRITE;
         // The restored driver has RX and event buffers posted already.
         add_chain(
-            &rxvq,
+            &r.rxvq,
             0,
             &[desc(0x10_0000, 44, w), desc(0x10_1000, 4096, w)],
         );
-        add_chain(&evq, 0, &[desc(0x30_0000, 4, w)]);
-        let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let queues = vec![
-            rxvq.create_queue().unwrap(),
-            txvq.create_queue().unwrap(),
-            evq.create_queue().unwrap(),
-        ];
-        activate_with(&mut *lock(&vsock), mem, queues, &interrupt);
-        lock(&vsock).queue_events()[EVQ].write(1).unwrap();
-        run_until(&mut manager, || evq.used().idx().load() == 1);
+        add_chain(&r.evq, 0, &[desc(0x30_0000, 4, w)]);
+        r.activate();
+        r.notify(EVQ);
+        r.run_until(|r| r.evq.used().idx().load() == 1);
         // A host connection at once: its REQUEST waits for the driver to handle the reset.
         let mut host = UnixStream::connect(&sock).unwrap();
         host.write_all(b"CONNECT 5000\n").unwrap();
-        run_until(&mut manager, || lock(&vsock).muxer().has_rx());
-        lock(&vsock).queue_events()[RXQ].write(1).unwrap();
+        r.run_until(|r| lock(&r.vsock).muxer().has_rx());
+        r.notify(RXQ);
         for _ in 0..5 {
-            manager.run_with_timeout(10).unwrap();
+            r.manager.run_with_timeout(10).unwrap();
         }
         assert_eq!(
-            rxvq.used().idx().load(),
+            r.rxvq.used().idx().load(),
             0,
             "held until the reset is handled"
         );
         // The driver handled the event and posts its buffer again.
-        add_chain(&evq, 1, &[desc(0x30_1000, 4, w)]);
-        lock(&vsock).queue_events()[EVQ].write(1).unwrap();
-        run_until(&mut manager, || rxvq.used().idx().load() == 1);
+        add_chain(&r.evq, 1, &[desc(0x30_1000, 4, w)]);
+        r.notify(EVQ);
+        r.run_until(|r| r.rxvq.used().idx().load() == 1);
         let mut raw = [0u8; HEADER_SIZE];
-        mem.read_slice(&mut raw, GuestAddress(0x10_0000)).unwrap();
+        r.mem.read_slice(&mut raw, GuestAddress(0x10_0000)).unwrap();
         let req = Header::from_bytes(&raw);
         assert_eq!(
             (req.op, req.src_port, req.dst_port),
             (op::REQUEST, FIRST_LOCAL_PORT + 7, 5000),
             "the port counter carries on from the snapshot"
         );
-        let saved = crate::persist::Persist::save(&*lock(&vsock));
+        let saved = crate::persist::Persist::save(&*lock(&r.vsock));
         assert_eq!(saved.next_local_port, FIRST_LOCAL_PORT + 8);
     }
 
@@ -226,44 +239,24 @@ mod tests {
     fn early_host_connection_reaches_the_driver_and_stalled_tx_resumes_on_rx() {
         let dir = TempDir::new().unwrap();
         let sock = dir.as_path().join("v.sock");
-        let vsock = Arc::new(Mutex::new(
-            Vsock::new(VsockConfig {
-                cid: 3,
-                socket: sock.clone(),
-            })
-            .unwrap(),
-        ));
-        let mut manager = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
-        manager.add_subscriber(vsock.clone());
+        let mut r = Rig::new(device(sock.clone()));
 
         // A host process asks for guest port 5000 before any driver is there.
         let mut host = UnixStream::connect(&sock).unwrap();
         host.write_all(b"CONNECT 5000\n").unwrap();
-        run_until(&mut manager, || lock(&vsock).muxer().has_rx());
+        r.run_until(|r| lock(&r.vsock).muxer().has_rx());
 
-        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
-        ));
-        let rxvq = MockSplitQueue::create(mem, GuestAddress(0), Q);
-        let txvq = MockSplitQueue::create(mem, GuestAddress(0x4000), Q);
-        let evq = MockSplitQueue::create(mem, GuestAddress(0x8000), Q);
         let w = VRING_DESC_F_WRITE;
         add_chain(
-            &rxvq,
+            &r.rxvq,
             0,
             &[desc(0x10_0000, 44, w), desc(0x10_1000, 4096, w)],
         );
-        let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let queues = vec![
-            rxvq.create_queue().unwrap(),
-            txvq.create_queue().unwrap(),
-            evq.create_queue().unwrap(),
-        ];
-        activate_with(&mut *lock(&vsock), mem, queues, &interrupt);
-        run_until(&mut manager, || rxvq.used().idx().load() == 1);
-        assert_eq!(interrupt.status(), VIRTIO_MMIO_INT_VRING);
+        r.activate();
+        r.run_until(|r| r.rxvq.used().idx().load() == 1);
+        assert_eq!(r.interrupt.status(), VIRTIO_MMIO_INT_VRING);
         let mut raw = [0u8; HEADER_SIZE];
-        mem.read_slice(&mut raw, GuestAddress(0x10_0000)).unwrap();
+        r.mem.read_slice(&mut raw, GuestAddress(0x10_0000)).unwrap();
         let req = Header::from_bytes(&raw);
         assert_eq!(
             (req.op, req.src_port, req.dst_port),
@@ -281,13 +274,14 @@ mod tests {
             buf_alloc: 4096,
             ..Header::default()
         };
-        mem.write_slice(&resp.to_bytes(), GuestAddress(0x20_0000))
+        r.mem
+            .write_slice(&resp.to_bytes(), GuestAddress(0x20_0000))
             .unwrap();
-        add_chain(&txvq, 0, &[desc(0x20_0000, 44, 0)]);
-        lock(&vsock).queue_events()[TXQ].write(1).unwrap();
+        add_chain(&r.txvq, 0, &[desc(0x20_0000, 44, 0)]);
+        r.notify(TXQ);
         host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut ok = [0u8; 14];
-        run_until(&mut manager, || txvq.used().idx().load() == 1);
+        r.run_until(|r| r.txvq.used().idx().load() == 1);
         host.read_exact(&mut ok).unwrap();
         assert_eq!(&ok, format!("OK {FIRST_LOCAL_PORT}\n").as_bytes());
 
@@ -299,35 +293,32 @@ mod tests {
             op: op::RW,
             ..resp
         };
-        mem.write_slice(&stray.to_bytes(), GuestAddress(0x20_1000))
+        r.mem
+            .write_slice(&stray.to_bytes(), GuestAddress(0x20_1000))
             .unwrap();
         for i in 0..n {
-            add_chain(&txvq, 1 + i, &[desc(0x20_1000, 44, 0)]);
+            add_chain(&r.txvq, 1 + i, &[desc(0x20_1000, 44, 0)]);
         }
-        lock(&vsock).queue_events()[TXQ].write(1).unwrap();
-        run_until(&mut manager, || {
-            txvq.used().idx().load() == 1 + MAX_STRAY_RST as u16
-        });
-        manager.run_with_timeout(10).unwrap();
-        assert_eq!(txvq.used().idx().load(), 1 + MAX_STRAY_RST as u16);
+        r.notify(TXQ);
+        r.run_until(|r| r.txvq.used().idx().load() == 1 + MAX_STRAY_RST as u16);
+        r.manager.run_with_timeout(10).unwrap();
+        assert_eq!(r.txvq.used().idx().load(), 1 + MAX_STRAY_RST as u16);
 
         // The driver posts RX buffers and notifies RX only: TX resumes by itself.
         for i in 0..64u16 {
             let at = 0x30_0000 + u64::from(i) * 0x1000;
             add_chain(
-                &rxvq,
+                &r.rxvq,
                 2 + 2 * i,
                 &[desc(at, 44, w), desc(at + 0x100, 256, w)],
             );
         }
-        lock(&vsock).queue_events()[RXQ].write(1).unwrap();
-        run_until(&mut manager, || txvq.used().idx().load() == 1 + n);
+        r.notify(RXQ);
+        r.run_until(|r| r.txvq.used().idx().load() == 1 + n);
 
         // A reset drops the established connection: the host reads end of file.
-        lock(&vsock).reset();
-        run_until(&mut manager, || {
-            lock(&vsock).muxer().connection_count() == 0
-        });
+        lock(&r.vsock).reset();
+        r.run_until(|r| lock(&r.vsock).muxer().connection_count() == 0);
         let mut b = [0u8; 1];
         assert_eq!(host.read(&mut b).unwrap(), 0);
     }

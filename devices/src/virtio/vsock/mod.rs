@@ -24,7 +24,7 @@ pub mod packet;
 pub mod persist;
 
 pub use device::{Vsock, VsockConfig, VsockError};
-pub use muxer::{EpollChange, Muxer, QueueError};
+pub use muxer::{EpollChange, Muxer, QueueError, VsockCounters};
 pub use packet::Header;
 
 /// The CID of the host, the only peer the guest can reach.

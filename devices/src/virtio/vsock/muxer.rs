@@ -69,6 +69,24 @@ struct Handshake {
     line: Vec<u8>,
 }
 
+/// What a vsock device counted (Firecracker's `vsock` metrics): packets and payload
+/// bytes each way, connections made and ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VsockCounters {
+    /// Packets given to the guest (its RX queue).
+    pub rx_packets_count: u64,
+    /// Payload bytes given to the guest.
+    pub rx_bytes_count: u64,
+    /// Packets taken from the guest (its TX queue), malformed ones included.
+    pub tx_packets_count: u64,
+    /// Payload bytes taken from the guest.
+    pub tx_bytes_count: u64,
+    /// Connections made, from either side.
+    pub conns_added: u64,
+    /// Connections ended.
+    pub conns_removed: u64,
+}
+
 /// The vsock backend: Unix sockets on one side, the guest's queues on the other.
 #[derive(Debug)]
 pub struct Muxer {
@@ -90,6 +108,7 @@ pub struct Muxer {
     next_local_port: u32,
     /// Reused for copying payload out of guest memory.
     scratch: Vec<u8>,
+    counters: VsockCounters,
 }
 
 impl Muxer {
@@ -138,10 +157,16 @@ impl Muxer {
             epoll_changes: Vec::new(),
             next_local_port: FIRST_LOCAL_PORT,
             scratch: Vec::new(),
+            counters: VsockCounters::default(),
         };
         // Dropping `muxer` from here on removes the file again.
         muxer.listener.set_nonblocking(true).map_err(bind_err)?;
         Ok(muxer)
+    }
+
+    /// What the device counted so far.
+    pub fn counters(&self) -> VsockCounters {
+        self.counters
     }
 
     /// The guest's CID.
@@ -214,6 +239,7 @@ impl Muxer {
 
     fn remove_conn(&mut self, key: ConnKey) {
         if let Some(conn) = self.conns.remove(&key) {
+            self.counters.conns_removed += 1;
             self.by_fd.remove(&conn.stream.as_raw_fd());
             self.close_stream(conn.stream);
         }
@@ -322,6 +348,7 @@ impl Muxer {
                     Connection::host_initiated(hs.stream, local_port, peer_port, self.guest_cid);
                 self.by_fd.insert(fd, key);
                 self.conns.insert(key, conn);
+                self.counters.conns_added += 1;
                 self.refresh(key);
             }
             // A bad line closes the connection, as in Firecracker: the host process reads
@@ -405,6 +432,7 @@ impl Muxer {
                 let conn = Connection::guest_initiated(stream, hdr, self.guest_cid);
                 self.by_fd.insert(fd, key);
                 self.conns.insert(key, conn);
+                self.counters.conns_added += 1;
                 self.refresh(key);
             }
             Err(_) => self.queue_stray_rst(hdr),
@@ -456,8 +484,12 @@ impl Muxer {
                 break;
             };
             let head = chain.head_index();
+            self.counters.tx_packets_count += 1;
             match packet::parse_tx(mem, chain) {
-                Ok(p) => self.handle_tx_packet(&p.header, p.data.as_ref()),
+                Ok(p) => {
+                    self.counters.tx_bytes_count += u64::from(p.header.len);
+                    self.handle_tx_packet(&p.header, p.data.as_ref());
+                }
                 Err(e) => {
                     if let Some(h) = e.header {
                         self.handle_malformed(&h);
@@ -503,6 +535,10 @@ impl Muxer {
                 },
                 Err(_) => 0,
             };
+            if len > 0 {
+                self.counters.rx_packets_count += 1;
+                self.counters.rx_bytes_count += u64::from(len.saturating_sub(HEADER_LEN));
+            }
             if queue.add_used(mem, head, len).is_ok() {
                 used = true;
             }
