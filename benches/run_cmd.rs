@@ -332,7 +332,9 @@ fn med(v: impl Iterator<Item = f64>) -> f64 {
 }
 
 fn main() {
-    let rounds = common::env_num("RUN_BENCH_RUNS", 3).max(1);
+    let rounds = usize::try_from(common::env_num("RUN_BENCH_RUNS", 3))
+        .unwrap_or(1)
+        .max(1);
     let hearth = hearth_bin();
     let kernel = kernel();
     let dir = common::root().join("target/run-bench");
@@ -389,7 +391,7 @@ fn main() {
     for round in 0..rounds {
         let n = jobs.len();
         for k in 0..n {
-            let (w, vmm) = jobs[(k + round as usize) % n];
+            let (w, vmm) = jobs[(k + round) % n];
             let s = match (vmm, &qemu) {
                 (0, _) => run_hearth(&hearth, &kernel, &workloads[w].1),
                 (_, Some(q)) => run_qemu(q, &kernel, &initrds[w], &dir),
@@ -433,7 +435,7 @@ fn main() {
         med(samples
             .iter()
             .flat_map(|w| w[0].iter().map(|s| s.first_kvm_run_ms))),
-        rounds as usize * workloads.len()
+        rounds * workloads.len()
     );
     for (vmm, who) in [(0, "hearth event-loop thread"), (1, "virtiofsd process")] {
         let per_mib = med(samples[1][vmm]

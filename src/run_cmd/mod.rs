@@ -130,7 +130,7 @@ fn virtio_blk_name(index: usize) -> String {
     let mut letters = Vec::new();
     let mut n = index;
     loop {
-        letters.push(b'a' + (n % 26) as u8);
+        letters.push(b"abcdefghijklmnopqrstuvwxyz"[n % 26]);
         match (n / 26).checked_sub(1) {
             Some(rest) => n = rest,
             None => break,
