@@ -7,8 +7,10 @@
 //! the root share) with `cat FILE > /dev/null`. Each round runs hearth and QEMU on both,
 //! the order rotating every round so that the machine's load hits them alike; the figures
 //! are medians over the rounds. For every run it records:
-//! - wall: spawn → the VMM reaped (QEMU: also virtiofsd, which is started first and left
-//!   once QEMU disconnects);
+//! - wall: spawn → the VMM reaped with the command's status (hearth: its exit, after the
+//!   guest's i8042 reset); QEMU: from starting virtiofsd → the guest's status line on
+//!   the console (microvm has no i8042 to reset through, and a triple fault stops this
+//!   KVM with an emulation failure, so QEMU is then killed; its teardown is not counted);
 //! - hearth's time to its first KVM_RUN (its `-v` line, ms after its `main`);
 //! - the host CPU time of the thread that serves virtio-fs: hearth's `event-loop` thread
 //!   (sampled from /proc/<pid>/task/<tid>/schedstat every 5 ms while it runs; it also
@@ -20,6 +22,8 @@
 //! overlay, proc/sys/dev, the command in a chroot, its status on the console, reboot):
 //! this host has no /dev/vhost-vsock for hearth-init to talk through under QEMU.
 //!
+//! On an emulating KVM a round takes about half an hour (the guest kernel copies the
+//! 100 MiB to `cat` in emulated kernel mode); medians so far are printed after each.
 //! Environment: RUN_BENCH_RUNS (rounds, default 3), HEARTH_BIN, KERNEL (default
 //! target/linux-guest/vmlinux from resources/linux/get-kernel.sh), QEMU_BIN (default
 //! qemu-system-x86_64 on PATH), VIRTIOFSD_BIN (default virtiofsd on PATH or in
@@ -271,7 +275,14 @@ fn run_qemu(q: &Qemu, kernel: &Path, initrd: &Path, dir: &Path) -> Sample {
         std::thread::sleep(Duration::from_millis(1));
     }
     let mut qemu = Command::new(&q.qemu)
-        .args(["-M", "microvm,x-option-roms=off,rtc=off", "-accel", "kvm"])
+        // acpi=off: the kernel has no ACPI, and only then does microvm put its
+        // virtio-mmio devices on the command line.
+        .args([
+            "-M",
+            "microvm,x-option-roms=off,rtc=off,acpi=off",
+            "-accel",
+            "kvm",
+        ])
         // This KVM cannot take the host CPU model's MSRs (-cpu host aborts); like
         // hearth: ARAT on, the PV features that lead to vmcall off. qemu64 is an AMD
         // model: without XSAVEERPTR Linux runs `fnclex` on every FPU restore (the
@@ -302,21 +313,40 @@ fn run_qemu(q: &Qemu, kernel: &Path, initrd: &Path, dir: &Path) -> Sample {
         .args(["-numa", "node,memdev=mem"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| fail(format!("cannot start QEMU: {e}")));
-    let (status, _) = wait(&mut qemu, "QEMU");
-    let (_, fsd_usage) = wait(&mut fsd, "virtiofsd");
-    let wall_ms = start.elapsed().as_secs_f64() * 1e3;
-    let log = std::fs::read_to_string(&console).unwrap_or_default();
-    if !status.success() || !log.contains("BENCH-STATUS 0") {
-        let mut err = String::new();
-        if let Some(mut e) = qemu.stderr.take() {
-            let _ = e.read_to_string(&mut err);
+    // microvm has no i8042 for `reboot=k` (and a triple fault stops this KVM with an
+    // emulation failure, which leaves QEMU paused): the run ends at the status line on
+    // the console, and QEMU is stopped there.
+    let status = loop {
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.starts_with("BENCH-STATUS ")) {
+            break line.trim().to_string();
         }
+        if let Ok(Some(s)) = qemu.try_wait() {
+            let _ = fsd.kill();
+            fail(format!(
+                "QEMU ended with {s} before the command finished:\n{log}"
+            ));
+        }
+        if start.elapsed() > RUN_TIMEOUT {
+            let _ = qemu.kill();
+            let _ = fsd.kill();
+            fail(format!("QEMU ran past {RUN_TIMEOUT:?}:\n{log}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    // virtiofsd leaves once QEMU's connection is gone.
+    let (_, fsd_usage) = wait(&mut fsd, "virtiofsd");
+    if status != "BENCH-STATUS 0" {
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         fail(format!(
-            "QEMU ended with {status} without BENCH-STATUS 0:\n{err}\n{}",
+            "the command failed under QEMU ({status}):\n{}",
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         ));
     }
@@ -411,11 +441,16 @@ fn main() {
             );
             samples[w][vmm].push(s);
         }
+        // Each round takes many minutes here: the medians so far after every one.
+        summary(&workloads, &samples, round + 1);
     }
-    println!("load after: {}", common::loadavg());
-    println!();
+}
+
+/// Prints the medians of the rounds so far. `samples[workload][vmm]`, vmm 0 hearth, 1 QEMU.
+fn summary(workloads: &[(&str, String)], samples: &[Vec<Vec<Sample>>], rounds: usize) {
+    println!("load now: {}", common::loadavg());
     println!(
-        "medians of {rounds} rounds       {:>12} {:>12} {:>8}",
+        "medians of {rounds} round(s)    {:>12} {:>12} {:>8}",
         "hearth", "QEMU+vfsd", "ratio"
     );
     for (w, (name, _)) in workloads.iter().enumerate() {
@@ -425,10 +460,7 @@ fn main() {
             .iter()
             .zip(&samples[w][1])
             .map(|(h, q)| h.wall_ms / q.wall_ms));
-        println!(
-            "wall, {name:20} {:>9.0} ms {:>9.0} ms {:>7.2}x",
-            h, q, ratios
-        );
+        println!("wall, {name:20} {h:>9.0} ms {q:>9.0} ms {ratios:>7.2}x");
     }
     println!(
         "hearth: first KVM_RUN {:.1} ms after main (median of {} runs)",
@@ -438,18 +470,18 @@ fn main() {
         rounds * workloads.len()
     );
     for (vmm, who) in [(0, "hearth event-loop thread"), (1, "virtiofsd process")] {
+        if samples[1][vmm].is_empty() {
+            continue;
+        }
         let per_mib = med(samples[1][vmm]
             .iter()
             .zip(&samples[0][vmm])
             .map(|(r, t)| (r.fs_cpu_ms - t.fs_cpu_ms) / FILE_MIB as f64));
-        if samples[1][vmm].is_empty() {
-            continue;
-        }
         println!(
-            "{who}: {:.2} ms of CPU per MiB read ({:.0} ms for `true`, {:.0} ms with the read)",
-            per_mib,
+            "{who}: {per_mib:.2} ms of CPU per MiB read ({:.0} ms for `true`, {:.0} ms with the read)",
             med(samples[0][vmm].iter().map(|s| s.fs_cpu_ms)),
             med(samples[1][vmm].iter().map(|s| s.fs_cpu_ms)),
         );
     }
+    println!();
 }
