@@ -3,11 +3,16 @@
 //! in the initramfs it writes at start-up (needs a C compiler and a static libc —
 //! Debian: gcc, libc6-dev; `.ci/run` installs them); and the seccomp filters in
 //! resources/seccomp (one Firecracker-format JSON file per thread kind, named after it)
-//! compiled into the form `hearth::seccomp` embeds.
+//! compiled into Firecracker's compiled format, which `hearth::seccomp` embeds.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The compiled filter format, shared with the library.
+#[allow(dead_code)] // build.rs only encodes
+#[path = "src/seccomp/compiled.rs"]
+mod compiled;
 
 fn main() {
     hearth_init();
@@ -38,10 +43,11 @@ fn hearth_init() {
     }
 }
 
-/// resources/seccomp/*.json -> $OUT_DIR/seccomp.bin.
+/// resources/seccomp/*.json -> $OUT_DIR/seccomp.bpf, in Firecracker's compiled format.
 fn seccomp_filters() {
     let dir = Path::new("resources/seccomp");
     println!("cargo:rerun-if-changed={}", dir.display());
+    println!("cargo:rerun-if-changed=src/seccomp/compiled.rs");
     let mut all = String::from("{");
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .expect("resources/seccomp is missing")
@@ -62,24 +68,13 @@ fn seccomp_filters() {
         all.push_str(&format!("{kind:?}:{body}"));
     }
     all.push('}');
-    let map = seccompiler::compile_from_json(all.as_bytes(), seccompiler::TargetArch::x86_64)
-        .unwrap_or_else(|e| panic!("resources/seccomp does not compile: {e}"));
-    // The packing hearth::seccomp::pack uses.
-    let packed: HashMap<String, Vec<u64>> = map
-        .into_iter()
-        .map(|(k, prog)| {
-            let v = prog
-                .iter()
-                .map(|f| {
-                    u64::from(f.code)
-                        | u64::from(f.jt) << 16
-                        | u64::from(f.jf) << 24
-                        | u64::from(f.k) << 32
-                })
-                .collect();
-            (k, v)
-        })
-        .collect();
-    let out = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("seccomp.bin");
-    std::fs::write(out, postcard::to_allocvec(&packed).expect("encode")).expect("write");
+    let map: BTreeMap<_, _> =
+        seccompiler::compile_from_json(all.as_bytes(), seccompiler::TargetArch::x86_64)
+            .unwrap_or_else(|e| panic!("resources/seccomp does not compile: {e}"))
+            .into_iter()
+            .collect();
+    let bytes = compiled::encode(&map)
+        .unwrap_or_else(|e| panic!("resources/seccomp does not fit the compiled format: {e}"));
+    let out = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("seccomp.bpf");
+    std::fs::write(out, bytes).expect("write");
 }

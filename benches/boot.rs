@@ -30,6 +30,9 @@
 //!   from a separate pass of runs (BOOT_BENCH_RSS_RUNS, default 5 per VMM) after the
 //!   timed ones, which are not traced.
 //!
+//! hearth also runs with `--no-seccomp` beside its default (filters on), alternating with
+//! the rest, to show what the filters cost; BOOT_BENCH_SECCOMP=0 leaves those runs out.
+//!
 //! Environment: BOOT_BENCH_RUNS (default 20), BOOT_BENCH_RSS_RUNS (default 5),
 //! HEARTH_BIN (default: the hearth binary cargo builds for this bench,
 //! target/<triple>/release/hearth), FIRECRACKER_BIN (default: ../shared/peers/firecracker-v1.16.1
@@ -124,6 +127,9 @@ struct Variant {
     name: &'static str,
     kind: Kind,
     guest: Guest,
+    /// hearth with `--no-seccomp` (what the filters cost: BOOT_BENCH_SECCOMP=0 leaves
+    /// these variants out).
+    no_seccomp: bool,
     program: PathBuf,
     args: Vec<String>,
 }
@@ -507,7 +513,7 @@ fn pair_ratios(
     let find = |kind| {
         variants
             .iter()
-            .position(|v| v.kind == kind && v.guest == guest)
+            .position(|v| v.kind == kind && v.guest == guest && !v.no_seccomp)
     };
     let (Some(h), Some(f)) = (find(Kind::Hearth), find(Kind::Firecracker)) else {
         return Vec::new();
@@ -544,18 +550,21 @@ fn main() {
         .map(|s| s.to_string())
         .collect()
     };
+    let seccomp_variants = std::env::var("BOOT_BENCH_SECCOMP").map_or(true, |v| v != "0");
     let mut variants = Vec::new();
-    for (guest, path, hearth_name, fc_name) in [
+    for (guest, path, hearth_name, off_name, fc_name) in [
         (
             Guest::Zero,
             &zero_guest,
             "hearth, zero-cost guest",
+            "hearth --no-seccomp, zero-cost",
             "firecracker, zero-cost guest",
         ),
         (
             Guest::Test,
             &test_guest,
             "hearth, test guest",
+            "hearth --no-seccomp, test guest",
             "firecracker, test guest",
         ),
     ] {
@@ -563,15 +572,29 @@ fn main() {
             name: hearth_name,
             kind: Kind::Hearth,
             guest,
+            no_seccomp: false,
             program: hearth.clone(),
             args: hearth_args(path),
         });
+        if seccomp_variants {
+            let mut args = hearth_args(path);
+            args.push("--no-seccomp".into());
+            variants.push(Variant {
+                name: off_name,
+                kind: Kind::Hearth,
+                guest,
+                no_seccomp: true,
+                program: hearth.clone(),
+                args,
+            });
+        }
         if let Some(fc) = &firecracker {
             let config = firecracker_config(path);
             variants.push(Variant {
                 name: fc_name,
                 kind: Kind::Firecracker,
                 guest,
+                no_seccomp: false,
                 program: fc.clone(),
                 args: vec![
                     "--no-api".into(),
@@ -685,7 +708,7 @@ fn main() {
     let find = |kind, guest| {
         variants
             .iter()
-            .position(|v| v.kind == kind && v.guest == guest)
+            .position(|v| v.kind == kind && v.guest == guest && !v.no_seccomp)
     };
     let med = |i: Option<usize>, m: usize| i.and_then(|i| medians[i][m]).unwrap_or(f64::NAN);
     println!();
@@ -745,6 +768,36 @@ fn main() {
             "spread {:<30} median {w:.2} ms, worst {worst:.2} ms ({:.2}x the median)",
             v.name,
             worst / w
+        );
+    }
+    // seccomp on versus off, run by run (the two are neighbours in every round).
+    for (guest, label) in [
+        (Guest::Zero, "zero-cost guest"),
+        (Guest::Test, "test guest"),
+    ] {
+        let on = find(Kind::Hearth, guest);
+        let off = variants
+            .iter()
+            .position(|v| v.guest == guest && v.no_seccomp);
+        let (Some(on), Some(off)) = (on, off) else {
+            continue;
+        };
+        let mut r: Vec<f64> = timed[on]
+            .iter()
+            .zip(&timed[off])
+            .map(|(a, b)| a.wall / b.wall)
+            .collect();
+        let m = common::median(&mut r);
+        println!(
+            "{label}: seccomp on/off wall, {} pairs: median {m:.3}x; medians {:.2} / {:.2} ms; \
+             first KVM_RUN {:.2} / {:.2} ms; peak RSS {:.3} / {:.3} MiB",
+            r.len(),
+            med(Some(on), 0),
+            med(Some(off), 0),
+            med(Some(on), 1),
+            med(Some(off), 1),
+            med(Some(on), 5),
+            med(Some(off), 5),
         );
     }
     let first_run = med(hz, 1);

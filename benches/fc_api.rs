@@ -64,9 +64,14 @@ impl Proc {
     fn spawn(bin: &Path, sock: &Path) -> (Proc, Instant) {
         let _ = std::fs::remove_file(sock);
         let start = Instant::now();
+        // The log goes to a file: on stdout it could land in the middle of a guest line.
+        let log = sock.with_extension("log");
+        let _ = std::fs::File::create(&log);
         let mut child = Command::new(bin)
             .arg("--api-sock")
             .arg(sock)
+            .arg("--log-path")
+            .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -113,12 +118,17 @@ impl Proc {
 
     fn wait_line(&self, prefix: &str) -> Instant {
         let deadline = Instant::now() + TIMEOUT;
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok((at, line)) if line.starts_with(prefix) => return at,
-                Ok(_) => {}
-                Err(_) => fail(format!("no {prefix:?} line within {TIMEOUT:?}")),
+                Ok((_, line)) => seen.push(line),
+                Err(_) => fail(format!(
+                    "{}: no {prefix:?} line within {TIMEOUT:?}; its last lines:\n{}",
+                    self.sock.display(),
+                    seen[seen.len().saturating_sub(8)..].join("\n")
+                )),
             }
         }
     }
@@ -151,6 +161,22 @@ struct Vmm {
     rss_mib: Vec<f64>,
 }
 
+/// Builds benches/floor/bind.c (static) into target/bench-guest.
+fn build_floor() -> PathBuf {
+    let out = common::root().join("target/bench-guest/bind-floor");
+    let _ = std::fs::create_dir_all(common::root().join("target/bench-guest"));
+    let ok = Command::new("gcc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&out)
+        .arg(common::root().join("benches/floor/bind.c"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        fail("cannot build benches/floor/bind.c (needs gcc and a static libc)");
+    }
+    out
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -173,6 +199,8 @@ fn main() {
     let fc = std::env::var_os("FIRECRACKER_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| common::root().join("../shared/peers/firecracker-v1.16.1"));
+    let floor = build_floor();
+    let mut floor_ready = Vec::new();
     let mut vmms = vec![(hearth, "hearth")];
     if fc.exists() {
         vmms.push((fc, "firecracker"));
@@ -213,6 +241,10 @@ fn main() {
         let n = vmms.len();
         for i in 0..n {
             let v = &mut vmms[(i + usize::try_from(round).unwrap_or(0)) % n];
+            if i == 0 {
+                let (p, spawned) = Proc::spawn(&floor, &dir.join("floor.sock"));
+                floor_ready.push(ms(p.wait_socket() - spawned));
+            }
             let sock = dir.join(format!("{}.sock", v.name));
             let (mut p, spawned) = Proc::spawn(&v.bin, &sock);
             let ready = p.wait_socket();
@@ -287,8 +319,17 @@ fn main() {
             median(&v.rss_mib)
         );
     }
+    println!(
+        "{:<14}{}   (a static C program that only binds its socket)",
+        "floor",
+        cell(&floor_ready)
+    );
     let verdict = |ok: bool| if ok { "MET" } else { "MISSED" };
     if let [h, f] = &vmms[..] {
+        println!(
+            "socket ready floor/firecracker = {:.2}x",
+            median(&floor_ready) / median(&f.ready)
+        );
         for (what, a, b) in [
             ("socket ready", &h.ready, &f.ready),
             ("API boot", &h.boot, &f.boot),

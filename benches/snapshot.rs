@@ -1,6 +1,6 @@
 //! Snapshot creation and restore of 256 MiB and 1 GiB guests, hearth next to Firecracker.
-//! Run by hand: `cargo bench --bench snapshot` (SNAPSHOT_BENCH_RUNS restores per VMM and
-//! size, default 7; FIRECRACKER_BIN as in the boot benchmark).
+//! Run by hand: `cargo bench --bench snapshot` (SNAPSHOT_BENCH_RUNS creates and restores
+//! per VMM and size, default 7; FIRECRACKER_BIN as in the boot benchmark).
 //!
 //! A counting test guest (1 vCPU, `count=100000000 delay=300`: a console line every few
 //! hundred µs) runs until it has printed `count: 2`, then is snapshotted: hearth through its API
@@ -9,18 +9,16 @@
 //! next console line: `hearth restore --resume`, and for Firecracker a fresh process
 //! with `--api-sock`, PUT /snapshot/load (File memory backend, resume_vm) as soon as
 //! the socket accepts. Both map the memory file and fault pages in on first touch.
-//! Restores alternate between the VMMs (the order flips every round); the ratio is the
-//! median of the round-by-round ratios.
+//! Creates (each of a freshly booted guest) and restores alternate between the VMMs (the
+//! order flips every round); each ratio is the median of the round-by-round ratios.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::vmm::{self, Watched};
 use common::{build_guest, env_num, fail, root};
 
 const WHAT: &str = "snapshot";
@@ -29,151 +27,27 @@ const WHAT: &str = "snapshot";
 const GUEST_CMDLINE: &str = "count=100000000 delay=300";
 /// Target: restore at half Firecracker's time or better.
 const TARGET_RATIO: f64 = 0.5;
-/// Any single step longer than this fails the benchmark.
-const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn hearth() -> &'static str {
     env!("CARGO_BIN_EXE_hearth")
 }
 
-/// A child whose stdout lines arrive on a channel with the time they were read.
-struct Watched {
-    child: Child,
-    lines: mpsc::Receiver<(Instant, String)>,
-    seen: Vec<String>,
+fn spawn(cmd: &mut Command) -> Watched {
+    Watched::spawn(WHAT, cmd)
 }
 
-impl Watched {
-    fn spawn(cmd: &mut Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| fail(WHAT, format!("cannot start {cmd:?}: {e}")));
-        let (tx, rx) = mpsc::channel();
-        for pipe in [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if tx.send((Instant::now(), line)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Self {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `needle`; returns when it arrived.
-    fn wait_for(&mut self, needle: &str) -> Instant {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((t, line)) => {
-                    let hit = line.contains(needle);
-                    self.seen.push(line);
-                    if hit {
-                        return t;
-                    }
-                }
-                Err(_) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    fail(
-                        WHAT,
-                        format!(
-                            "{needle:?} never appeared; the VMM printed:\n{}",
-                            self.seen.join("\n")
-                        ),
-                    );
-                }
-            }
-        }
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One request on Firecracker's API socket; fails the benchmark on an error status.
 fn fc_api(sock: &Path, method: &str, path: &str, body: &str) {
-    let mut stream = UnixStream::connect(sock)
-        .unwrap_or_else(|e| fail(WHAT, format!("cannot connect to {}: {e}", sock.display())));
-    let _ = stream.set_read_timeout(Some(STEP_TIMEOUT));
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    if let Err(e) = stream.write_all(request.as_bytes()) {
-        fail(WHAT, format!("{method} {path}: {e}"));
-    }
-    let mut response = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => response.extend_from_slice(&buf[..n]),
-            Err(e) => fail(WHAT, format!("{method} {path}: {e}")),
-        }
-    }
-    let text = String::from_utf8_lossy(&response);
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    if !(200..300).contains(&status) {
-        // The body may follow the headers; give it a moment.
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-        if let Ok(n) = stream.read(&mut buf) {
-            response.extend_from_slice(&buf[..n]);
-        }
-        fail(
-            WHAT,
-            format!(
-                "{method} {path} {body}: {}",
-                String::from_utf8_lossy(&response)
-            ),
-        );
-    }
+    vmm::fc_api(WHAT, sock, method, path, body);
 }
 
-/// Connects to `sock` as soon as it accepts (the VMM creates it at start).
 fn wait_for_socket(sock: &Path) {
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    while UnixStream::connect(sock).is_err() {
-        if Instant::now() > deadline {
-            fail(WHAT, format!("{} never accepted", sock.display()));
-        }
-        std::thread::sleep(Duration::from_micros(100));
-    }
+    vmm::wait_for_socket(WHAT, sock);
 }
 
 /// Runs the counting guest under hearth and snapshots it; returns the create time.
 fn hearth_snapshot(guest: &Path, mem: &str, dir: &Path) -> Duration {
     let sock = dir.join("hearth-api.sock");
-    let mut vm = Watched::spawn(
+    let mut vm = spawn(
         Command::new(hearth())
             .args(["run", "--kernel"])
             .arg(guest)
@@ -201,7 +75,7 @@ fn hearth_snapshot(guest: &Path, mem: &str, dir: &Path) -> Duration {
 fn firecracker_snapshot(fc: &Path, guest: &Path, mib: u64, dir: &Path) -> Duration {
     let sock = dir.join("fc-api.sock");
     let _ = std::fs::remove_file(&sock);
-    let mut vm = Watched::spawn(Command::new(fc).arg("--api-sock").arg(&sock));
+    let mut vm = spawn(Command::new(fc).arg("--api-sock").arg(&sock));
     wait_for_socket(&sock);
     let kernel = guest.display();
     fc_api(
@@ -244,7 +118,7 @@ fn firecracker_snapshot(fc: &Path, guest: &Path, mib: u64, dir: &Path) -> Durati
 /// hearth: spawn → the restored guest's next line; also its own first-KVM_RUN time.
 fn hearth_restore(dir: &Path) -> (f64, Option<f64>) {
     let t = Instant::now();
-    let mut vm = Watched::spawn(
+    let mut vm = spawn(
         Command::new(hearth())
             .args(["restore", "--resume", "-v", "--dir"])
             .arg(dir.join("hearth-snap")),
@@ -268,7 +142,7 @@ fn firecracker_restore(fc: &Path, dir: &Path) -> f64 {
     let sock = dir.join("fc-restore.sock");
     let _ = std::fs::remove_file(&sock);
     let t = Instant::now();
-    let mut vm = Watched::spawn(Command::new(fc).arg("--api-sock").arg(&sock));
+    let mut vm = spawn(Command::new(fc).arg("--api-sock").arg(&sock));
     wait_for_socket(&sock);
     fc_api(
         &sock,
@@ -312,22 +186,48 @@ fn main() {
         common::loadavg()
     );
     println!(
-        "guest: {} (1 vCPU, \"{GUEST_CMDLINE}\"); {runs} restores per VMM and size, alternating",
+        "guest: {} (1 vCPU, \"{GUEST_CMDLINE}\"); {runs} creates and restores per VMM and size, alternating",
         guest.display()
     );
     println!();
     println!(
-        "{:>6}  {:<12} {:>12}   {:>26}   {:>26}",
-        "memory", "VMM", "create (ms)", "restore->output median/min/max", "restore->first KVM_RUN"
+        "{:>6}  {:<12} {:>26}   {:>26}   {:>26}",
+        "memory",
+        "VMM",
+        "create median/min/max",
+        "restore->output median/min/max",
+        "restore->first KVM_RUN"
     );
     for (mem, mib) in [("256M", 256u64), ("1G", 1024)] {
         let dir: PathBuf = root().join("target/bench-snapshot").join(mem);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(WHAT, e));
-        let hearth_create = hearth_snapshot(&guest, mem, &dir);
-        let fc_create = fc
-            .as_ref()
-            .map(|fc| firecracker_snapshot(fc, &guest, mib, &dir));
+        // Creates alternate too; the last of each is what the restores load.
+        let (mut hc, mut fcc, mut create_ratios) = (vec![], vec![], vec![]);
+        for round in 0..runs {
+            let h = || {
+                let _ = std::fs::remove_dir_all(dir.join("hearth-snap"));
+                hearth_snapshot(&guest, mem, &dir).as_secs_f64() * 1e3
+            };
+            let pair = match &fc {
+                Some(fc) => {
+                    let f = || firecracker_snapshot(fc, &guest, mib, &dir).as_secs_f64() * 1e3;
+                    if round % 2 == 0 {
+                        let a = h();
+                        (a, Some(f()))
+                    } else {
+                        let b = f();
+                        (h(), Some(b))
+                    }
+                }
+                None => (h(), None),
+            };
+            hc.push(pair.0);
+            if let Some(f) = pair.1 {
+                fcc.push(f);
+                create_ratios.push(pair.0 / f);
+            }
+        }
         // One untimed restore each, so both start from a warm page cache.
         hearth_restore(&dir);
         if let Some(fc) = &fc {
@@ -359,19 +259,29 @@ fn main() {
             }
         }
         println!(
-            "{mem:>6}  {:<12} {:>12.1}   {:>26}   {:>26}",
+            "{mem:>6}  {:<12} {:>26}   {:>26}   {:>26}",
             "hearth",
-            hearth_create.as_secs_f64() * 1e3,
+            summary(&hc),
             summary(&h),
             summary(&h_first)
         );
-        if let Some(c) = fc_create {
+        if fc.is_some() {
             println!(
-                "{mem:>6}  {:<12} {:>12.1}   {:>26}   {:>26}",
+                "{mem:>6}  {:<12} {:>26}   {:>26}   {:>26}",
                 "firecracker",
-                c.as_secs_f64() * 1e3,
+                summary(&fcc),
                 summary(&f),
                 "n/a"
+            );
+            let worst = create_ratios
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max);
+            let m = common::median(&mut create_ratios);
+            println!(
+                "{mem:>6}  create, hearth/Firecracker over {} pairs: median {m:.2}x (target <= {TARGET_RATIO}x: {}), worst {worst:.2}x",
+                create_ratios.len(),
+                if m <= TARGET_RATIO { "MET" } else { "MISSED" }
             );
             let worst = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let m = common::median(&mut ratios);

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use hearth::boot::BootProtocol;
 use hearth::config::{parse_size, ConfigError, DiskArg, ExecutionChoice, NetConfig, VmConfig};
 
-use crate::{jail_cli, seccomp_cli};
+use crate::{jail_cli, landlock_cli, seccomp_cli};
 
 /// hearth: a minimal KVM virtual machine monitor.
 #[derive(Parser)]
@@ -32,12 +32,13 @@ pub(crate) enum Command {
     /// binary does when called `jailer`): hearth jail --id ID --exec-file hearth --uid U
     /// --gid G ... -- run --kernel vmlinux ...
     Jail(jail_cli::JailArgs),
-    /// Compile a seccomp filter in Firecracker's JSON format for --seccomp-filter.
+    /// Compile a seccomp filter in Firecracker's JSON format into its compiled format, for
+    /// --seccomp-filter here or in Firecracker (keys vmm, api and vcpu for Firecracker).
     SeccompCompile {
         /// The JSON filter.
         #[arg(value_name = "JSON")]
         input: PathBuf,
-        /// Where to write the compiled filter.
+        /// Where to write the compiled filter (Firecracker v1.15+'s bitcode format).
         #[arg(value_name = "OUT")]
         output: PathBuf,
     },
@@ -120,6 +121,8 @@ pub(crate) struct RestoreArgs {
     pub(crate) serial_out: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) seccomp: seccomp_cli::SeccompArgs,
+    #[command(flatten)]
+    pub(crate) landlock: landlock_cli::LandlockArgs,
     /// Use tap NEW for the network device that used tap OLD; repeat for more.
     #[arg(long, value_name = "OLD=NEW")]
     pub(crate) net_tap: Vec<String>,
@@ -200,6 +203,8 @@ pub(crate) struct RunArgs {
     pub(crate) vsock: Option<String>,
     #[command(flatten)]
     pub(crate) seccomp: seccomp_cli::SeccompArgs,
+    #[command(flatten)]
+    pub(crate) landlock: landlock_cli::LandlockArgs,
     #[command(flatten)]
     pub(crate) checkpoint: CheckpointArgs,
     /// Log what hearth does (KVM mode, timings, exits) to stderr.

@@ -1,7 +1,6 @@
 //! Part of the `hearth` binary (not the library): hearth run as `firecracker`, with
 //! Firecracker's process flags, so that tools which start Firecracker start hearth.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -24,8 +23,8 @@ pub struct FirecrackerArgs {
     /// MicroVM unique identifier.
     #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
     id: String,
-    /// Seccomp filters instead of the built-in ones: Firecracker's JSON format or
-    /// `hearth seccomp-compile` output.
+    /// Seccomp filters instead of the built-in ones: Firecracker's compiled format (its
+    /// seccompiler-bin's output, or `hearth seccomp-compile`'s) or its JSON format.
     #[arg(long, value_name = "FILE")]
     seccomp_filter: Option<PathBuf>,
     /// Run without seccomp filters.
@@ -132,14 +131,6 @@ pub enum FirecrackerError {
     /// A request refused.
     #[error("{0}")]
     Fault(#[from] hearth::api::Fault),
-    /// Reading a snapshot.
-    #[error("cannot read snapshot {path}: {source}")]
-    Snapshot {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
 }
 
 fn read_config(path: &Path) -> Result<FullVmConfig, ApiError> {
@@ -152,22 +143,7 @@ fn read_config(path: &Path) -> Result<FullVmConfig, ApiError> {
 }
 
 fn describe_snapshot(path: &Path) -> Result<u32, FirecrackerError> {
-    let err = |source| FirecrackerError::Snapshot {
-        path: path.to_owned(),
-        source,
-    };
-    let mut head = [0u8; 12];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map_err(err)?;
-    if head[..8] != hearth::snapshot::MAGIC {
-        return Err(err(std::io::Error::other(
-            "not a hearth snapshot state file",
-        )));
-    }
-    let mut v = [0u8; 4];
-    v.copy_from_slice(&head[8..12]);
-    Ok(u32::from_le_bytes(v))
+    Ok(hearth::snapshot::file_version(path).map_err(hearth::VmError::from)?)
 }
 
 /// CPU time this process has used, in microseconds.

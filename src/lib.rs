@@ -39,6 +39,7 @@ pub mod console;
 pub mod device_manager;
 pub mod jailer;
 pub mod kvm;
+pub mod landlock;
 pub mod memory;
 pub mod rate_limit;
 pub mod run_cmd;

@@ -1,6 +1,7 @@
 //! The `hearth` command line: a thin layer over the library.
 
 mod jail_cli;
+mod landlock_cli;
 mod seccomp_cli;
 mod terminal;
 
@@ -39,6 +40,12 @@ enum CliError {
         /// What was given.
         value: String,
     },
+    /// Landlock could not be turned on.
+    #[error(transparent)]
+    Landlock(#[from] hearth::landlock::LandlockError),
+    /// `--landlock` with a command.
+    #[error("--landlock does not go with a command (`hearth run -- CMD` shows the guest the host's whole root): leave out one or the other")]
+    LandlockCommand,
     /// A restore that nothing could ever resume.
     #[error("restore without --resume waits, paused, for `hearth ctl resume`, which needs --api-sock: pass --resume or --api-sock PATH")]
     RestoreNeverRuns,
@@ -55,18 +62,24 @@ mod firecracker;
 
 use cli_args::*;
 
-fn run(args: RunArgs) -> Result<i32, CliError> {
+fn run(mut args: RunArgs) -> Result<i32, CliError> {
     init_logging(args.verbose);
     // Before any thread starts: the signal and console threads filter themselves too.
     args.seccomp.configure().map_err(VmError::from)?;
     if !args.command.is_empty() {
+        if args.landlock.enabled() {
+            return Err(CliError::LandlockCommand);
+        }
         return Ok(run_command(args));
     }
     // Refuses a root disk without a command.
     args.root_disk()?;
+    let landlock = std::mem::take(&mut args.landlock);
+    let mut config = args.into_config()?;
+    // Before any thread starts: Landlock restricts only this thread and those it starts.
+    landlock.restrict(hearth::landlock::Landlock::for_config(&config))?;
     // Before any thread starts, so that every thread inherits the blocked signals.
     terminal::handle_stop_signals();
-    let mut config = args.into_config()?;
     let api_sock = config.api_sock.take();
     let console = Console::new().input(terminal::console_input());
     let vm = Vm::with_console(&config, console)?;
@@ -157,7 +170,6 @@ fn restore(args: RestoreArgs) -> Result<i32, CliError> {
         return Err(CliError::RestoreNeverRuns);
     }
     args.seccomp.configure().map_err(VmError::from)?;
-    terminal::handle_stop_signals();
     let pair = |flag: &'static str, s: &String| {
         hearth::snapshot::overrides::parse_pair(s).ok_or_else(|| CliError::Override {
             flag,
@@ -185,6 +197,14 @@ fn restore(args: RestoreArgs) -> Result<i32, CliError> {
         checkpoint: args.checkpoint.into_config(None)?,
         ..Default::default()
     };
+    if args.landlock.enabled() {
+        let mut rules =
+            hearth::landlock::Landlock::for_config(&options.restored_config(&args.dir)?);
+        rules.allow(&args.dir, hearth::landlock::Access::ReadOnly);
+        args.landlock.restrict(rules)?;
+    }
+    // After Landlock, which covers only threads started after it.
+    terminal::handle_stop_signals();
     let api_sock = options.api_sock.take();
     let console = Console::new().input(terminal::console_input());
     finish(

@@ -12,7 +12,8 @@ pub struct SeccompArgs {
     #[arg(long, conflicts_with = "seccomp_filter")]
     no_seccomp: bool,
     /// Use these filters instead of the built-in ones: Firecracker's JSON format (keys
-    /// vmm, vcpu, and optionally event-loop and api) or a file from `hearth seccomp-compile`.
+    /// vmm, vcpu, and optionally event-loop and api) or its compiled format (from
+    /// `hearth seccomp-compile` or Firecracker's seccompiler-bin).
     #[arg(long, value_name = "FILE")]
     seccomp_filter: Option<PathBuf>,
 }

@@ -11,22 +11,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::snap::{counts, last_count, restore_resumed, GuestVm};
 use common::*;
 
 /// A generous bound for one guest run: these guests take seconds on a quiet machine, and
 /// many times that on a loaded one.
 const T: Duration = Duration::from_secs(600);
-
-/// The `count: N` values in guest output, in order.
-fn counts(text: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("count: "))
-        .filter_map(|n| n.parse().ok())
-        .collect()
-}
 
 /// The `mem step N sum=S` lines: (N, S).
 fn steps(text: &str) -> Vec<(u64, String)> {
@@ -39,13 +31,6 @@ fn steps(text: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
-fn last_count(path: &Path) -> u64 {
-    counts(&std::fs::read_to_string(path).unwrap_or_default())
-        .last()
-        .copied()
-        .unwrap_or(0)
-}
-
 fn last_step(path: &Path) -> u64 {
     steps(&std::fs::read_to_string(path).unwrap_or_default())
         .last()
@@ -53,91 +38,8 @@ fn last_step(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// A hearth process with an API socket and its serial output in a file; killed on drop.
-struct Proc {
-    child: Option<Child>,
-    sock: PathBuf,
-    serial: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Proc {
-    fn run(dir: &Path, name: &str, cmdline: &str, extra: &[&str]) -> Proc {
-        let sock = dir.join(format!("{name}.sock"));
-        let serial = dir.join(format!("{name}.txt"));
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--kernel".into(),
-            test_guest().display().to_string(),
-            "--cmdline".into(),
-            cmdline.into(),
-            "--api-sock".into(),
-            sock.display().to_string(),
-            "--serial-out".into(),
-            serial.display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Proc {
-            child: Some(spawn_hearth(&args)),
-            sock,
-            serial,
-        }
-    }
-
-    fn restore(dir: &Path, name: &str, snap: &Path) -> Proc {
-        let sock = dir.join(format!("{name}.sock"));
-        let serial = dir.join(format!("{name}.txt"));
-        let child = spawn_hearth(&[
-            "restore",
-            "--dir",
-            snap.to_str().unwrap(),
-            "--resume",
-            "--api-sock",
-            sock.to_str().unwrap(),
-            "--serial-out",
-            serial.to_str().unwrap(),
-        ]);
-        Proc {
-            child: Some(child),
-            sock,
-            serial,
-        }
-    }
-
-    fn snapshot(&self, snap: &Path, extra: &[&str]) {
-        let mut args = vec!["snapshot", "--dir", snap.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        let r = ctl(&self.sock, &args);
-        assert_eq!(r.code(), 0, "snapshot into {}: {r:#?}", snap.display());
-    }
-
-    fn wait(mut self, what: &str) -> (Run, String) {
-        let child = self.child.take().unwrap();
-        let run = wait_bounded(child, T, what);
-        let out = std::fs::read_to_string(&self.serial).unwrap_or_default();
-        (run, out)
-    }
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool, serial: &Path) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < T,
-            "{what} did not happen within {T:?}; {} holds:\n{}",
-            serial.display(),
-            std::fs::read_to_string(serial).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_until(what: &str, f: impl FnMut() -> bool, serial: &Path) {
+    common::snap::wait_until(what, f, serial, T);
 }
 
 /// Counts from `from` to `to` without a gap and ends with `exit: 7`.
@@ -161,15 +63,15 @@ fn snapshots_into_the_directory_a_running_vm_maps() {
     let snap = d.join("snap");
     const N: u64 = 40;
     let cmdline = format!("count={N} delay=20000 exit=7");
-    let first = Proc::run(d, "first", &cmdline, &["--memory", "32M"]);
+    let first = GuestVm::run(d, "first", &cmdline, &["--memory", "32M"]);
     wait_for_text(&first.serial, "count: 3\n", T);
     first.snapshot(&snap, &[]);
     let base = last_count(&first.serial);
     drop(first);
 
     // A maps snap's memory; a second VM, B, maps it too, and keeps running throughout.
-    let a = Proc::restore(d, "a", &snap);
-    let b = Proc::restore(d, "b", &snap);
+    let a = GuestVm::restore(d, "a", &snap);
+    let b = GuestVm::restore(d, "b", &snap);
     let mut copies = Vec::new();
     for i in 0..3 {
         let seen = last_count(&a.serial);
@@ -182,19 +84,23 @@ fn snapshots_into_the_directory_a_running_vm_maps() {
         a.snapshot(&snap, &["--resume"]);
         let after = last_count(&a.serial);
         // Restored from the new snapshot while A and B still run from the older files.
-        copies.push((Proc::restore(d, &format!("copy{i}"), &snap), before, after));
+        copies.push((
+            GuestVm::restore(d, &format!("copy{i}"), &snap),
+            before,
+            after,
+        ));
         // The copy has its memory mapped before A replaces the snapshot again.
         let c = &copies.last().unwrap().0;
         wait_until("the copy to run", || last_count(&c.serial) > 0, &c.serial);
     }
-    let (ra, oa) = a.wait("A");
+    let (ra, oa) = a.wait("A", T);
     assert_eq!(ra.code(), 7, "A keeps running to its end: {ra:#?}\n{oa}");
     assert_counts_on(&oa, base + 1, N, "A");
-    let (rb, ob) = b.wait("B");
+    let (rb, ob) = b.wait("B", T);
     assert_eq!(rb.code(), 7, "B keeps running to its end: {rb:#?}\n{ob}");
     assert_counts_on(&ob, base + 1, N, "B");
     for (i, (c, before, after)) in copies.into_iter().enumerate() {
-        let (rc, oc) = c.wait("copy");
+        let (rc, oc) = c.wait("copy", T);
         assert_eq!(rc.code(), 7, "copy {i}: {rc:#?}\n{oc}");
         let first = counts(&oc)[0];
         assert!(
@@ -218,17 +124,7 @@ fn snapshots_into_the_directory_a_running_vm_maps() {
 
 /// What restoring `snap` gives: the first count, or the one-line error.
 fn restore_outcome(snap: &Path, serial: &Path) -> Result<(u64, String), String> {
-    let run = hearth_with_timeout(
-        [
-            "restore",
-            "--dir",
-            snap.to_str().unwrap(),
-            "--resume",
-            "--serial-out",
-            serial.to_str().unwrap(),
-        ],
-        T,
-    );
+    let run = restore_resumed(snap, serial, &[], T);
     let out = std::fs::read_to_string(serial).unwrap_or_default();
     if run.code() == hearth::exit_status::HEARTH_ERROR {
         assert_eq!(run.stderr.trim_end().lines().count(), 1, "{run:#?}");
@@ -265,7 +161,7 @@ fn a_writer_killed_mid_snapshot_leaves_the_old_or_the_new_snapshot() {
     for case in 0..points.len() + delays_ms.len() {
         let snap = d.join(format!("snap{case}"));
         // The old snapshot, taken by a VM that then goes on.
-        let vm = Proc::run(d, &format!("w{case}"), &cmdline, &[]);
+        let vm = GuestVm::run(d, &format!("w{case}"), &cmdline, &[]);
         wait_for_text(&vm.serial, "count: 2\n", T);
         vm.snapshot(&snap, &["--resume"]);
         let old = last_count(&vm.serial);
@@ -341,7 +237,7 @@ fn a_writer_killed_mid_snapshot_leaves_the_old_or_the_new_snapshot() {
             }
         }
         // And the directory takes the next snapshot as usual.
-        let vm = Proc::restore(d, &format!("again{case}"), &snap);
+        let vm = GuestVm::restore(d, &format!("again{case}"), &snap);
         wait_until(
             "the restored VM to count",
             || last_count(&vm.serial) > 0,
@@ -376,17 +272,7 @@ fn diff_files(snap: &Path) -> Vec<PathBuf> {
 
 /// Runs a restored `mem.walk` guest to its end: its step lines and final sum.
 fn restored_walk(snap: &Path, serial: &Path) -> (Vec<(u64, String)>, String) {
-    let run = hearth_with_timeout(
-        [
-            "restore",
-            "--dir",
-            snap.to_str().unwrap(),
-            "--resume",
-            "--serial-out",
-            serial.to_str().unwrap(),
-        ],
-        T,
-    );
+    let run = restore_resumed(snap, serial, &[], T);
     let out = std::fs::read_to_string(serial).unwrap_or_default();
     assert_eq!(
         run.code(),
@@ -411,7 +297,7 @@ fn diff_chain_restores_each_link_and_merges() {
     let d = dir.as_path();
     const STEPS: u64 = 120;
     const PAGES: u64 = 64;
-    let vm = Proc::run(
+    let vm = GuestVm::run(
         d,
         "walk",
         &format!("mem.walk=32:{PAGES}:{STEPS} mem.sum=32:{PAGES} delay=4000 exit=9"),
@@ -443,7 +329,7 @@ fn diff_chain_restores_each_link_and_merges() {
         let _ = prev_after;
         prev_after = after;
     }
-    let (run, reference) = vm.wait("the original walk");
+    let (run, reference) = vm.wait("the original walk", T);
     assert_eq!(run.code(), 9, "{run:#?}");
     let ref_steps = steps(&reference);
     assert_eq!(ref_steps.len() as u64, STEPS, "{reference}");
@@ -483,7 +369,7 @@ fn diff_chain_restores_each_link_and_merges() {
     let r = hearth_with_timeout(["snapshot", "inspect", links[3].0.to_str().unwrap()], T);
     assert_eq!(r.code(), 0, "{r:#?}");
     for want in [
-        concat!("format version: ", 3),
+        concat!("format version: ", 4),
         concat!("written by: hearth ", env!("CARGO_PKG_VERSION")),
         "memory: 64 MiB",
         "memory chain (4 layer(s)",
@@ -564,7 +450,7 @@ fn diff_chain_restores_each_link_and_merges() {
 fn diff_without_a_parent_is_refused() {
     let dir = scratch();
     let d = dir.as_path();
-    let vm = Proc::run(d, "p", "count=100 delay=20000 exit=7", &[]);
+    let vm = GuestVm::run(d, "p", "count=100 delay=20000 exit=7", &[]);
     wait_for_text(&vm.serial, "count: 1\n", T);
     let r = ctl(
         &vm.sock,
@@ -594,7 +480,7 @@ fn periodic_checkpoints_survive_a_kill() {
     cmdline.push_str("exit=0");
     let ckpt = d.join("ckpt");
     let disk_arg = format!("path={}", disk.display());
-    let vm = Proc::run(
+    let vm = GuestVm::run(
         d,
         "writer",
         &cmdline,
@@ -736,7 +622,7 @@ fn checkpoint_chains_are_folded() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let vm = Proc {
+    let vm = GuestVm {
         child: Some(child),
         sock: d.join("none"),
         serial: serial.clone(),
@@ -764,7 +650,7 @@ fn checkpoint_chains_are_folded() {
     let r = hearth_with_timeout(["snapshot", "inspect", latest.to_str().unwrap()], T);
     assert_eq!(r.code(), 0, "{r:#?}");
     // It restores and carries on counting.
-    let vm = Proc::restore(d, "again", &latest);
+    let vm = GuestVm::restore(d, "again", &latest);
     wait_until("counting on", || last_count(&vm.serial) > 0, &vm.serial);
     let first = counts(&std::fs::read_to_string(&vm.serial).unwrap())[0];
     assert!(

@@ -104,6 +104,16 @@ impl Fc {
     }
 
     /// A request that must succeed with 204.
+    /// 1 vCPU, 64 MiB, the test guest with `args`.
+    fn configure_guest(&self, args: &str) {
+        self.ok(
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": 64}),
+        );
+        self.ok("PUT", "/boot-source", boot_source(args));
+    }
+
     fn ok(&self, method: &str, path: &str, body: Value) {
         let a = self.call(method, path, Some(body));
         assert_eq!(a.status, 204, "{method} {path}: {a:?}\n{}", self.output());
@@ -667,16 +677,7 @@ fn flushed_metrics_count_the_guests_disk_requests() {
         Some(&json!({"metrics_path": metrics}).to_string()),
         "Reinitialization",
     );
-    fc.ok(
-        "PUT",
-        "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": 64}),
-    );
-    fc.ok(
-        "PUT",
-        "/boot-source",
-        boot_source("blk.read=0:0:8 blk.read=0:100:2 blk.write=0:20:2:7 blk.flush=0 count=200 delay=20000 exit=0"),
-    );
+    fc.configure_guest("blk.read=0:0:8 blk.read=0:100:2 blk.write=0:20:2:7 blk.flush=0 count=200 delay=20000 exit=0");
     fc.ok(
         "PUT",
         "/drives/data",
@@ -717,16 +718,7 @@ fn drive_patch_after_boot_swaps_the_backing_file() {
     std::fs::write(&b, &b_data).unwrap();
     let mut fc = Fc::spawn(d, "vm", &[]);
     fc.wait_socket();
-    fc.ok(
-        "PUT",
-        "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": 64}),
-    );
-    fc.ok(
-        "PUT",
-        "/boot-source",
-        boot_source("count=10 delay=20000 blk.info blk.read=0:0:8 exit=0"),
-    );
+    fc.configure_guest("count=10 delay=20000 blk.info blk.read=0:0:8 exit=0");
     fc.ok(
         "PUT",
         "/drives/rootfs",
@@ -758,18 +750,7 @@ fn drive_patch_after_boot_swaps_the_backing_file() {
         json!({"drive_id": "rootfs", "path_on_host": b}),
     );
     assert_eq!(fc.wait().code(), Some(0), "{}", fc.output());
-    let serial = std::fs::read_to_string(&fc.serial).unwrap();
-    assert!(
-        serial.contains("blk 0: capacity=1024 ro=1"),
-        "the guest sees the new disk's size\n{serial}"
-    );
-    assert!(
-        serial.contains(&format!(
-            "blk 0 read 0 8 fnv={:016x}",
-            fnv1a(&b_data[..8 * 512])
-        )),
-        "and its data\n{serial}"
-    );
+    assert_sees_new_disk(&fc.serial, true, &b_data);
 }
 
 #[test]
@@ -797,16 +778,7 @@ fn network_overrides_move_a_loaded_vm_to_another_tap() {
         fc
     };
     let one = spawn("one");
-    one.ok(
-        "PUT",
-        "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": 64}),
-    );
-    one.ok(
-        "PUT",
-        "/boot-source",
-        boot_source("count=25 delay=20000 net.tx=0:after-restore exit=4"),
-    );
+    one.configure_guest("count=25 delay=20000 net.tx=0:after-restore exit=4");
     one.ok(
         "PUT",
         "/network-interfaces/eth0",
@@ -1059,18 +1031,7 @@ fn a_loaded_vm_keeps_its_drive_ids_and_takes_patches() {
     );
     two.ok("PATCH", "/vm", json!({"state": "Resumed"}));
     assert_eq!(two.wait().code(), Some(6), "{}", two.output());
-    let serial = std::fs::read_to_string(&two.serial).unwrap();
-    assert!(
-        serial.contains("blk 0: capacity=1024 ro=0"),
-        "the restored guest sees the new disk\n{serial}"
-    );
-    assert!(
-        serial.contains(&format!(
-            "blk 0 read 0 8 fnv={:016x}",
-            fnv1a(&b_data[..8 * 512])
-        )),
-        "and its data\n{serial}"
-    );
+    assert_sees_new_disk(&two.serial, false, &b_data);
 }
 
 #[test]
@@ -1090,16 +1051,7 @@ fn flushed_metrics_count_serial_vcpu_exits_and_vsock() {
     });
     let fc = Fc::spawn(d, "vm", &["--metrics-path", metrics.to_str().unwrap()]);
     fc.wait_socket();
-    fc.ok(
-        "PUT",
-        "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": 64}),
-    );
-    fc.ok(
-        "PUT",
-        "/boot-source",
-        boot_source("vsock.send=6000:hello-marker count=3 sleep=60000 exit=0"),
-    );
+    fc.configure_guest("vsock.send=6000:hello-marker count=3 sleep=60000 exit=0");
     fc.ok("PUT", "/vsock", json!({"guest_cid": 3, "uds_path": uds}));
     fc.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
     wait_for_text(&fc.serial, "count: 3\n", T);
@@ -1268,17 +1220,8 @@ fn a_network_limit_raised_by_patch_lets_the_guest_speed_up() {
         d.join("vm.stderr"),
     );
     fc.wait_socket();
-    fc.ok(
-        "PUT",
-        "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": 64}),
-    );
     // 200 frames of 1000 bytes at 1000 bytes/s would take over three minutes.
-    fc.ok(
-        "PUT",
-        "/boot-source",
-        boot_source("net.flood=0:200:1000 exit=0"),
-    );
+    fc.configure_guest("net.flood=0:200:1000 exit=0");
     fc.ok(
         "PUT",
         "/network-interfaces/eth0",
@@ -1322,5 +1265,22 @@ fn a_network_limit_raised_by_patch_lets_the_guest_speed_up() {
     assert!(
         serial.contains("net 0 flood frames=200 bytes=200000"),
         "nothing dropped: {serial}"
+    );
+}
+
+/// The guest's serial output shows disk 0 as the 1024-sector disk `data`, read-only or not,
+/// and the checksum of its first 8 sectors.
+fn assert_sees_new_disk(serial: &Path, read_only: bool, data: &[u8]) {
+    let serial = std::fs::read_to_string(serial).unwrap();
+    assert!(
+        serial.contains(&format!("blk 0: capacity=1024 ro={}", u8::from(read_only))),
+        "the guest sees the new disk's size\n{serial}"
+    );
+    assert!(
+        serial.contains(&format!(
+            "blk 0 read 0 8 fnv={:016x}",
+            fnv1a(&data[..8 * 512])
+        )),
+        "and its data\n{serial}"
     );
 }

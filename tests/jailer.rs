@@ -16,9 +16,14 @@ use common::*;
 const UID: u32 = 54321;
 const GID: u32 = 54322;
 
-fn is_root() -> bool {
+/// Whether the test must be skipped (with a line saying so): the jailer needs root.
+fn not_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    let root = unsafe { libc::geteuid() == 0 };
+    if !root {
+        eprintln!("skipped: the jailer needs root");
+    }
+    !root
 }
 
 /// A chroot base with the guest and a disk already linked into `<id>`'s chroot, as an
@@ -34,6 +39,18 @@ fn prepare(base: &Path, id: &str) -> PathBuf {
     root
 }
 
+/// A scratch chroot base and a VM id (`PREFIX-<pid>`) whose chroot is prepared; None,
+/// to skip, without root.
+fn setup(prefix: &str) -> Option<(vmm_sys_util::tempdir::TempDir, String, PathBuf)> {
+    if not_root() {
+        return None;
+    }
+    let dir = scratch();
+    let id = format!("{prefix}-{}", std::process::id());
+    let root = prepare(dir.as_path(), &id);
+    Some((dir, id, root))
+}
+
 fn jail_cmd(base: &Path, id: &str, extra: &[&str], vmm: &[&str]) -> Command {
     let mut cmd = Command::new(hearth_bin());
     cmd.arg("jail");
@@ -41,9 +58,27 @@ fn jail_cmd(base: &Path, id: &str, extra: &[&str], vmm: &[&str]) -> Command {
     cmd
 }
 
+/// `--id ID --exec-file EXEC --uid UID --gid GID`, then `more`.
+fn id_args(id: &str, exec: &str, more: &[&str]) -> Vec<String> {
+    let (uid, gid) = (UID.to_string(), GID.to_string());
+    [
+        "--id",
+        id,
+        "--exec-file",
+        exec,
+        "--uid",
+        &uid,
+        "--gid",
+        &gid,
+    ]
+    .iter()
+    .chain(more)
+    .map(|s| s.to_string())
+    .collect()
+}
+
 fn jail_args(cmd: &mut Command, base: &Path, id: &str, extra: &[&str], vmm: &[&str]) {
-    cmd.args(["--id", id, "--exec-file", hearth_bin()])
-        .args(["--uid", &UID.to_string(), "--gid", &GID.to_string()])
+    cmd.args(id_args(id, hearth_bin(), &[]))
         .arg("--chroot-base-dir")
         .arg(base)
         .args(extra)
@@ -70,16 +105,23 @@ impl Drop for Cleanup {
             if Path::new(&format!("/proc/{pid}")).exists() {
                 // SAFETY: kill takes plain integers; the pid is the test's own child VMM.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
-                let start = Instant::now();
-                while Path::new(&format!("/proc/{pid}")).exists()
-                    && start.elapsed() < Duration::from_secs(10)
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                wait_gone(&pid.to_string(), Duration::from_secs(10));
             }
         }
         remove_cgroups(&self.cgroups);
     }
+}
+
+/// Waits until process `pid` is gone, at most `timeout`; whether it went.
+fn wait_gone(pid: &str, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 /// Removes the test's cgroups (they outlive the process, as with Firecracker's jailer).
@@ -102,14 +144,10 @@ fn remove_cgroups(paths: &[PathBuf]) {
 
 #[test]
 fn jailed_hearth_runs_confined_and_the_guest_uses_disk_and_vsock() {
-    if !is_root() {
-        eprintln!("skipped: the jailer needs root");
+    let Some((dir, id, root)) = setup("jt") else {
         return;
-    }
-    let dir = scratch();
+    };
     let base = dir.as_path();
-    let id = format!("jt-{}", std::process::id());
-    let root = prepare(base, &id);
     let netns = format!("hearth-jail-{}", std::process::id());
     let ns_ok = Command::new("ip")
         .args(["netns", "add", &netns])
@@ -162,9 +200,10 @@ fn jailed_hearth_runs_confined_and_the_guest_uses_disk_and_vsock() {
     assert!(out.success(), "jailer: {out:?} {}", err());
     // --new-pid-ns: the jailer wrote the VMM's pid and left.
     let pid = std::fs::read_to_string(root.join("hearth.pid")).unwrap();
+    let pid = pid.trim().to_string();
     // Whatever happens below, the jailed hearth goes and its cgroups with it.
     let _cleanup = Cleanup {
-        pid: pid.trim().parse().ok(),
+        pid: pid.parse().ok(),
         cgroups: ["pids", "memory", "cpu"]
             .iter()
             .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&cg_name).join(&id))
@@ -245,23 +284,11 @@ fn jailed_hearth_runs_confined_and_the_guest_uses_disk_and_vsock() {
     let _ = conn.read_to_string(&mut got);
     assert_eq!(got, "from-the-jail");
     // The VM runs: its main thread has its seccomp filter too.
-    // The jailer may leave before its child has exec'd: look once the guest runs.
-    wait_for_text(
-        &root.join("serial.txt"),
-        "boot-marker",
-        Duration::from_secs(60),
-    );
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("Seccomp:\t2"), "{status}");
-    // Wait for the VM to end, bounded.
-    let start = Instant::now();
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "jailed hearth did not end"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_gone(&pid, Duration::from_secs(60)),
+        "jailed hearth did not end"
+    );
     let serial = std::fs::read_to_string(root.join("serial.txt")).unwrap();
     assert!(serial.contains("blk 0 write 0 2 status=0"), "{serial}");
     assert!(serial.contains("vsock send port=52 ok"), "{serial}");
@@ -271,14 +298,10 @@ fn jailed_hearth_runs_confined_and_the_guest_uses_disk_and_vsock() {
 
 #[test]
 fn jailed_hearth_keeps_the_exit_status_and_takes_cgroup_v2() {
-    if !is_root() {
-        eprintln!("skipped: the jailer needs root");
+    let Some((dir, id, _)) = setup("jt2") else {
         return;
-    }
-    let dir = scratch();
+    };
     let base = dir.as_path();
-    let id = format!("jt2-{}", std::process::id());
-    prepare(base, &id);
     let v2 = Path::new("/sys/fs/cgroup/unified");
     let cg_name = format!("hearth-test2-{}", std::process::id());
     // Called under the name `jailer`, hearth takes the jailer's flags alone.
@@ -311,8 +334,7 @@ fn jailed_hearth_keeps_the_exit_status_and_takes_cgroup_v2() {
 
 #[test]
 fn bad_jailer_input_is_refused_with_one_line_and_nothing_left() {
-    if !is_root() {
-        eprintln!("skipped: the jailer needs root");
+    if not_root() {
         return;
     }
     let dir = scratch();
@@ -320,77 +342,25 @@ fn bad_jailer_input_is_refused_with_one_line_and_nothing_left() {
     let used = prepare(base, "used");
     std::fs::create_dir(used.join("dev")).unwrap();
     let before = walk(base);
-    let uid = UID.to_string();
+    let hearth = hearth_bin();
     let cases: Vec<(Vec<String>, &str)> = vec![
+        (id_args("a", "/no/such/hearth", &[]), "--exec-file"),
         (
             args(&[
                 "--id",
                 "a",
                 "--exec-file",
-                "/no/such/hearth",
+                hearth,
                 "--uid",
-                &uid,
-                "--gid",
-                &uid,
+                &UID.to_string(),
             ]),
-            "--exec-file",
-        ),
-        (
-            args(&["--id", "a", "--exec-file", hearth_bin(), "--uid", &uid]),
             "--uid and --gid go together",
         ),
+        (id_args("a/b", hearth, &[]), "--id"),
+        (id_args("..", hearth, &[]), "--id"),
+        (id_args("used", hearth, &[]), "already holds a jail"),
         (
-            args(&[
-                "--id",
-                "a/b",
-                "--exec-file",
-                hearth_bin(),
-                "--uid",
-                &uid,
-                "--gid",
-                &uid,
-            ]),
-            "--id",
-        ),
-        (
-            args(&[
-                "--id",
-                "..",
-                "--exec-file",
-                hearth_bin(),
-                "--uid",
-                &uid,
-                "--gid",
-                &uid,
-            ]),
-            "--id",
-        ),
-        (
-            args(&[
-                "--id",
-                "used",
-                "--exec-file",
-                hearth_bin(),
-                "--uid",
-                &uid,
-                "--gid",
-                &uid,
-            ]),
-            "already holds a jail",
-        ),
-        (
-            args(&[
-                "--id",
-                "b",
-                "--exec-file",
-                hearth_bin(),
-                "--uid",
-                &uid,
-                "--gid",
-                &uid,
-                "--cgroup",
-                "nosuchcontroller.max=1",
-            ]),
+            id_args("b", hearth, &["--cgroup", "nosuchcontroller.max=1"]),
             "not available",
         ),
     ];

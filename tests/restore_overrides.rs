@@ -17,6 +17,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::net::{add_tap, frame, parse_mac, PacketSocket, ETHERTYPE};
+use common::snap::*;
 use common::*;
 
 const T: Duration = Duration::from_secs(120);
@@ -32,40 +33,11 @@ impl Drop for Kill {
 
 /// Starts the test guest with `cmdline`, snapshots it once `count: 2` is out, kills it.
 fn snapshot_of(d: &Path, cmdline: &str, extra: &[&str]) -> PathBuf {
-    let api = d.join("api.sock");
-    let serial = d.join("first.txt");
-    let mut args: Vec<String> = vec![
-        "run".into(),
-        "--kernel".into(),
-        test_guest().display().to_string(),
-        "--cmdline".into(),
-        cmdline.into(),
-        "--api-sock".into(),
-        api.display().to_string(),
-        "--serial-out".into(),
-        serial.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let vm = Kill(spawn_hearth(&args));
-    wait_for_text(&serial, "count: 2\n", T);
-    let snap = d.join("snap");
-    let r = ctl(&api, &["snapshot", "--dir", snap.to_str().unwrap()]);
-    assert_eq!(r.code(), 0, "{r:#?}");
-    drop(vm);
-    snap
+    snapshot_once(d, "first", cmdline, extra, "count: 2\n", T).0
 }
 
 fn restore(snap: &Path, serial: &Path, extra: &[&str]) -> Run {
-    let mut args = vec![
-        "restore".to_string(),
-        "--dir".into(),
-        snap.display().to_string(),
-        "--resume".into(),
-        "--serial-out".into(),
-        serial.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    hearth_with_timeout(args, T)
+    restore_resumed(snap, serial, extra, T)
 }
 
 #[test]

@@ -177,3 +177,12 @@ fn a_bad_filter_file_is_refused_with_one_line() {
         assert!(run.stderr.contains(want), "{run:#?}");
     }
 }
+
+#[test]
+fn a_filter_compiled_by_firecracker_loads_and_filters() {
+    // Firecracker v1.16.1's own compiled filters (allow everything, but installed: each
+    // thread shows seccomp mode 2).
+    let fc = root().join("tests/data/firecracker-v1.16.1-default-allow.bpf");
+    let modes = modes_of_a_running_vm(&["--seccomp-filter", fc.to_str().unwrap()]);
+    assert!(modes.iter().all(|(_, m)| m == "2"), "{modes:?}");
+}

@@ -13,53 +13,18 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::snap::*;
 use common::*;
 
 const T: Duration = Duration::from_secs(60);
 
-/// The `count: N` values in guest output, in order.
-fn counts(text: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("count: "))
-        .filter_map(|n| n.parse().ok())
-        .collect()
-}
-
-/// A running VM with an API socket, its serial output in a file.
-struct Running {
-    child: std::process::Child,
-    sock: PathBuf,
-    serial: PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path, cmdline: &str, extra: &[&str]) -> Running {
-    let sock = dir.join("api.sock");
-    let serial = dir.join("serial-1.txt");
-    let mut args: Vec<String> = vec![
-        "run".into(),
-        "--kernel".into(),
-        test_guest().display().to_string(),
-        "--cmdline".into(),
-        cmdline.into(),
-        "--api-sock".into(),
-        sock.display().to_string(),
-        "--serial-out".into(),
-        serial.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let child = spawn_hearth(&args);
-    Running {
-        child,
-        sock,
-        serial,
-    }
+fn start(dir: &Path, cmdline: &str, extra: &[&str]) -> GuestVm {
+    GuestVm::run_at(
+        dir.join("api.sock"),
+        dir.join("serial-1.txt"),
+        cmdline,
+        extra,
+    )
 }
 
 /// Starts a counting guest, snapshots it after `count: 3`, and kills it. Returns the
@@ -81,17 +46,7 @@ fn snapshot_mid_run(dir: &Path, cmdline: &str, extra: &[&str]) -> (PathBuf, u64)
 }
 
 fn restore(snap: &Path, serial: &Path) -> Run {
-    hearth_with_timeout(
-        [
-            "restore",
-            "--dir",
-            snap.to_str().unwrap(),
-            "--resume",
-            "--serial-out",
-            serial.to_str().unwrap(),
-        ],
-        T,
-    )
+    restore_resumed(snap, serial, &[], T)
 }
 
 fn counter_continues(cpus: &str) {
@@ -373,4 +328,48 @@ fn bad_snapshots_are_refused() {
     );
     std::fs::remove_file(&disk).unwrap();
     assert_refused(&snap, "disk.img");
+}
+
+/// A snapshot in the previous format (3), written by the hearth of commit 00786ff: the
+/// counting test guest (32 MiB, a disk then at /hearth-fixture/disk.img, an entropy
+/// device) paused after `count: 3`. This hearth restores it and the guest carries on.
+#[test]
+fn a_snapshot_in_the_previous_format_restores() {
+    let dir = scratch();
+    let d = dir.as_path();
+    let fixture = root().join("tests/data/snapshot-v3");
+    let snap = d.join("snap");
+    copy_dir(&fixture.join("snap"), &snap);
+    let disk = d.join("disk.img");
+    std::fs::copy(fixture.join("disk.img"), &disk).unwrap();
+    let state = std::fs::read(snap.join("state")).unwrap();
+    assert_eq!(state[8..12], 3u32.to_le_bytes(), "the fixture is format 3");
+
+    let serial = d.join("serial.txt");
+    let run = hearth_with_timeout(
+        [
+            "restore",
+            "--dir",
+            snap.to_str().unwrap(),
+            "--resume",
+            "--disk-path",
+            &format!("/hearth-fixture/disk.img={}", disk.display()),
+            "--serial-out",
+            serial.to_str().unwrap(),
+        ],
+        T,
+    );
+    let out = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert_eq!(
+        run.code(),
+        5,
+        "the guest exits as it would have: {run:#?}\n{out}"
+    );
+    assert_eq!(counts(&out), (4..=8).collect::<Vec<_>>(), "{out}");
+    assert!(
+        out.contains("blk 0 read 0 1 fnv=88f2c5d20d5ae0c3\n"),
+        "the disk reads as before: {out}"
+    );
+    assert!(out.contains("rng read 16 bytes"), "{out}");
+    assert!(!out.contains("hearth-test-guest"), "no reboot: {out}");
 }

@@ -1,6 +1,8 @@
 //! Shared by the hand-run benchmarks: paths, the test guest, failing loudly.
 #![allow(dead_code)]
 
+pub mod vmm;
+
 use std::path::PathBuf;
 use std::process::Command;
 

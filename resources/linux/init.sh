@@ -9,23 +9,27 @@ read -r release < /proc/sys/kernel/osrelease
 cpus=$(grep -c '^processor' /proc/cpuinfo)
 read -r uptime _ < /proc/uptime
 echo "hearth-linux-guest: init reached release=$release cpus=$cpus uptime=${uptime}s"
-# hearth.count=N on the command line: count to N on the console, a second apart, first
-# (the snapshot tests stop and restore a Linux guest that is counting).
+# hearth.vsock=PORT on the command line: serve vsock port PORT in the background
+# (hearth-vsock.c: echo, and `dial P TEXT` to reach the host's port P).
+# hearth.count=N: count to N on the console, a second apart, first (the snapshot tests
+# stop and restore a Linux guest that is counting).
 read -r cmdline < /proc/cmdline
+n=
 for arg in $cmdline; do
   case $arg in
-    hearth.count=*)
-      n=${arg#hearth.count=}
-      i=0
-      while [ "$i" -lt "$n" ]; do
-        i=$((i + 1))
-        echo "count: $i"
-        sleep 1
-      done
-      echo "hearth-linux-guest: counted to $n"
-      ;;
+    hearth.vsock=*) /bin/hearth-vsock "${arg#hearth.vsock=}" & ;;
+    hearth.count=*) n=${arg#hearth.count=} ;;
   esac
 done
+if [ -n "$n" ]; then
+  i=0
+  while [ "$i" -lt "$n" ]; do
+    i=$((i + 1))
+    echo "count: $i"
+    sleep 1
+  done
+  echo "hearth-linux-guest: counted to $n"
+fi
 reboot -f
 # Only reached if the reboot system call failed.
 echo "hearth-linux-guest: reboot failed"

@@ -377,6 +377,25 @@ static void mem_walk(uint64_t base_mib, uint64_t pages, uint64_t steps, uint64_t
 	}
 }
 
+/* mem.dirty: a steady writer for the checkpoint benchmarks. Round r writes r into one
+ * word of each of the pages at base_mib MiB (so exactly those pages are dirty after a
+ * round, whatever else ran), then prints the round number: rounds per second is the
+ * work done. */
+static void mem_dirty(uint64_t base_mib, uint64_t pages, uint64_t rounds, uint64_t delay)
+{
+	volatile uint64_t *region = phys(base_mib << 20);
+
+	for (uint64_t r = 1; r <= rounds; r++) {
+		if (r > 1)
+			delay_loop(delay);
+		for (uint64_t p = 0; p < pages; p++)
+			region[p * 512 + (r & 511)] = r;
+		pr_str("mem dirty round=");
+		pr_dec(r);
+		pr_str("\n");
+	}
+}
+
 /* mem.sum: FNV-1a 64 over the words mem.walk writes, page by page. */
 static void mem_sum(uint64_t base_mib, uint64_t pages)
 {
@@ -561,6 +580,10 @@ void guest_main(unsigned kind, uint64_t info)
 			if ((ok = parse_list(&t, v, 3) && v[1] > 0 && v[0] >= 16 &&
 				   v[0] < 3072))
 				mem_walk(v[0], v[1], v[2], delay);
+		} else if (is(&t, "mem.dirty=")) {
+			if ((ok = parse_list(&t, v, 3) && v[0] >= 16 && v[0] < 3072 &&
+				   v[1] <= (3072 - v[0]) * 256))
+				mem_dirty(v[0], v[1], v[2], delay);
 		} else if (is(&t, "mem.sum=")) {
 			if ((ok = parse_list(&t, v, 2) && v[0] >= 16 && v[0] < 3072))
 				mem_sum(v[0], v[1]);

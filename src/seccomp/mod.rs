@@ -9,20 +9,21 @@
 //! one line naming the thread and the call to stderr and ends the process with
 //! [`EXIT_STATUS`], as Firecracker does.
 
+pub mod compiled;
 mod syscalls;
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use seccompiler::{sock_filter, BpfProgram};
+use seccompiler::BpfProgram;
 
 /// The exit status of a process stopped by a seccomp violation (Firecracker's).
 pub const EXIT_STATUS: u8 = 148;
 
-/// The largest filter file read (a BPF program has at most 4096 instructions).
-const MAX_FILE: u64 = 1 << 20;
+/// The largest JSON filter file read (a compiled one: [`compiled::MAX_FILE`]).
+const MAX_JSON: u64 = 1 << 20;
 
 /// The kinds of thread hearth starts. A new kind of thread gets its own variant, its
 /// own `resources/seccomp/<name>.json`, and calls [`apply`] first thing.
@@ -83,11 +84,26 @@ pub enum SeccompError {
         #[source]
         source: seccompiler::Error,
     },
-    /// Neither JSON nor a compiled filter.
+    /// Neither JSON nor a well-formed compiled filter.
     #[error(
-        "seccomp filter {0}: neither Firecracker's JSON format nor a filter compiled by hearth"
+        "seccomp filter {path} is neither Firecracker's JSON nor its compiled format: {source}"
     )]
-    Format(PathBuf),
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// Why it does not decode as a compiled filter.
+        #[source]
+        source: compiled::FormatError,
+    },
+    /// The compiled form of a JSON filter is too large.
+    #[error("seccomp filter {path} does not fit Firecracker's compiled format: {source}")]
+    Encode {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: compiled::FormatError,
+    },
     /// A kind that every filter file must have is missing.
     #[error("seccomp filter {path} has no \"{kind}\" filter (it needs \"vmm\" and \"vcpu\"; \"event-loop\" and \"api\" default to \"vmm\")")]
     Missing {
@@ -129,25 +145,6 @@ pub struct Filters {
     programs: HashMap<ThreadKind, BpfProgram>,
 }
 
-/// A compiled filter map as stored: kind name → BPF instructions packed in `u64`s.
-type Packed = HashMap<String, Vec<u64>>;
-
-fn unpack(i: u64) -> sock_filter {
-    // The packing build.rs uses: code, jt, jf, k from the low bits up.
-    #[allow(clippy::cast_possible_truncation)] // each field is masked to its width
-    sock_filter {
-        code: (i & 0xffff) as u16,
-        jt: ((i >> 16) & 0xff) as u8,
-        jf: ((i >> 24) & 0xff) as u8,
-        k: (i >> 32) as u32,
-    }
-}
-
-/// Packs an instruction as [`Filters`] stores it (build.rs does the same).
-pub fn pack(f: &sock_filter) -> u64 {
-    u64::from(f.code) | u64::from(f.jt) << 16 | u64::from(f.jf) << 24 | u64::from(f.k) << 32
-}
-
 impl Filters {
     /// No filtering (`--no-seccomp`).
     pub fn none() -> Self {
@@ -168,21 +165,17 @@ impl Filters {
 
     /// hearth's own filters, compiled at build time from resources/seccomp.
     pub fn builtin() -> Result<Self, SeccompError> {
-        let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp.bin"));
+        let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp.bpf"));
         let path = Path::new("(built in)");
-        let packed: Packed =
-            postcard::from_bytes(bytes).map_err(|_| SeccompError::Format(path.into()))?;
-        Self::from_map(
-            path,
-            packed
-                .into_iter()
-                .map(|(k, v)| (k, v.into_iter().map(unpack).collect()))
-                .collect(),
-        )
+        let map = compiled::decode(bytes).map_err(|source| SeccompError::Format {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_map(path, map)
     }
 
     /// A custom filter file: Firecracker's JSON format (every thread kind in one file),
-    /// or a compiled one (see [`Filters::compile`]).
+    /// or Firecracker's compiled format (its seccompiler-bin's, or [`Filters::compile`]'s).
     pub fn from_file(path: &Path) -> Result<Self, SeccompError> {
         use std::io::Read;
         let read = |source| SeccompError::Read {
@@ -192,38 +185,37 @@ impl Filters {
         let mut bytes = Vec::new();
         std::fs::File::open(path)
             .map_err(read)?
-            .take(MAX_FILE)
+            .take(MAX_JSON)
             .read_to_end(&mut bytes)
             .map_err(read)?;
+        // A compiled file starts with its entry count as a u64, never with `{`.
         let map = if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
             compile_json(path, &bytes)?
         } else {
-            let packed: Packed =
-                postcard::from_bytes(&bytes).map_err(|_| SeccompError::Format(path.into()))?;
-            packed
-                .into_iter()
-                .map(|(k, v)| (k, v.into_iter().map(unpack).collect()))
-                .collect()
+            compiled::decode(&bytes).map_err(|source| SeccompError::Format {
+                path: path.into(),
+                source,
+            })?
         };
         Self::from_map(path, map)
     }
 
-    /// Compiles a JSON filter file into the compact form [`Filters::from_file`] also
-    /// takes (what `hearth seccomp-compile` writes).
+    /// Compiles a JSON filter file into Firecracker's compiled format (what
+    /// `hearth seccomp-compile` writes), keeping its keys as they are: for Firecracker
+    /// they must be exactly `vmm`, `api` and `vcpu`.
     pub fn compile(path: &Path) -> Result<Vec<u8>, SeccompError> {
         let bytes = std::fs::read(path).map_err(|source| SeccompError::Read {
             path: path.into(),
             source,
         })?;
         let map = compile_json(path, &bytes)?;
-        let packed: Packed = map
-            .into_iter()
-            .map(|(k, v)| (k, v.iter().map(pack).collect()))
-            .collect();
-        postcard::to_allocvec(&packed).map_err(|_| SeccompError::Format(path.into()))
+        compiled::encode(&map).map_err(|source| SeccompError::Encode {
+            path: path.into(),
+            source,
+        })
     }
 
-    fn from_map(path: &Path, mut map: HashMap<String, BpfProgram>) -> Result<Self, SeccompError> {
+    fn from_map(path: &Path, mut map: BTreeMap<String, BpfProgram>) -> Result<Self, SeccompError> {
         if let Some(key) = map
             .keys()
             .find(|k| !ThreadKind::ALL.iter().any(|t| t.name() == k.as_str()))
@@ -262,13 +254,13 @@ impl Filters {
     }
 }
 
-fn compile_json(path: &Path, bytes: &[u8]) -> Result<HashMap<String, BpfProgram>, SeccompError> {
-    seccompiler::compile_from_json(bytes, seccompiler::TargetArch::x86_64).map_err(|source| {
-        SeccompError::Compile {
+fn compile_json(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, BpfProgram>, SeccompError> {
+    seccompiler::compile_from_json(bytes, seccompiler::TargetArch::x86_64)
+        .map(|m| m.into_iter().collect())
+        .map_err(|source| SeccompError::Compile {
             path: path.into(),
             source,
-        }
-    })
+        })
 }
 
 static FILTERS: OnceLock<Filters> = OnceLock::new();
@@ -293,7 +285,13 @@ pub fn enabled() -> bool {
 /// Installs `kind`'s filter on the calling thread (for good: filters cannot be removed).
 /// Does nothing unless [`configure`] turned filtering on.
 pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
-    let Some(program) = FILTERS.get().and_then(|f| f.program(kind)) else {
+    // An empty program leaves the thread unfiltered, as in Firecracker (whose
+    // `--no-seccomp` is a file of empty programs).
+    let Some(program) = FILTERS
+        .get()
+        .and_then(|f| f.program(kind))
+        .filter(|p| !p.is_empty())
+    else {
         return Ok(());
     };
     let name = match std::thread::current().name() {
@@ -429,17 +427,6 @@ mod tests {
     }
 
     #[test]
-    fn packing_round_trips() {
-        let i = sock_filter {
-            code: 0x15,
-            jt: 3,
-            jf: 250,
-            k: 0xdead_beef,
-        };
-        assert_eq!(unpack(pack(&i)), i);
-    }
-
-    #[test]
     fn custom_files_are_checked() {
         let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hearth-seccomp-").unwrap();
         let path = dir.as_path().join("f.json");
@@ -466,10 +453,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("vpcu"));
-        std::fs::write(&path, b"\x01\x02garbage").unwrap();
-        assert!(Filters::from_file(&path)
-            .unwrap_err()
-            .to_string()
-            .contains("neither"));
+        // Every truncation of a compiled file is refused.
+        let whole = std::fs::read(&compiled).unwrap();
+        for n in 0..whole.len() {
+            std::fs::write(&compiled, &whole[..n]).unwrap();
+            let e = Filters::from_file(&compiled).unwrap_err().to_string();
+            assert!(!e.contains('\n'), "{e}");
+        }
+        std::fs::write(&path, b"\x01\x02gar").unwrap();
+        let e = Filters::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("neither Firecracker's JSON nor"), "{e}");
+        assert!(e.contains("ends inside the filter count"), "{e}");
+        // A file from Firecracker v1.16's seccompiler loads (its allow-all filters).
+        let fc = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/firecracker-v1.16.1-default-allow.bpf");
+        let f = Filters::from_file(&fc).unwrap();
+        assert_eq!(f.program(ThreadKind::Vcpu).unwrap().len(), 7);
+        assert_eq!(f.program(ThreadKind::EventLoop), f.program(ThreadKind::Vmm));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::VERSION;
+use super::{PREVIOUS_VERSION, VERSION};
 
 /// Errors writing or reading a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +23,7 @@ pub enum SnapshotError {
     #[error("{0} is not a hearth snapshot state file (wrong magic number)")]
     BadMagic(PathBuf),
     /// Written by an older hearth in the bincode format (version 1).
-    #[error("{path} has snapshot format version {found} (bincode, written by an older hearth); this hearth reads version {VERSION} (postcard) only: take the snapshot again with this hearth")]
+    #[error("{path} has snapshot format version {found} (bincode, written by an older hearth); this hearth reads versions {PREVIOUS_VERSION} and {VERSION} (postcard) only: take the snapshot again with this hearth")]
     BincodeVersion {
         /// The file.
         path: PathBuf,
@@ -31,7 +31,7 @@ pub enum SnapshotError {
         found: u32,
     },
     /// Written by another format version.
-    #[error("{path} has snapshot format version {found}; this hearth reads version {VERSION}")]
+    #[error("{path} has snapshot format version {found}; this hearth reads versions {PREVIOUS_VERSION} and {VERSION}")]
     UnknownVersion {
         /// The file.
         path: PathBuf,

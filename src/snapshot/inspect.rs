@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
-use super::{layers, read_state, Layer, LayerKind, SnapshotError, VirtioDeviceState, VERSION};
+use super::{
+    file_version, layers, read_state, Layer, LayerKind, SnapshotError, VirtioDeviceState,
+    STATE_FILE,
+};
 
 /// A snapshot described, its memory layers checked.
 #[derive(Debug)]
@@ -25,6 +28,7 @@ impl Inspection {
 /// Reads the snapshot in `dir` and verifies its state file and every memory layer.
 pub fn inspect(dir: &Path) -> Result<Inspection, SnapshotError> {
     let state = read_state(dir)?;
+    let version = file_version(&dir.join(STATE_FILE))?;
     state.memory.check(dir)?;
     let layers = state
         .memory
@@ -36,7 +40,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, SnapshotError> {
         })
         .collect();
     Ok(Inspection {
-        version: VERSION,
+        version,
         state,
         layers,
     })

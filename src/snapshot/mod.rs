@@ -10,6 +10,7 @@ pub mod files;
 pub mod inspect;
 pub mod layers;
 pub mod overrides;
+mod v3;
 
 use std::fs::File;
 use std::io::Read;
@@ -39,11 +40,13 @@ pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"HEARTHSN";
-/// The format this hearth writes and reads. Version 3: postcard encoding. Version 2 saved
-/// each virtio queue and the acked features once (version 1 kept a transport copy beside
-/// the device's); both encoded with bincode, which is unmaintained, and are refused by
-/// name.
-pub const VERSION: u32 = 3;
+/// The format this hearth writes. Version 4: each disk's Firecracker `drive_id`. Version 3:
+/// postcard encoding, read too ([`PREVIOUS_VERSION`]). Version 2 saved each virtio queue
+/// and the acked features once (version 1 kept a transport copy beside the device's);
+/// both encoded with bincode, which is unmaintained, and are refused by name.
+pub const VERSION: u32 = 4;
+/// The format before [`VERSION`], which this hearth reads too (and writes no more).
+pub const PREVIOUS_VERSION: u32 = 3;
 /// The last format version encoded with bincode.
 const LAST_BINCODE_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8;
@@ -77,9 +80,10 @@ pub struct VirtioSlotState {
     pub device: VirtioDeviceState,
 }
 
-/// Everything about a paused VM, and the memory layers that hold its RAM.
+/// Everything about a paused VM, and the memory layers that hold its RAM. `C` is the VM
+/// configuration's shape: [`VmConfig`], or an older format's while it is read.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct VmState {
+pub struct VmState<C = VmConfig> {
     /// This snapshot's identifier.
     pub id: SnapshotId,
     /// The snapshot the VM took before this one, when this one is a diff of it.
@@ -91,7 +95,7 @@ pub struct VmState {
     /// Guest RAM: its size and layers.
     pub memory: MemoryChain,
     /// How the VM was described (disks, memory size, ...).
-    pub config: VmConfig,
+    pub config: C,
     /// Whether the guest ran under KVM's emulator.
     pub execution: Execution,
     /// The guest's command line.
@@ -108,6 +112,28 @@ pub struct VmState {
     pub serial: SavedSerial,
     /// virtio devices, in slot order.
     pub virtio: Vec<VirtioSlotState>,
+}
+
+impl<C> VmState<C> {
+    /// The same state with its configuration converted (an older format's to this one's).
+    fn map_config<D>(self, f: impl FnOnce(C) -> D) -> VmState<D> {
+        VmState {
+            id: self.id,
+            parent: self.parent,
+            writer: self.writer,
+            taken_at_ns: self.taken_at_ns,
+            memory: self.memory,
+            config: f(self.config),
+            execution: self.execution,
+            cmdline: self.cmdline,
+            vcpus: self.vcpus,
+            irqchips: self.irqchips,
+            pit: self.pit,
+            clock: self.clock,
+            serial: self.serial,
+            virtio: self.virtio,
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
@@ -151,7 +177,7 @@ pub fn decode_state(bytes: &[u8], path: &Path) -> Result<VmState, SnapshotError>
             found: version,
         });
     }
-    if version != VERSION {
+    if version != VERSION && version != PREVIOUS_VERSION {
         return Err(SnapshotError::UnknownVersion {
             path: p(),
             found: version,
@@ -166,15 +192,40 @@ pub fn decode_state(bytes: &[u8], path: &Path) -> Result<VmState, SnapshotError>
     if CRC64.checksum(payload) != crc {
         return Err(SnapshotError::BadChecksum(p()));
     }
-    let (state, rest) = postcard::take_from_bytes(payload).map_err(|e| SnapshotError::Decode {
-        path: p(),
-        reason: e.to_string(),
-    })?;
+    let state = if version == VERSION {
+        decode_payload::<VmConfig>(payload, path)?
+    } else {
+        decode_payload::<v3::VmConfigV3>(payload, path)?.map_config(VmConfig::from)
+    };
+    Ok(state)
+}
+
+/// The format version of the state file at `path` (its header only: nothing else is
+/// checked but the magic number).
+pub fn file_version(path: &Path) -> Result<u32, SnapshotError> {
+    let mut head = [0u8; 12];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(io_err(path))?;
+    if head[..MAGIC.len()] != MAGIC {
+        return Err(SnapshotError::BadMagic(path.to_owned()));
+    }
+    Ok(u32::from_le_bytes([head[8], head[9], head[10], head[11]]))
+}
+
+/// Decodes a whole payload as a [`VmState`] whose configuration has shape `C`.
+fn decode_payload<C: serde::de::DeserializeOwned>(
+    payload: &[u8],
+    path: &Path,
+) -> Result<VmState<C>, SnapshotError> {
+    let decode_err = |reason| SnapshotError::Decode {
+        path: path.to_owned(),
+        reason,
+    };
+    let (state, rest) =
+        postcard::take_from_bytes(payload).map_err(|e| decode_err(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(SnapshotError::Decode {
-            path: p(),
-            reason: format!("{} bytes left over", rest.len()),
-        });
+        return Err(decode_err(format!("{} bytes left over", rest.len())));
     }
     Ok(state)
 }

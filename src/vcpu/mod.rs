@@ -159,6 +159,9 @@ pub struct PauseControl {
     pub parked: usize,
     /// Each vCPU's state, captured as it parked.
     pub states: Vec<Option<Result<VcpuState, VcpuStateError>>>,
+    /// Counts resumes: a vCPU parked before the latest resume leaves its wait even if a
+    /// new pause is already requested, and parks again with a fresh state.
+    pub generation: u64,
 }
 
 /// The exits all vCPUs took to hearth, by kind (Firecracker's `vcpu` metrics).
@@ -234,6 +237,7 @@ impl VcpuShared {
     pub fn resume(&self) {
         let mut p = lock(&self.pause);
         p.requested = false;
+        p.generation = p.generation.wrapping_add(1);
         self.pause_requested.store(false, Ordering::SeqCst);
         self.pause_changed.notify_all();
     }
@@ -412,7 +416,9 @@ impl Vcpu {
         }
         p.parked += 1;
         self.shared.pause_changed.notify_all();
-        while p.requested && !self.shared.stop.load(Ordering::SeqCst) {
+        let generation = p.generation;
+        while p.requested && p.generation == generation && !self.shared.stop.load(Ordering::SeqCst)
+        {
             p = self
                 .shared
                 .pause_changed

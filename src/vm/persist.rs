@@ -40,6 +40,26 @@ pub struct RestoreOptions {
 }
 
 impl RestoreOptions {
+    /// The description of the VM that restoring `dir` with these options builds (what
+    /// it will open: for [`crate::landlock::Landlock::for_config`]).
+    pub fn restored_config(&self, dir: &Path) -> Result<crate::VmConfig, VmError> {
+        Ok(self.state_and_config(dir)?.1)
+    }
+
+    /// The snapshot's state with the overrides applied, and the VM description from it.
+    fn state_and_config(&self, dir: &Path) -> Result<(VmState, crate::VmConfig), VmError> {
+        let mut state = snapshot::read_state(dir)?;
+        self.apply_overrides(&mut state)?;
+        self.overrides.apply(&mut state)?;
+        let mut config = state.config.clone();
+        // Output and control go where this process is told, not where the first one's went.
+        config.serial_out.clone_from(&self.serial_out);
+        config.api_sock.clone_from(&self.api_sock);
+        // Checkpoints were the first process's; a restored VM takes none unless told.
+        config.checkpoint.clone_from(&self.checkpoint);
+        Ok((state, config))
+    }
+
     /// Points the saved devices (and their description) at the sockets and taps given
     /// for this process.
     fn apply_overrides(&self, state: &mut snapshot::VmState) -> Result<(), VmError> {
@@ -306,15 +326,7 @@ impl Vm {
         console: Console,
     ) -> Result<Self, VmError> {
         let started = Instant::now();
-        let mut state = snapshot::read_state(dir)?;
-        options.apply_overrides(&mut state)?;
-        options.overrides.apply(&mut state)?;
-        let mut config = state.config.clone();
-        // Output and control go where this process is told, not where the first one's went.
-        config.serial_out = options.serial_out.clone();
-        config.api_sock = options.api_sock.clone();
-        // Checkpoints were the first process's; a restored VM takes none unless told.
-        config.checkpoint.clone_from(&options.checkpoint);
+        let (state, config) = options.state_and_config(dir)?;
         let kvm = kvm::open()?;
         if state.vcpus.len() != config.cpus as usize {
             return Err(VmError::VcpuCount {

@@ -213,7 +213,9 @@ impl Control {
         shared.request_pause();
         let want = self.handles.len();
         let mut p = lock(&shared.pause);
-        while p.parked < want {
+        // Every state too: right after a resume, vCPUs still waking from the last pause
+        // count as parked but have left no state for this one yet.
+        while p.parked < want || p.states.iter().any(Option::is_none) {
             if self.core.exit.is_set() {
                 drop(p);
                 shared.resume();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod net;
+pub mod snap;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
