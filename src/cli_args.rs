@@ -176,8 +176,9 @@ pub(crate) struct RunArgs {
     /// command line.
     #[arg(long)]
     pub(crate) no_cmdline_workarounds: bool,
-    /// A virtio block device: [path=]FILE[,readonly=on|ro|rw][,id=SERIAL][,bw=SIZE/MS]
-    /// [,ops=N/MS][,root]; repeat for more. bw and ops are rate limits (token buckets: SIZE
+    /// A virtio block device:
+    /// [path=]FILE[,readonly=on|ro|rw][,id=SERIAL][,bw=SIZE/MS][,ops=N/MS][,root];
+    /// repeat for more. bw and ops are rate limits (token buckets: SIZE
     /// bytes or N requests per MS milliseconds, an optional /BURST after). With a command,
     /// root makes the disk's filesystem the guest's root instead of the host's.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
