@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use hearth::boot::BootProtocol;
-use hearth::config::{parse_size, ConfigError, DiskConfig, ExecutionChoice, NetConfig, VmConfig};
+use hearth::config::{parse_size, ConfigError, DiskArg, ExecutionChoice, NetConfig, VmConfig};
 
 use crate::{jail_cli, landlock_cli, seccomp_cli};
 
@@ -176,11 +176,13 @@ pub(crate) struct RunArgs {
     /// command line.
     #[arg(long)]
     pub(crate) no_cmdline_workarounds: bool,
-    /// A virtio block device: path=FILE[,readonly=on][,id=SERIAL][,bw=SIZE/MS][,ops=N/MS];
-    /// repeat for more. bw and ops are rate limits (token buckets: SIZE bytes or N
-    /// requests per MS milliseconds, an optional /BURST after).
+    /// A virtio block device:
+    /// [path=]FILE[,readonly=on|ro|rw][,id=SERIAL][,bw=SIZE/MS][,ops=N/MS][,root];
+    /// repeat for more. bw and ops are rate limits (token buckets: SIZE
+    /// bytes or N requests per MS milliseconds, an optional /BURST after). With a command,
+    /// root makes the disk's filesystem the guest's root instead of the host's.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
-    pub(crate) disk: Vec<DiskConfig>,
+    pub(crate) disk: Vec<DiskArg>,
     /// A virtio network device over an existing host tap: tap=NAME[,mac=MAC] plus rate
     /// limits rx_bw=, rx_ops=, tx_bw=, tx_ops= (as for --disk); repeat for more. Without
     /// mac, a random locally administered address is used.
@@ -222,7 +224,8 @@ pub(crate) struct RunArgs {
     pub(crate) boot_timeout: u64,
     /// A command to run in the guest (after `--`): hearth boots the kernel with its own
     /// init, runs it in the host's working directory over a read-only view of the host's
-    /// root, and exits with its status (124 timeout, 125 guest or hearth failure).
+    /// root (or a --disk given root), and exits with its status (124 timeout, 125 guest or
+    /// hearth failure).
     #[arg(last = true, value_name = "COMMAND")]
     pub(crate) command: Vec<std::ffi::OsString>,
 }
@@ -235,8 +238,8 @@ pub(crate) fn parse_memory(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 
-pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
-    hearth::config::parse_disk(s).map_err(|e| e.to_string())
+pub(crate) fn parse_disk(s: &str) -> Result<DiskArg, String> {
+    hearth::config::parse_disk_arg(s).map_err(|e| e.to_string())
 }
 
 pub(crate) fn parse_net(s: &str) -> Result<NetConfig, String> {
@@ -244,6 +247,23 @@ pub(crate) fn parse_net(s: &str) -> Result<NetConfig, String> {
 }
 
 impl RunArgs {
+    /// Which `--disk` is the command's root filesystem (its `root` option), if any.
+    pub(crate) fn root_disk(&self) -> Result<Option<usize>, ConfigError> {
+        let roots: Vec<usize> = (0..self.disk.len())
+            .filter(|&i| self.disk[i].root)
+            .collect();
+        match roots[..] {
+            [] => Ok(None),
+            [_] if self.command.is_empty() => Err(ConfigError::RootDisk(
+                "root applies only to a command: hearth run ... -- CMD",
+            )),
+            [i] => Ok(Some(i)),
+            _ => Err(ConfigError::RootDisk(
+                "only one disk may be root: give root on one --disk",
+            )),
+        }
+    }
+
     pub(crate) fn into_config(self) -> Result<VmConfig, ConfigError> {
         let mut config = match &self.config {
             Some(path) => VmConfig::from_file(path)?,
@@ -277,7 +297,7 @@ impl RunArgs {
             config.cmdline_workarounds = false;
         }
         if !self.disk.is_empty() {
-            config.disks = self.disk;
+            config.disks = self.disk.into_iter().map(|d| d.disk).collect();
         }
         if !self.net.is_empty() {
             config.net = self.net;

@@ -72,6 +72,8 @@ fn run(mut args: RunArgs) -> Result<i32, CliError> {
         }
         return Ok(run_command(args));
     }
+    // Refuses a root disk without a command.
+    args.root_disk()?;
     let landlock = std::mem::take(&mut args.landlock);
     let mut config = args.into_config()?;
     // Before any thread starts: Landlock restricts only this thread and those it starts.
@@ -86,18 +88,22 @@ fn run(mut args: RunArgs) -> Result<i32, CliError> {
 
 /// `hearth run ... -- CMD`: the command's status, or 124/125 (README, "Running a command").
 fn run_command(mut args: RunArgs) -> i32 {
-    let command = std::mem::take(&mut args.command);
     let timeout = args.timeout.map(std::time::Duration::from_secs);
     let boot_timeout = std::time::Duration::from_secs(args.boot_timeout);
     let outcome = args
-        .into_config()
+        .root_disk()
+        .and_then(|root_disk| {
+            let command = std::mem::take(&mut args.command);
+            Ok((root_disk, command, args.into_config()?))
+        })
         .map_err(hearth::run_cmd::RunError::from_config)
-        .and_then(|config| {
+        .and_then(|(root_disk, command, config)| {
             hearth::run_cmd::run(hearth::run_cmd::RunCommand {
                 config,
                 command,
                 timeout,
                 boot_timeout,
+                root_disk,
             })
         });
     match outcome {

@@ -331,3 +331,123 @@ fn a_kernel_panic_ends_with_125_and_the_panic_on_stderr() {
     assert!(r.stdout.is_empty(), "{}", r.report());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An e2fsprogs tool, found on PATH or in the sbin folders a non-root PATH may lack.
+fn e2fs_tool(name: &str) -> Command {
+    let found = ["/usr/sbin", "/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists());
+    Command::new(found.unwrap_or_else(|| PathBuf::from(name)))
+}
+
+/// An ext4 image made without root privileges (`mke2fs -d`): a static busybox as /bin/sh
+/// and /bin/cat, the mount points hearth-init uses, and /marker holding `marker`.
+fn root_image(dir: &Path, marker: &str) -> PathBuf {
+    let tree = dir.join("tree");
+    for d in ["bin", "proc", "sys", "dev", "run", "tmp"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox is missing: install busybox-static (.ci/run does)"
+    );
+    // ldd succeeds only on a dynamically linked program, which the image could not run.
+    let dynamic = Command::new("ldd")
+        .arg(busybox)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        !dynamic,
+        "/bin/busybox is dynamically linked: install busybox-static"
+    );
+    std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "echo"] {
+        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(tree.join("marker"), marker).unwrap();
+    let img = dir.join("root.ext4");
+    let out = e2fs_tool("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&tree)
+        .arg(&img)
+        .arg("32M")
+        .output()
+        .expect("run mke2fs: install e2fsprogs (.ci/run does)");
+    assert!(
+        out.status.success(),
+        "mke2fs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    img
+}
+
+/// A file of the image as the host reads it (debugfs, no mount needed).
+fn image_file(img: &Path, path: &str) -> Vec<u8> {
+    let out = e2fs_tool("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(img)
+        .output()
+        .expect("run debugfs: install e2fsprogs (.ci/run does)");
+    assert!(out.status.success(), "debugfs failed: {out:?}");
+    out.stdout
+}
+
+#[test]
+fn a_root_disk_is_the_guest_root() {
+    let dir = scratch("rootdisk");
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("hostfile"), b"from the host share\n").unwrap();
+    let marker = format!("marker of image {}\n", std::process::id());
+    let img = root_image(&dir, &marker);
+
+    // Read-only: the disk's files are there, writes to it fail, /tmp is a fresh tmpfs.
+    let ro = format!("{},ro,root", img.display());
+    let script =
+        "cat /marker; if echo x > /nope; then echo wrote; fi; echo tmp > /tmp/t && cat /tmp/t";
+    let r = hearth_run(
+        "rootdisk-ro",
+        &["--disk", &ro],
+        &["sh", "-c", script],
+        &dir,
+        b"",
+    );
+    assert_eq!(r.code, Some(0), "{}", r.report());
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        format!("{marker}tmp\n"),
+        "{}",
+        r.report()
+    );
+    assert!(r.stderr.contains("Read-only file system"), "{}", r.report());
+
+    // Read-write, with a share at its host path: the guest's write is in the image
+    // afterwards; the host's working directory is not on the disk (the share's mount
+    // point is created there, but not its sibling), so the command runs in /, quietly.
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let rw = format!("path={},root", img.display());
+    let share_flag = share.display().to_string();
+    let script = r#"pwd; cat /marker; cat "$1/hostfile"; echo written-in-guest > /f; exit 3"#;
+    let r = hearth_run(
+        "rootdisk-rw",
+        &["--disk", &rw, "--share", &share_flag],
+        &["sh", "-c", script, "sh", &share_flag],
+        &work,
+        b"",
+    );
+    assert_eq!(r.code, Some(3), "{}", r.report());
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        format!("/\n{marker}from the host share\n"),
+        "{}",
+        r.report()
+    );
+    assert_eq!(r.stderr, "", "{}", r.report());
+    assert_eq!(image_file(&img, "/f"), b"written-in-guest\n");
+    assert_eq!(image_file(&img, "/marker"), marker.as_bytes());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

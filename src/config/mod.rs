@@ -10,7 +10,9 @@ use crate::boot::BootProtocol;
 mod parse;
 
 use parse::{check_tap, check_vsock_cid, deserialize_size, serialize_size};
-pub use parse::{parse_disk, parse_net, parse_share, parse_size, parse_vsock, share_tag};
+pub use parse::{
+    parse_disk, parse_disk_arg, parse_net, parse_share, parse_size, parse_vsock, share_tag, DiskArg,
+};
 
 /// The command line a guest gets when none is given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
@@ -90,6 +92,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A `root` disk where there can be none.
+    #[error("invalid --disk: {0}")]
+    RootDisk(&'static str),
 }
 
 /// Whether to apply the workarounds for KVM's instruction emulator.

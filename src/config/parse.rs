@@ -67,13 +67,24 @@ fn parse_options<'a>(
     spec: &'a str,
     allowed: &[&str],
 ) -> Result<Vec<(&'a str, &'a str)>, ConfigError> {
+    check_options(what, spec, allowed, spec.split(','))
+}
+
+/// Splits each of `parts` at its `=`, refusing unknown and repeated keys (`spec` is what
+/// the user wrote, for the message).
+fn check_options<'a>(
+    what: &'static str,
+    spec: &str,
+    allowed: &[&str],
+    parts: impl Iterator<Item = &'a str>,
+) -> Result<Vec<(&'a str, &'a str)>, ConfigError> {
     let bad = |reason: String| ConfigError::DeviceSpec {
         what,
         spec: spec.to_string(),
         reason,
     };
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for part in spec.split(',').filter(|p| !p.is_empty()) {
+    for part in parts.filter(|p| !p.is_empty()) {
         let (k, v) = part
             .split_once('=')
             .ok_or_else(|| bad(format!("'{part}' is not key=value")))?;
@@ -103,9 +114,20 @@ fn parse_on_off(what: &'static str, spec: &str, key: &str, v: &str) -> Result<bo
     }
 }
 
-/// Parses `path=FILE[,readonly=on|off][,id=SERIAL]` (`--disk`); `read_only=` is accepted
-/// for `readonly=`, as in JSON.
-pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
+/// A `--disk` flag: the disk, and whether `hearth run ... -- CMD` boots from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskArg {
+    /// The disk.
+    pub disk: DiskConfig,
+    /// `root`: the command's root filesystem (only with a command).
+    pub root: bool,
+}
+
+/// Parses `[path=]FILE[,readonly=on|off][,ro|rw][,root][,id=SERIAL][,bw=..][,ops=..]`
+/// (`--disk`): a first part without `=` is the path, `ro`/`rw` stand for
+/// `readonly=on`/`off` (as for `--share`), and `read_only=` is accepted for `readonly=`,
+/// as in JSON.
+pub fn parse_disk_arg(spec: &str) -> Result<DiskArg, ConfigError> {
     const WHAT: &str = "--disk";
     let bad = |reason: &str| ConfigError::DeviceSpec {
         what: WHAT,
@@ -119,22 +141,42 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
         drive_id: None,
         rate_limiter: None,
     };
+    let mut root = false;
     let mut limits = crate::rate_limit::SpecLimits::default();
-    let keys = ["path", "readonly", "read_only", "id", "bw", "ops"];
-    let options = parse_options(WHAT, spec, &keys)?;
+    let keys = ["path", "readonly", "read_only", "id", "bw", "ops", "root"];
+    // The bare words, spelled out as the key=value they stand for.
+    let mut parts: Vec<String> = Vec::new();
+    for (i, part) in spec.split(',').filter(|p| !p.is_empty()).enumerate() {
+        parts.push(match part {
+            _ if part.contains('=') => part.to_string(),
+            _ if i == 0 => format!("path={part}"),
+            "root" => "root=on".into(),
+            "ro" => "readonly=on".into(),
+            "rw" => "readonly=off".into(),
+            _ => {
+                return Err(bad(&format!(
+                    "'{part}' is not key=value (bare words: the path first, then ro, rw, root)"
+                )))
+            }
+        });
+    }
+    let options = check_options(WHAT, spec, &keys, parts.iter().map(String::as_str))?;
     if options
         .iter()
         .filter(|(k, _)| k.starts_with("read"))
         .count()
         > 1
     {
-        return Err(bad("'readonly' given twice (read_only is the same option)"));
+        return Err(bad(
+            "the read-only setting is given twice (readonly, read_only, ro and rw are one option)",
+        ));
     }
     for (k, v) in options {
         match k {
             "path" if v.is_empty() => return Err(bad("path is empty")),
             "path" => disk.path = PathBuf::from(v),
             "readonly" | "read_only" => disk.read_only = parse_on_off(WHAT, spec, k, v)?,
+            "root" => root = parse_on_off(WHAT, spec, k, v)?,
             "bw" | "ops" => limits.set(k, v).map_err(|e| bad(&e))?,
             _ if v.len() > 20 => return Err(bad("id is longer than 20 bytes")),
             _ => disk.id = Some(v.to_string()),
@@ -144,7 +186,18 @@ pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
         return Err(bad("path=FILE is required"));
     }
     disk.rate_limiter = limits.get("");
-    Ok(disk)
+    Ok(DiskArg { disk, root })
+}
+
+/// Parses a `--disk` spec ([`parse_disk_arg`]) that does not ask to be a root disk.
+pub fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
+    let arg = parse_disk_arg(spec)?;
+    if arg.root {
+        return Err(ConfigError::RootDisk(
+            "root applies only to a command: hearth run ... -- CMD",
+        ));
+    }
+    Ok(arg.disk)
 }
 
 /// Checks a tap name (the kernel's rules for interface names), saying what is wrong.

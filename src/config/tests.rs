@@ -60,10 +60,23 @@ fn disk_specs() {
     assert!(c.disks.iter().all(|d| d.read_only));
     let json = serde_json::to_string(&c).unwrap();
     assert!(json.contains(r#""readonly":true"#), "{json}");
+    // The bare forms: the path first, ro/rw, root (for a command).
+    let a = parse_disk_arg("/a.img,ro,root").unwrap();
+    assert_eq!(
+        (a.disk.path.to_str(), a.disk.read_only, a.root),
+        (Some("/a.img"), true, true)
+    );
+    let a = parse_disk_arg("path=/a.img,rw").unwrap();
+    assert_eq!((a.disk.read_only, a.root), (false, false));
+    assert!(!parse_disk("/a.img").unwrap().read_only);
+    let e = parse_disk("/a.img,root").unwrap_err().to_string();
+    assert!(e.contains("only to a command"), "{e}");
     for bad in [
         "",
-        "/a.img",
         "readonly=on",
+        "/a,root,root",
+        "/a,ro,rw",
+        "/a,fast",
         "path=/a,readonly=maybe",
         "path=/a,size=3",
         "path=/a,path=/b",

@@ -4,8 +4,9 @@
 //! hearth brings the guest's userspace itself: an initramfs written in memory at start-up
 //! ([`initramfs`]) holding hearth-init (resources/init/hearth-init.c, built statically by
 //! build.rs) and the command's description. The guest sees the host's root read-only
-//! (virtio-fs tag `hearth-root`) under a tmpfs overlay, each `--share` at its host path,
-//! and runs the command in the host's working directory with the host's environment.
+//! (virtio-fs tag `hearth-root`) under a tmpfs overlay, or a root disk's filesystem
+//! (`--disk FILE,root`), each `--share` at its host path, and runs the command in the
+//! host's working directory (when the root has it) with the host's environment.
 //!
 //! hearth-init talks to hearth over vsock, guest to host (CID 2), one stream each:
 //! [`PORT_CONTROL`] (its connection says init started; it carries the exit status at the
@@ -75,6 +76,14 @@ pub enum RunError {
     /// An argument or environment variable hearth cannot pass on.
     #[error("cannot pass {0} to the guest: it contains a NUL byte")]
     Nul(String),
+    /// A root disk that is not one of the VM's disks (from the library).
+    #[error("root disk {index} does not exist: the VM has {disks} disk(s)")]
+    NoSuchRootDisk {
+        /// The index asked for.
+        index: usize,
+        /// How many disks there are.
+        disks: usize,
+    },
     /// `--initrd` given with a command.
     #[error("--initrd cannot be combined with a command: hearth brings its own initramfs")]
     Initrd,
@@ -101,6 +110,34 @@ pub struct RunCommand {
     pub timeout: Option<Duration>,
     /// Fail with [`STATUS_FAILED`] when hearth-init has not connected by then.
     pub boot_timeout: Duration,
+    /// The index in `config.disks` of the disk whose filesystem is the guest's root
+    /// (`--disk FILE,root`), instead of the host's root over virtio-fs.
+    pub root_disk: Option<usize>,
+}
+
+/// The guest's root filesystem in hearth-init's description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RootDisk {
+    /// Its device node in the guest.
+    device: String,
+    /// Mounted read-only.
+    read_only: bool,
+}
+
+/// The name Linux's virtio_blk gives the disk probed `index`-th: vda..vdz, vdaa, ...
+/// (virtblk_name_format). hearth adds disks first and in order, so disk N is probed Nth.
+fn virtio_blk_name(index: usize) -> String {
+    let mut letters = Vec::new();
+    let mut n = index;
+    loop {
+        letters.push(b"abcdefghijklmnopqrstuvwxyz"[n % 26]);
+        match (n / 26).checked_sub(1) {
+            Some(rest) => n = rest,
+            None => break,
+        }
+    }
+    letters.reverse();
+    format!("vd{}", String::from_utf8_lossy(&letters))
 }
 
 /// How a run ended.
@@ -173,12 +210,13 @@ fn field(out: &mut Vec<u8>, what: &str, bytes: &[u8]) -> Result<(), RunError> {
 }
 
 /// hearth-init's description of the run: working directory, command, environment,
-/// shares (see resources/init/hearth-init.c).
+/// shares, root disk (see resources/init/hearth-init.c).
 fn describe(
     command: &[OsString],
     cwd: &Path,
     env: impl Iterator<Item = (OsString, OsString)>,
     shares: &[ShareConfig],
+    root: Option<&RootDisk>,
 ) -> Result<Vec<u8>, RunError> {
     let mut out = Vec::new();
     field(&mut out, "cwd", b"cwd")?;
@@ -211,6 +249,11 @@ fn describe(
             "share",
             if share.read_only { b"ro" } else { b"rw" },
         )?;
+    }
+    if let Some(root) = root {
+        field(&mut out, "root", b"root")?;
+        field(&mut out, "the root device", root.device.as_bytes())?;
+        field(&mut out, "root", if root.read_only { b"ro" } else { b"rw" })?;
     }
     Ok(out)
 }
@@ -358,20 +401,43 @@ pub fn run(run: RunCommand) -> Result<Outcome, RunError> {
         command,
         timeout,
         boot_timeout,
+        root_disk,
     } = run;
     if config.initrd.is_some() {
         return Err(RunError::Initrd);
     }
+    let root = match root_disk {
+        Some(index) => Some(RootDisk {
+            device: format!("/dev/{}", virtio_blk_name(index)),
+            read_only: config
+                .disks
+                .get(index)
+                .ok_or(RunError::NoSuchRootDisk {
+                    index,
+                    disks: config.disks.len(),
+                })?
+                .read_only,
+        }),
+        None => None,
+    };
     let tmp = TempDir::new()?;
     let cwd = std::env::current_dir().map_err(setup("the working directory"))?;
-    let description = describe(&command, &cwd, std::env::vars_os(), &config.shares)?;
+    let description = describe(
+        &command,
+        &cwd,
+        std::env::vars_os(),
+        &config.shares,
+        root.as_ref(),
+    )?;
     let (initrd_file, initrd_path) = memfd(&build_initramfs(&description))?;
     config.initrd = Some(initrd_path);
-    config.shares.push(ShareConfig {
-        path: PathBuf::from("/"),
-        tag: ROOT_TAG.into(),
-        read_only: true,
-    });
+    if root.is_none() {
+        config.shares.push(ShareConfig {
+            path: PathBuf::from("/"),
+            tag: ROOT_TAG.into(),
+            read_only: true,
+        });
+    }
     if config.cmdline == DEFAULT_CMDLINE {
         // Nothing scrolls the console by: it goes to a file (or --serial-out).
         config.cmdline = format!("{DEFAULT_CMDLINE} rdinit=/init");

@@ -84,125 +84,88 @@ impl Share {
     }
 }
 
+/// Passes FUSE operations straight on to the passthrough filesystem.
+macro_rules! forward {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        $(fn $name(&self $(, $arg: $ty)*) -> $ret {
+            self.fs.$name($($arg),*)
+        })*
+    };
+}
+
+/// Passes on the FUSE operations that change the share: the one place the read-only
+/// guard stands, so no such operation can reach the host without it.
+macro_rules! changes {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        $(fn $name(&self $(, $arg: $ty)*) -> $ret {
+            self.check_writable()?;
+            self.fs.$name($($arg),*)
+        })*
+    };
+}
+
 impl FileSystem for Share {
     type Inode = Inode;
     type Handle = Handle;
 
-    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        self.fs.init(capable)
+    forward! {
+        fn init(&self, capable: FsOptions) -> io::Result<FsOptions>;
+        fn destroy(&self) -> ();
+        fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry>;
+        fn forget(&self, ctx: &Context, inode: Inode, count: u64) -> ();
+        fn batch_forget(&self, ctx: &Context, requests: Vec<(Inode, u64)>) -> ();
+        fn getattr(&self, ctx: &Context, inode: Inode, handle: Option<Handle>)
+            -> io::Result<(stat64, Duration)>;
+        fn readlink(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>>;
+        fn read(&self, ctx: &Context, inode: Inode, handle: Handle, w: &mut dyn ZeroCopyWriter,
+            size: u32, offset: u64, lock_owner: Option<u64>, flags: u32) -> io::Result<usize>;
+        fn flush(&self, ctx: &Context, inode: Inode, handle: Handle, lock_owner: u64)
+            -> io::Result<()>;
+        fn fsync(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle)
+            -> io::Result<()>;
+        fn release(&self, ctx: &Context, inode: Inode, flags: u32, handle: Handle, flush: bool,
+            flock_release: bool, lock_owner: Option<u64>) -> io::Result<()>;
+        fn getxattr(&self, ctx: &Context, inode: Inode, name: &CStr, size: u32)
+            -> io::Result<GetxattrReply>;
+        fn listxattr(&self, ctx: &Context, inode: Inode, size: u32) -> io::Result<ListxattrReply>;
+        fn readdir(&self, ctx: &Context, inode: Inode, handle: Handle, size: u32, offset: u64,
+            add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>) -> io::Result<()>;
+        fn readdirplus(&self, ctx: &Context, inode: Inode, handle: Handle, size: u32,
+            offset: u64, add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>)
+            -> io::Result<()>;
+        fn fsyncdir(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle)
+            -> io::Result<()>;
+        fn releasedir(&self, ctx: &Context, inode: Inode, flags: u32, handle: Handle)
+            -> io::Result<()>;
+        fn lseek(&self, ctx: &Context, inode: Inode, handle: Handle, offset: u64, whence: u32)
+            -> io::Result<u64>;
     }
 
-    fn destroy(&self) {
-        self.fs.destroy()
+    changes! {
+        fn setattr(&self, ctx: &Context, inode: Inode, attr: stat64, handle: Option<Handle>,
+            valid: SetattrValid) -> io::Result<(stat64, Duration)>;
+        fn symlink(&self, ctx: &Context, linkname: &CStr, parent: Inode, name: &CStr)
+            -> io::Result<Entry>;
+        fn mknod(&self, ctx: &Context, inode: Inode, name: &CStr, mode: u32, rdev: u32,
+            umask: u32) -> io::Result<Entry>;
+        fn mkdir(&self, ctx: &Context, parent: Inode, name: &CStr, mode: u32, umask: u32)
+            -> io::Result<Entry>;
+        fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()>;
+        fn rmdir(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()>;
+        fn rename(&self, ctx: &Context, olddir: Inode, oldname: &CStr, newdir: Inode,
+            newname: &CStr, flags: u32) -> io::Result<()>;
+        fn link(&self, ctx: &Context, inode: Inode, newparent: Inode, newname: &CStr)
+            -> io::Result<Entry>;
+        fn create(&self, ctx: &Context, parent: Inode, name: &CStr, args: CreateIn)
+            -> io::Result<(Entry, Option<Handle>, OpenOptions, Option<u32>)>;
+        fn write(&self, ctx: &Context, inode: Inode, handle: Handle, r: &mut dyn ZeroCopyReader,
+            size: u32, offset: u64, lock_owner: Option<u64>, delayed_write: bool, flags: u32,
+            fuse_flags: u32) -> io::Result<usize>;
+        fn fallocate(&self, ctx: &Context, inode: Inode, handle: Handle, mode: u32,
+            offset: u64, length: u64) -> io::Result<()>;
     }
 
-    fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
-        self.fs.lookup(ctx, parent, name)
-    }
-
-    fn forget(&self, ctx: &Context, inode: Inode, count: u64) {
-        self.fs.forget(ctx, inode, count)
-    }
-
-    fn batch_forget(&self, ctx: &Context, requests: Vec<(Inode, u64)>) {
-        self.fs.batch_forget(ctx, requests)
-    }
-
-    fn getattr(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Option<Handle>,
-    ) -> io::Result<(stat64, Duration)> {
-        self.fs.getattr(ctx, inode, handle)
-    }
-
-    fn setattr(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        attr: stat64,
-        handle: Option<Handle>,
-        valid: SetattrValid,
-    ) -> io::Result<(stat64, Duration)> {
-        self.check_writable()?;
-        self.fs.setattr(ctx, inode, attr, handle, valid)
-    }
-
-    fn readlink(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
-        self.fs.readlink(ctx, inode)
-    }
-
-    fn symlink(
-        &self,
-        ctx: &Context,
-        linkname: &CStr,
-        parent: Inode,
-        name: &CStr,
-    ) -> io::Result<Entry> {
-        self.check_writable()?;
-        self.fs.symlink(ctx, linkname, parent, name)
-    }
-
-    fn mknod(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        name: &CStr,
-        mode: u32,
-        rdev: u32,
-        umask: u32,
-    ) -> io::Result<Entry> {
-        self.check_writable()?;
-        self.fs.mknod(ctx, inode, name, mode, rdev, umask)
-    }
-
-    fn mkdir(
-        &self,
-        ctx: &Context,
-        parent: Inode,
-        name: &CStr,
-        mode: u32,
-        umask: u32,
-    ) -> io::Result<Entry> {
-        self.check_writable()?;
-        self.fs.mkdir(ctx, parent, name, mode, umask)
-    }
-
-    fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
-        self.check_writable()?;
-        self.fs.unlink(ctx, parent, name)
-    }
-
-    fn rmdir(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
-        self.check_writable()?;
-        self.fs.rmdir(ctx, parent, name)
-    }
-
-    fn rename(
-        &self,
-        ctx: &Context,
-        olddir: Inode,
-        oldname: &CStr,
-        newdir: Inode,
-        newname: &CStr,
-        flags: u32,
-    ) -> io::Result<()> {
-        self.check_writable()?;
-        self.fs.rename(ctx, olddir, oldname, newdir, newname, flags)
-    }
-
-    fn link(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        newparent: Inode,
-        newname: &CStr,
-    ) -> io::Result<Entry> {
-        self.check_writable()?;
-        self.fs.link(ctx, inode, newparent, newname)
-    }
-
+    // Opening for writing and asking for write access are changes too; statfs says so.
     fn open(
         &self,
         ctx: &Context,
@@ -213,106 +176,19 @@ impl FileSystem for Share {
         #[allow(clippy::cast_sign_loss)] // small positive flag constants
         let (accmode, trunc) = (libc::O_ACCMODE as u32, libc::O_TRUNC as u32);
         #[allow(clippy::cast_sign_loss)]
-        if self.read_only && (flags & accmode != libc::O_RDONLY as u32 || flags & trunc != 0) {
-            return Err(erofs());
+        if flags & accmode != libc::O_RDONLY as u32 || flags & trunc != 0 {
+            self.check_writable()?;
         }
         self.refuse_symlink(ctx, inode)?;
         self.fs.open(ctx, inode, flags, fuse_flags)
     }
 
-    fn create(
-        &self,
-        ctx: &Context,
-        parent: Inode,
-        name: &CStr,
-        args: CreateIn,
-    ) -> io::Result<(Entry, Option<Handle>, OpenOptions, Option<u32>)> {
-        self.check_writable()?;
-        self.fs.create(ctx, parent, name, args)
-    }
-
-    fn read(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        w: &mut dyn ZeroCopyWriter,
-        size: u32,
-        offset: u64,
-        lock_owner: Option<u64>,
-        flags: u32,
-    ) -> io::Result<usize> {
-        self.fs
-            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
-    }
-
-    fn write(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        r: &mut dyn ZeroCopyReader,
-        size: u32,
-        offset: u64,
-        lock_owner: Option<u64>,
-        delayed_write: bool,
-        flags: u32,
-        fuse_flags: u32,
-    ) -> io::Result<usize> {
-        self.check_writable()?;
-        self.fs.write(
-            ctx,
-            inode,
-            handle,
-            r,
-            size,
-            offset,
-            lock_owner,
-            delayed_write,
-            flags,
-            fuse_flags,
-        )
-    }
-
-    fn flush(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        lock_owner: u64,
-    ) -> io::Result<()> {
-        self.fs.flush(ctx, inode, handle, lock_owner)
-    }
-
-    fn fsync(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {
-        self.fs.fsync(ctx, inode, datasync, handle)
-    }
-
-    fn fallocate(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        mode: u32,
-        offset: u64,
-        length: u64,
-    ) -> io::Result<()> {
-        self.check_writable()?;
-        self.fs.fallocate(ctx, inode, handle, mode, offset, length)
-    }
-
-    fn release(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        flags: u32,
-        handle: Handle,
-        flush: bool,
-        flock_release: bool,
-        lock_owner: Option<u64>,
-    ) -> io::Result<()> {
-        self.fs
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+    fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
+        #[allow(clippy::cast_sign_loss)] // W_OK is 2
+        if mask & libc::W_OK as u32 != 0 {
+            self.check_writable()?;
+        }
+        self.fs.access(ctx, inode, mask)
     }
 
     fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<statvfs64> {
@@ -323,20 +199,6 @@ impl FileSystem for Share {
         Ok(st)
     }
 
-    fn getxattr(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        name: &CStr,
-        size: u32,
-    ) -> io::Result<GetxattrReply> {
-        self.fs.getxattr(ctx, inode, name, size)
-    }
-
-    fn listxattr(&self, ctx: &Context, inode: Inode, size: u32) -> io::Result<ListxattrReply> {
-        self.fs.listxattr(ctx, inode, size)
-    }
-
     fn opendir(
         &self,
         ctx: &Context,
@@ -345,69 +207,5 @@ impl FileSystem for Share {
     ) -> io::Result<(Option<Handle>, OpenOptions)> {
         self.refuse_symlink(ctx, inode)?;
         self.fs.opendir(ctx, inode, flags)
-    }
-
-    fn readdir(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        size: u32,
-        offset: u64,
-        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
-    ) -> io::Result<()> {
-        self.fs.readdir(ctx, inode, handle, size, offset, add_entry)
-    }
-
-    fn readdirplus(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        size: u32,
-        offset: u64,
-        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
-    ) -> io::Result<()> {
-        self.fs
-            .readdirplus(ctx, inode, handle, size, offset, add_entry)
-    }
-
-    fn fsyncdir(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        datasync: bool,
-        handle: Handle,
-    ) -> io::Result<()> {
-        self.fs.fsyncdir(ctx, inode, datasync, handle)
-    }
-
-    fn releasedir(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        flags: u32,
-        handle: Handle,
-    ) -> io::Result<()> {
-        self.fs.releasedir(ctx, inode, flags, handle)
-    }
-
-    fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
-        #[allow(clippy::cast_sign_loss)] // W_OK is 2
-        if self.read_only && mask & libc::W_OK as u32 != 0 {
-            return Err(erofs());
-        }
-        self.fs.access(ctx, inode, mask)
-    }
-
-    fn lseek(
-        &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        offset: u64,
-        whence: u32,
-    ) -> io::Result<u64> {
-        self.fs.lseek(ctx, inode, handle, offset, whence)
     }
 }
