@@ -172,7 +172,7 @@ pub(crate) struct RunArgs {
     /// Whether KVM emulates guest kernel mode [default: auto: measure it].
     #[arg(long, value_enum)]
     pub(crate) execution: Option<ExecutionChoice>,
-    /// On an emulating KVM, do not append "noxsave clearcpuid=popcnt,smap nofsgsbase" to the
+    /// On an emulating KVM, do not append "noxsave clearcpuid=popcnt,smap" to the
     /// command line.
     #[arg(long)]
     pub(crate) no_cmdline_workarounds: bool,

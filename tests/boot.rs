@@ -118,14 +118,14 @@ fn emulator_workarounds_follow_the_execution_mode() {
     let emulated = boot_test_guest("exit=0", &["--execution", "emulated"]);
     assert_eq!(
         emulated.expect_line("cmdline: "),
-        "exit=0 noxsave clearcpuid=popcnt,smap nofsgsbase"
+        "exit=0 noxsave clearcpuid=popcnt,smap"
     );
     let native = boot_test_guest("exit=0", &["--execution", "native"]);
     assert_eq!(native.expect_line("cmdline: "), "exit=0");
     let kept = boot_test_guest("exit=0 noxsave", &["--execution", "emulated"]);
     assert_eq!(
         kept.expect_line("cmdline: "),
-        "exit=0 noxsave clearcpuid=popcnt,smap nofsgsbase",
+        "exit=0 noxsave clearcpuid=popcnt,smap",
         "what is already there is not added twice"
     );
 }

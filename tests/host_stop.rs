@@ -269,6 +269,7 @@ fn a_silent_guest_fails_the_progress_bound_with_its_last_lines() {
         let bounds = ProgressBounds {
             stall_cpu: Duration::from_secs(2),
             stall_wall: T,
+            stall_idle: T,
             total: T,
         };
         wait_with_progress(child, bounds, "silent guest")

@@ -1,7 +1,7 @@
 //! A 2-vCPU Linux guest stopped for a minute (paused and resumed; snapshotted and
 //! restored a minute later) carries on counting with no RCU stall, soft lockup or NMI
 //! backtrace on its console: hearth tells each vCPU's kvmclock that the guest was stopped
-//! (KVM_KVMCLOCK_CTRL), and `nofsgsbase` keeps any NMI entry off `lsl`. Its vsock device
+//! (KVM_KVMCLOCK_CTRL), so no NMI backtrace runs into `lsl`. Its vsock device
 //! works through all of it with Linux's own driver: a host connection held open across
 //! the pause, and after the restore a host connection made at once (while the guest
 //! still holds the connection of the process that took the snapshot) and a guest

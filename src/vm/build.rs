@@ -30,11 +30,13 @@ use crate::vcpu::{self, ExitSignal, Vcpu, VcpuShared};
 
 /// What a Linux guest needs on its command line where KVM emulates kernel mode
 /// (README, "The platform note"): no XSAVE, and no POPCNT or SMAP, whose instructions
-/// the emulator rejects but which CPUID cannot hide there; and no FSGSBASE, with which
-/// the kernel's NMI (and #DB, #MC) entry finds its per-CPU base with `lsl`, which the
-/// emulator cannot run either (an NMI backtrace, e.g. on an RCU stall, then kills the
-/// VM); without it, that entry reads MSR_GS_BASE instead.
-pub const EMULATION_CMDLINE: &[&str] = &["noxsave", "clearcpuid=popcnt,smap", "nofsgsbase"];
+/// the emulator rejects but which CPUID cannot hide there. Not `nofsgsbase`: it keeps
+/// Linux's NMI entry away from `lsl` (which the emulator cannot run), but with it the
+/// kernel switches user FS bases by MSR writes, and 2-vCPU guests then saw a process run
+/// with another's FS base (busybox faulting on a TLS read, twice); hearth's
+/// KVM_KVMCLOCK_CTRL already keeps a paused guest from the RCU stall whose NMI backtrace
+/// ran into `lsl`.
+pub const EMULATION_CMDLINE: &[&str] = &["noxsave", "clearcpuid=popcnt,smap"];
 
 /// Whether /dev/kvm can only be PVM: its module is loaded and no hardware one is.
 fn pvm_only() -> bool {

@@ -128,6 +128,10 @@ pub struct ProgressBounds {
     pub stall_cpu: Duration,
     /// Silence for this long on the clock: hung even if it uses no CPU.
     pub stall_wall: Duration,
+    /// Silence for this long while hearth used almost no CPU (under [`IDLE_SHARE`] of the
+    /// time: its vCPUs all wait for an interrupt that does not come): hung. On a busy
+    /// machine a guest that runs still gets far more than that share.
+    pub stall_idle: Duration,
     /// The whole run.
     pub total: Duration,
 }
@@ -137,8 +141,13 @@ pub struct ProgressBounds {
 pub const LINUX_BOUNDS: ProgressBounds = ProgressBounds {
     stall_cpu: Duration::from_secs(300),
     stall_wall: Duration::from_secs(900),
+    stall_idle: Duration::from_secs(180),
     total: Duration::from_secs(1800),
 };
+
+/// The share of the clock under which a silent guest counts as idle (see
+/// [`ProgressBounds::stall_idle`]): a hung guest's hearth wakes only for its watchdog.
+pub const IDLE_SHARE: f64 = 0.02;
 
 /// The CPU time (user + system) process `pid` has used so far.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
@@ -194,6 +203,13 @@ impl ProgressWatch {
         } else if silent > self.bounds.stall_wall {
             Some(format!(
                 "wrote nothing on its console for {silent:.0?}: hung"
+            ))
+        } else if silent > self.bounds.stall_idle
+            && cpu.as_secs_f64() < silent.as_secs_f64() * IDLE_SHARE
+        {
+            Some(format!(
+                "wrote nothing on its console for {silent:.0?} while hearth used {cpu:.1?} of \
+                 CPU (its vCPUs wait for an interrupt that does not come): hung"
             ))
         } else if self.start.elapsed() > self.bounds.total {
             Some(format!("ran longer than {:?}", self.bounds.total))
