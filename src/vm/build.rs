@@ -32,10 +32,10 @@ use crate::vcpu::{self, ExitSignal, Vcpu, VcpuShared};
 /// (README, "The platform note"): no XSAVE, and no POPCNT or SMAP, whose instructions
 /// the emulator rejects but which CPUID cannot hide there. Not `nofsgsbase`: it keeps
 /// Linux's NMI entry away from `lsl` (which the emulator cannot run), but with it the
-/// kernel switches user FS bases by MSR writes, and 2-vCPU guests then saw a process run
-/// with another's FS base (busybox faulting on a TLS read, twice); hearth's
-/// KVM_KVMCLOCK_CTRL already keeps a paused guest from the RCU stall whose NMI backtrace
-/// ran into `lsl`.
+/// kernel switches user FS bases by MSR writes, and 2-vCPU guests twice faulted on a TLS
+/// read in busybox (a wrong FS base), never before it was added (suspected, not proven);
+/// hearth's KVM_KVMCLOCK_CTRL already keeps a paused guest from the RCU stall whose NMI
+/// backtrace ran into `lsl`.
 pub const EMULATION_CMDLINE: &[&str] = &["noxsave", "clearcpuid=popcnt,smap"];
 
 /// Whether /dev/kvm can only be PVM: its module is loaded and no hardware one is.
