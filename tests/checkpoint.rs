@@ -167,26 +167,14 @@ fn a_writer_killed_mid_snapshot_leaves_the_old_or_the_new_snapshot() {
         let old = last_count(&vm.serial);
         drop(vm);
         // A restored VM writes the new snapshot into the same directory and is killed.
-        let sock = d.join(format!("k{case}.sock"));
-        let serial = d.join(format!("k{case}.txt"));
-        let mut cmd = std::process::Command::new(hearth_bin());
-        cmd.args([
-            "restore",
-            "--dir",
-            snap.to_str().unwrap(),
-            "--resume",
-            "--api-sock",
-            sock.to_str().unwrap(),
-            "--serial-out",
-            serial.to_str().unwrap(),
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-        if let Some(p) = points.get(case) {
-            cmd.env("HEARTH_TEST_CRASH_AT", p);
-        }
-        let mut writer = cmd.spawn().unwrap();
+        let env: Vec<(&str, &str)> = points
+            .get(case)
+            .map(|p| ("HEARTH_TEST_CRASH_AT", *p))
+            .into_iter()
+            .collect();
+        let mut vm = GuestVm::restore_with_env(d, &format!("k{case}"), &snap, &env);
+        let (sock, serial) = (vm.sock.clone(), vm.serial.clone());
+        let mut writer = vm.child.take().unwrap();
         wait_for_text(&serial, &format!("count: {}\n", old + 3), T);
         let new_low = last_count(&serial);
         let ctl_child = std::process::Command::new(hearth_bin())
@@ -529,14 +517,10 @@ fn periodic_checkpoints_survive_a_kill() {
     let newest_before = ckpts.iter().max().unwrap().clone();
     let serial = d.join("restored.txt");
     // The restored VM checkpoints on into the same directory.
-    let run = hearth_with_timeout(
-        [
-            "restore",
-            "--dir",
-            latest.to_str().unwrap(),
-            "--resume",
-            "--serial-out",
-            serial.to_str().unwrap(),
+    let run = restore_resumed(
+        &latest,
+        &serial,
+        &[
             "--checkpoint-every",
             "150ms",
             "--checkpoint-dir",

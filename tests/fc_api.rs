@@ -1189,17 +1189,7 @@ fn checkpoints_set_through_the_api_appear_and_restore() {
     drop(fc);
 
     let serial = d.join("restored.serial");
-    let run = hearth_with_timeout(
-        [
-            "restore",
-            "--dir",
-            latest.to_str().unwrap(),
-            "--resume",
-            "--serial-out",
-            serial.to_str().unwrap(),
-        ],
-        T,
-    );
+    let run = common::snap::restore_resumed(&latest, &serial, &[], T);
     let out = std::fs::read_to_string(&serial).unwrap_or_default();
     assert_eq!(run.code(), 7, "{run:#?}\n{out}");
     // It carried on from the sleep: no new boot, no count again.

@@ -346,16 +346,12 @@ fn a_snapshot_in_the_previous_format_restores() {
     assert_eq!(state[8..12], 3u32.to_le_bytes(), "the fixture is format 3");
 
     let serial = d.join("serial.txt");
-    let run = hearth_with_timeout(
-        [
-            "restore",
-            "--dir",
-            snap.to_str().unwrap(),
-            "--resume",
+    let run = restore_resumed(
+        &snap,
+        &serial,
+        &[
             "--disk-path",
             &format!("/hearth-fixture/disk.img={}", disk.display()),
-            "--serial-out",
-            serial.to_str().unwrap(),
         ],
         T,
     );

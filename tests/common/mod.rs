@@ -352,8 +352,14 @@ pub fn expected_usable(size: u64) -> u64 {
 
 /// Starts `hearth <args>` in the background (stdin and stdout null, stderr piped).
 pub fn spawn_hearth<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Child {
+    spawn_hearth_env(args, &[])
+}
+
+/// [`spawn_hearth`] with extra environment variables.
+pub fn spawn_hearth_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Child {
     Command::new(hearth_bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use super::{ctl, hearth_with_timeout, spawn_hearth, test_guest, wait_bounded, wait_for_text, Run};
+use super::{
+    ctl, hearth_with_timeout, spawn_hearth, spawn_hearth_env, test_guest, wait_bounded,
+    wait_for_text, Run,
+};
 
 /// The `count: N` values in guest output, in order.
 pub fn counts(text: &str) -> Vec<u64> {
@@ -76,18 +79,26 @@ impl GuestVm {
     /// `hearth restore --resume` of `snap`, with a socket and console named as in
     /// [`GuestVm::run`].
     pub fn restore(dir: &Path, name: &str, snap: &Path) -> Self {
+        Self::restore_with_env(dir, name, snap, &[])
+    }
+
+    /// [`GuestVm::restore`] with extra environment variables for hearth.
+    pub fn restore_with_env(dir: &Path, name: &str, snap: &Path, env: &[(&str, &str)]) -> Self {
         let sock = dir.join(format!("{name}.sock"));
         let serial = dir.join(format!("{name}.txt"));
-        let child = spawn_hearth(&[
-            "restore",
-            "--dir",
-            snap.to_str().unwrap(),
-            "--resume",
-            "--api-sock",
-            sock.to_str().unwrap(),
-            "--serial-out",
-            serial.to_str().unwrap(),
-        ]);
+        let child = spawn_hearth_env(
+            &[
+                "restore",
+                "--dir",
+                snap.to_str().unwrap(),
+                "--resume",
+                "--api-sock",
+                sock.to_str().unwrap(),
+                "--serial-out",
+                serial.to_str().unwrap(),
+            ],
+            env,
+        );
         Self {
             child: Some(child),
             sock,
