@@ -104,6 +104,21 @@ impl Fc {
     }
 
     /// A request that must succeed with 204.
+    /// InstanceStart, then a second after the boot marker the guest has not printed
+    /// `done` yet: the throttled work it is doing cannot be done that fast.
+    fn start_throttled(&self, done: &str, why: &str) {
+        self.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
+        wait_for_text(&self.serial, "boot-marker", T);
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            !std::fs::read_to_string(&self.serial)
+                .unwrap()
+                .contains(done),
+            "{why}\n{}",
+            self.output()
+        );
+    }
+
     /// 1 vCPU, 64 MiB, the test guest with `args`.
     fn configure_guest(&self, args: &str) {
         self.ok(
@@ -918,15 +933,9 @@ fn rate_limiters_are_set_shown_and_raised_on_a_running_vm() {
                "rate_limiter": {"bandwidth": {"size": 16384, "refill_time": 1000},
                                 "ops": {"size": 1000, "refill_time": 1000}}}),
     );
-    fc.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
-    wait_for_text(&fc.serial, "boot-marker", T);
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        !std::fs::read_to_string(&fc.serial)
-            .unwrap()
-            .contains("blk 0 bench"),
-        "4 MiB at 16 KiB/s cannot be done in a second\n{}",
-        fc.output()
+    fc.start_throttled(
+        "blk 0 bench",
+        "4 MiB at 16 KiB/s cannot be done in a second",
     );
     fc.refused(
         "PATCH",
@@ -1227,15 +1236,9 @@ fn a_network_limit_raised_by_patch_lets_the_guest_speed_up() {
         json!({"iface_id": "eth0", "host_dev_name": common::net::TAP,
                "tx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 1000}}}),
     );
-    fc.ok("PUT", "/actions", json!({"action_type": "InstanceStart"}));
-    wait_for_text(&fc.serial, "boot-marker", T);
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        !std::fs::read_to_string(&fc.serial)
-            .unwrap()
-            .contains("flood frames"),
-        "200 kB at 1 kB/s cannot be sent in a second\n{}",
-        fc.output()
+    fc.start_throttled(
+        "flood frames",
+        "200 kB at 1 kB/s cannot be sent in a second",
     );
     fc.refused(
         "PATCH",
