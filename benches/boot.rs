@@ -206,7 +206,13 @@ fn wait4_retry(pid: libc::pid_t) -> Result<(libc::c_int, libc::rusage), std::io:
     }
 }
 
-fn ptrace(request: libc::c_uint, pid: libc::pid_t, data: usize) -> Result<(), std::io::Error> {
+/// ptrace's request type, which differs between C libraries.
+#[cfg(target_env = "gnu")]
+type PtraceRequest = libc::c_uint;
+#[cfg(not(target_env = "gnu"))]
+type PtraceRequest = libc::c_int;
+
+fn ptrace(request: PtraceRequest, pid: libc::pid_t, data: usize) -> Result<(), std::io::Error> {
     // SAFETY: the requests used here (SEIZE, CONT) take an integer `data`, no pointer.
     let r = unsafe { libc::ptrace(request, pid, std::ptr::null_mut::<libc::c_void>(), data) };
     if r == -1 {

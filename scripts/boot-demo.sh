@@ -13,8 +13,13 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-cargo build --release --bin hearth
-hearth=target/x86_64-unknown-linux-gnu/release/hearth
+target=x86_64-unknown-linux-musl
+if ! rustup target list --installed 2>/dev/null | grep -qx $target && ! rustup target add $target; then
+  echo "the musl target cannot be installed: building against glibc" >&2
+  target=x86_64-unknown-linux-gnu
+fi
+cargo build --release --bin hearth --target $target
+hearth=target/$target/release/hearth
 
 guest=${1:-}
 if [ -z "$guest" ]; then

@@ -205,11 +205,6 @@ pub fn run(args: FirecrackerArgs) -> Result<i32, FirecrackerError> {
         show_log_origin: Some(args.show_log_origin),
         module: args.module.clone(),
     })?;
-    // Each thread installs its own filter when it starts (this one once the VM runs).
-    let filters =
-        hearth::seccomp::Filters::from_flags(args.no_seccomp, args.seccomp_filter.as_deref())
-            .map_err(hearth::VmError::from)?;
-    hearth::seccomp::configure(filters).map_err(hearth::VmError::from)?;
     log::info!(
         "Running Firecracker v{} (hearth {})",
         hearth::api::controller::FIRECRACKER_API_VERSION,
@@ -229,6 +224,13 @@ pub fn run(args: FirecrackerArgs) -> Result<i32, FirecrackerError> {
             args.http_api_max_payload_size,
         )?),
     };
+    // Each thread installs its own filter when it starts (this one once the VM runs), so
+    // the filters can be decoded after the socket is up; a bad filter file still ends
+    // the process before any request is answered (and the socket goes with it).
+    let filters =
+        hearth::seccomp::Filters::from_flags(args.no_seccomp, args.seccomp_filter.as_deref())
+            .map_err(hearth::VmError::from)?;
+    hearth::seccomp::configure(filters).map_err(hearth::VmError::from)?;
     let startup_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     controller
         .metrics

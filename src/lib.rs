@@ -21,7 +21,7 @@
 //!
 //! # What the library does to the process
 //!
-//! - It installs a handler for SIGRTMIN (`vcpu::kick_signal`), used to kick vCPU threads
+//! - It installs a handler for real-time signal 35 (`vcpu::kick_signal`), used to kick vCPU threads
 //!   out of KVM_RUN; do not use that signal for anything else.
 //! - With the default [`Console`] input it duplicates fd 0 and reads the guest's input from
 //!   it; use [`Console::no_input`] to leave stdin alone. It never changes terminal modes:

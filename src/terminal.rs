@@ -1,7 +1,7 @@
 //! The command line's side of the host: the terminal (raw mode for the guest's console,
 //! restored on every way out), the console escape `Ctrl-a x`, and SIGINT/SIGTERM/SIGHUP,
 //! which stop the VM cleanly. Only the CLI does any of this: the library never touches
-//! the terminal or signal dispositions (but its kick signal, SIGRTMIN).
+//! the terminal or signal dispositions (but its kick signal, real-time signal 35).
 
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};

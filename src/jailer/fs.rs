@@ -107,9 +107,15 @@ pub(super) fn setns(ns: &std::fs::File, kind: libc::c_int, what: &str) -> Result
     check(unsafe { libc::setns(ns.as_raw_fd(), kind) }, what)
 }
 
+/// The type of setrlimit's resource argument, which differs between C libraries.
+#[cfg(target_env = "gnu")]
+pub(super) type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+pub(super) type RlimitResource = libc::c_int;
+
 /// Sets both soft and hard limits of `resource` (`None`: unlimited).
 pub(super) fn set_rlimit(
-    resource: libc::__rlimit_resource_t,
+    resource: RlimitResource,
     value: Option<u64>,
     name: &str,
 ) -> Result<(), JailError> {

@@ -225,9 +225,16 @@ impl VcpuShared {
         }
     }
 
-    /// Asks every vCPU to park (they must be kicked to notice).
+    /// Asks every vCPU to park (they must be kicked to notice). Asking again while a
+    /// pause is requested changes nothing: vCPUs already parked under it keep the states
+    /// they left (a VM started paused asks once before its vCPUs start and once more in
+    /// `pause`; clearing the states then left early-parked vCPUs stateless, and the pause
+    /// waited for them for ever).
     pub fn request_pause(&self) {
         let mut p = lock(&self.pause);
+        if p.requested {
+            return;
+        }
         p.requested = true;
         p.states.iter_mut().for_each(|s| *s = None);
         self.pause_requested.store(true, Ordering::SeqCst);
@@ -263,9 +270,11 @@ thread_local! {
     static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
 }
 
-/// The signal that kicks a vCPU thread out of KVM_RUN.
+/// The signal that kicks a vCPU thread out of KVM_RUN: real-time signal 35, the first
+/// one that neither glibc (which keeps 32 and 33 for itself) nor musl (32 to 34) reserves,
+/// so that the seccomp filters can name one number whichever C library hearth links.
 pub fn kick_signal() -> i32 {
-    vmm_sys_util::signal::SIGRTMIN()
+    35
 }
 
 extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -515,5 +524,26 @@ impl Vcpu {
             regs.rip, regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rsp,
             regs.rbp, regs.rflags, sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_pause_request_keeps_the_states_of_parked_vcpus() {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let shared = VcpuShared::new(1, Arc::new(ExitSignal::new(evt)), vec![]);
+        shared.request_pause();
+        // What vCPU 0 leaves as it parks under the first request.
+        lock(&shared.pause).states[0] = Some(Err(VcpuStateError::Msrs { set: 0, saved: 1 }));
+        lock(&shared.pause).parked = 1;
+        shared.request_pause();
+        assert!(lock(&shared.pause).states[0].is_some());
+        // After a resume, a new pause wants fresh states.
+        shared.resume();
+        shared.request_pause();
+        assert!(lock(&shared.pause).states[0].is_none());
     }
 }

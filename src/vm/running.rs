@@ -570,6 +570,6 @@ fn kick_all(handles: &[JoinHandle<()>]) {
     for h in handles.iter().filter(|h| !h.is_finished()) {
         // SAFETY: the thread is alive (not finished) and not yet joined, so its pthread_t
         // is valid; the signal has a handler installed.
-        unsafe { libc::pthread_kill(h.as_pthread_t(), vcpu::kick_signal()) };
+        unsafe { libc::pthread_kill(h.as_pthread_t() as _, vcpu::kick_signal()) };
     }
 }
