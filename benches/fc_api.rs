@@ -96,19 +96,18 @@ impl Proc {
         (proc, start)
     }
 
+    /// Once the socket is up, configures and starts `guest` with `args`: when the first
+    /// PUT went out and when the guest's `boot-marker` line came.
+    fn boot_to_marker(&self, guest: &Path, args: &str) -> (Instant, Instant) {
+        self.wait_socket();
+        let first_put = Instant::now();
+        self.configure(guest, args);
+        (first_put, self.wait_line("boot-marker"))
+    }
+
     fn wait_socket(&self) -> Instant {
-        let start = Instant::now();
-        loop {
-            if UnixStream::connect(&self.sock).is_ok() {
-                return Instant::now();
-            }
-            if start.elapsed() > TIMEOUT {
-                fail(format!("{} never came up", self.sock.display()));
-            }
-            // No sleep: a 100 µs sleep (plus its wake-up latency) was a third of what
-            // it measured.
-            std::thread::yield_now();
-        }
+        first_connect(&self.sock, Instant::now())
+            .unwrap_or_else(|| fail(format!("{} never came up", self.sock.display())))
     }
 
     fn call(&self, method: &str, path: &str, body: Value) {
@@ -179,20 +178,28 @@ fn socket_ready(bin: &Path, sock: &Path) -> f64 {
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| fail(format!("cannot start {}: {e}", bin.display())));
+    let ready = first_connect(sock, start);
+    let _ = child.kill();
+    let _ = child.wait();
+    match ready {
+        Some(at) => ms(at - start),
+        None => fail(format!("{} never came up", sock.display())),
+    }
+}
+
+/// When a connect() to `sock` first succeeds, tried from `start` on without sleeping (a
+/// 100 µs sleep between tries, plus its wake-up latency, was a third of what socket ready
+/// measured); `None` after [`TIMEOUT`].
+fn first_connect(sock: &Path, start: Instant) -> Option<Instant> {
     loop {
         if UnixStream::connect(sock).is_ok() {
-            break;
+            return Some(Instant::now());
         }
         if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            fail(format!("{} never came up", sock.display()));
+            return None;
         }
         std::thread::yield_now();
     }
-    let ready = ms(start.elapsed());
-    let _ = child.kill();
-    let _ = child.wait();
-    ready
 }
 
 /// Builds benches/floor/bind.c (static) into target/bench-guest.
@@ -281,20 +288,14 @@ fn main() {
             let sock = dir.join(format!("{}.sock", v.name));
             v.ready.push(socket_ready(&v.bin, &sock));
             let (mut p, spawned) = Proc::spawn(&v.bin, &sock);
-            p.wait_socket();
-            let first_put = Instant::now();
-            p.configure(&marker_guest, "");
-            let marker = p.wait_line("boot-marker");
+            let (first_put, marker) = p.boot_to_marker(&marker_guest, "");
             v.boot.push(ms(marker - first_put));
             v.spawn_to_marker.push(ms(marker - spawned));
             let _ = p.child.wait();
             drop(p);
 
             let (mut p, _) = Proc::spawn(&v.bin, &sock);
-            p.wait_socket();
-            let first_put = Instant::now();
-            p.configure(&guest, "end=reset");
-            let marker = p.wait_line("boot-marker");
+            let (first_put, marker) = p.boot_to_marker(&guest, "end=reset");
             v.boot_test_guest.push(ms(marker - first_put));
             let _ = p.child.wait();
             drop(p);

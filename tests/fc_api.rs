@@ -173,6 +173,16 @@ fn patterned(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A 1 MiB disk `a.img` and a 512 KiB disk `b.img` to swap in, whose bytes (returned)
+/// differ from a's by `xor`.
+fn swap_disks(d: &Path, xor: u8) -> (PathBuf, PathBuf, Vec<u8>) {
+    let (a, b) = (d.join("a.img"), d.join("b.img"));
+    std::fs::write(&a, patterned(2048 * 512)).unwrap();
+    let b_data: Vec<u8> = patterned(1024 * 512).iter().map(|x| x ^ xor).collect();
+    std::fs::write(&b, &b_data).unwrap();
+    (a, b, b_data)
+}
+
 fn boot_source(args: &str) -> Value {
     json!({ "kernel_image_path": test_guest(), "boot_args": args })
 }
@@ -736,10 +746,7 @@ fn flushed_metrics_count_the_guests_disk_requests() {
 fn drive_patch_after_boot_swaps_the_backing_file() {
     let dir = scratch();
     let d = dir.as_path();
-    let (a, b) = (d.join("a.img"), d.join("b.img"));
-    std::fs::write(&a, patterned(2048 * 512)).unwrap();
-    let b_data: Vec<u8> = patterned(1024 * 512).iter().map(|x| x ^ 0x5a).collect();
-    std::fs::write(&b, &b_data).unwrap();
+    let (a, b, b_data) = swap_disks(d, 0x5a);
     let mut fc = Fc::spawn(d, "vm", &[]);
     fc.wait_socket();
     fc.configure_guest("count=10 delay=20000 blk.info blk.read=0:0:8 exit=0");
@@ -978,10 +985,7 @@ fn rate_limiters_are_set_shown_and_raised_on_a_running_vm() {
 fn a_loaded_vm_keeps_its_drive_ids_and_takes_patches() {
     let dir = scratch();
     let d = dir.as_path();
-    let (a, b) = (d.join("a.img"), d.join("b.img"));
-    std::fs::write(&a, patterned(2048 * 512)).unwrap();
-    let b_data: Vec<u8> = patterned(1024 * 512).iter().map(|x| x ^ 0x3c).collect();
-    std::fs::write(&b, &b_data).unwrap();
+    let (a, b, b_data) = swap_disks(d, 0x3c);
     let one = Fc::spawn(d, "one", &[]);
     one.wait_socket();
     one.ok(
